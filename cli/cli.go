@@ -1,0 +1,203 @@
+// Package cli is immortald's command line: the cobra commands, settings from
+// flags, IMMORTALD_* environment variables and an optional config file
+// (viper, in that order of precedence), and the output formats.
+//
+// Guarantees: a setting that is unknown, malformed or breaks a rule stops the
+// command before it touches etcd, with a message naming the setting; client
+// commands exit non-zero with one line on stderr when they fail.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+
+	"github.com/immortald/immortald/daemon"
+	"github.com/immortald/immortald/registry"
+)
+
+// Execute runs the command line with args and returns the exit code.
+func Execute(args []string, stdout, stderr io.Writer) int {
+	root := newRoot(stdout, stderr)
+	root.SetArgs(args)
+	if err := root.Execute(); err != nil {
+		fmt.Fprintf(stderr, "immortald: %v\n", err)
+		var ue usageError
+		if errors.As(err, &ue) {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}
+
+// usageError marks bad input on the command line or in settings: exit 2.
+type usageError struct{ error }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+
+// app carries the settings shared by every command.
+type app struct {
+	v              *viper.Viper
+	stdout, stderr io.Writer
+}
+
+// settings known to the config file: every flag of every command.
+var knownSettings = []string{
+	"config", "etcd-endpoints", "prefix", "log-format", "log-level",
+	"id", "lease-ttl", "checkpoint-interval", "http-addr", "data-dir", "output",
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	a := &app{v: viper.New(), stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:           "immortald",
+		Short:         "Run named lives that survive the death of their daemon",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return a.load(cmd)
+		},
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	pf := root.PersistentFlags()
+	pf.String("config", "", "config file (YAML, JSON or TOML); keys are the flag names")
+	pf.String("etcd-endpoints", "", "comma-separated etcd endpoints (run: empty starts an embedded etcd; other commands: default 127.0.0.1:2379)")
+	pf.String("prefix", registry.DefaultPrefix, "key prefix of the immortald keyspace")
+	pf.String("log-format", "auto", "log format: auto (tint on a terminal, JSON otherwise), text or json")
+	pf.String("log-level", "info", "log level: debug, info, warn or error")
+	root.AddCommand(a.runCmd(), a.startCmd(), a.stopCmd(), a.getAgeCmd(), a.lsCmd(), a.membersCmd(), a.versionCmd())
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	return root
+}
+
+// load merges flags, environment and config file into a.v.
+func (a *app) load(cmd *cobra.Command) error {
+	v := a.v
+	v.SetEnvPrefix("IMMORTALD")
+	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
+	v.AutomaticEnv()
+	var bindErr error
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
+		if err := v.BindPFlag(f.Name, f); err != nil {
+			bindErr = err
+		}
+	})
+	if bindErr != nil {
+		return bindErr
+	}
+	if path := v.GetString("config"); path != "" {
+		file := viper.New()
+		file.SetConfigFile(path)
+		if err := file.ReadInConfig(); err != nil {
+			return usagef("config file %s: %v", path, err)
+		}
+		for _, k := range file.AllKeys() {
+			if !slices.Contains(knownSettings, k) || k == "config" {
+				return usagef("config file %s: unknown setting %q (known: %s)", path, k, strings.Join(knownSettings[1:], ", "))
+			}
+		}
+		v.SetConfigFile(path)
+		if err := v.ReadInConfig(); err != nil {
+			return usagef("config file %s: %v", path, err)
+		}
+	}
+	for _, k := range []string{"log-format", "log-level"} {
+		if _, err := newLogger(a.stderr, v.GetString("log-format"), v.GetString("log-level")); err != nil {
+			return usagef("--%s: %v", k, err)
+		}
+	}
+	return nil
+}
+
+func (a *app) endpoints() []string {
+	var out []string
+	for _, e := range strings.Split(a.v.GetString("etcd-endpoints"), ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func (a *app) keys() (registry.Keys, error) {
+	k, err := registry.NewKeys(a.v.GetString("prefix"))
+	if err != nil {
+		return k, usagef("--prefix: %v", err)
+	}
+	return k, nil
+}
+
+// duration reads a duration setting with a message that names it.
+func (a *app) duration(name string) (time.Duration, error) {
+	s := a.v.GetString(name)
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, usagef("--%s %q: not a duration (for example 5s or 500ms)", name, s)
+	}
+	return d, nil
+}
+
+func (a *app) runCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run a member (with an embedded etcd when no endpoints are given)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, _ := newLogger(a.stderr, a.v.GetString("log-format"), a.v.GetString("log-level"))
+			ttl, err := a.duration("lease-ttl")
+			if err != nil {
+				return err
+			}
+			interval, err := a.duration("checkpoint-interval")
+			if err != nil {
+				return err
+			}
+			m, err := daemon.New(daemon.Config{
+				ID:                 a.v.GetString("id"),
+				Endpoints:          a.endpoints(),
+				Prefix:             a.v.GetString("prefix"),
+				LeaseTTL:           ttl,
+				CheckpointInterval: interval,
+				HTTPAddr:           a.v.GetString("http-addr"),
+				DataDir:            a.v.GetString("data-dir"),
+				Logger:             log,
+			})
+			if err != nil {
+				return usageError{err}
+			}
+			if err := m.Open(); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return m.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.String("id", "", "member id (default: the hostname; in Kubernetes, the pod name)")
+	f.String("lease-ttl", "5s", "session lease TTL: whole seconds, at least 2s")
+	f.String("checkpoint-interval", "1s", "time between age checkpoints; below --lease-ttl")
+	f.String("http-addr", ":8080", "address of /livez, /readyz and /metrics (empty: off)")
+	f.String("data-dir", "immortald.etcd", "data directory of the embedded etcd")
+	return cmd
+}
+
+// signalContext is the parent of client commands: Ctrl-C ends them.
+func signalContext(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	return ctx, func() { cancel(); stop() }
+}

@@ -1,0 +1,250 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	etcdversion "go.etcd.io/etcd/api/v3/version"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/immortald/immortald/daemon"
+	"github.com/immortald/immortald/registry"
+)
+
+// client connects to etcd for a client command.
+func (a *app) client() (*clientv3.Client, registry.Keys, error) {
+	keys, err := a.keys()
+	if err != nil {
+		return nil, keys, err
+	}
+	eps := a.endpoints()
+	if len(eps) == 0 {
+		eps = []string{"127.0.0.1:2379"}
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, keys, fmt.Errorf("etcd at %s: %w", strings.Join(eps, ","), err)
+	}
+	return cli, keys, nil
+}
+
+// reach words an etcd error so the user sees where it failed.
+func (a *app) reach(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		eps := a.endpoints()
+		if len(eps) == 0 {
+			eps = []string{"127.0.0.1:2379"}
+		}
+		return fmt.Errorf("cannot reach etcd at %s (timed out)", strings.Join(eps, ","))
+	}
+	return err
+}
+
+// output reads and checks the -o flag.
+func output(cmd *cobra.Command) (string, error) {
+	o, _ := cmd.Flags().GetString("output")
+	switch o {
+	case "", "text":
+		return "text", nil
+	case "json":
+		return "json", nil
+	}
+	return "", usagef("--output %q: want text or json", o)
+}
+
+func addOutput(cmd *cobra.Command) {
+	cmd.Flags().StringP("output", "o", "text", "output format: text or json")
+}
+
+func (a *app) startCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "start NAME",
+		Short: "Request a life (same as: etcdctl put <prefix>lives/NAME '')",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			if err := registry.ValidateName(name); err != nil {
+				return usagef("bad life name %q: %v", name, err)
+			}
+			cli, keys, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			ctx, cancel := signalContext(cmd)
+			defer cancel()
+			key := keys.Life(name)
+			resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(clientv3.OpPut(key, "")).Commit()
+			if err != nil {
+				return a.reach(err)
+			}
+			if !resp.Succeeded {
+				fmt.Fprintf(a.stdout, "%s is already wanted\n", name)
+				return nil
+			}
+			fmt.Fprintf(a.stdout, "%s is wanted (life id %d)\n", name, resp.Header.Revision)
+			return nil
+		},
+	}
+}
+
+func (a *app) stopCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "stop NAME",
+		Short: "End a life (same as: etcdctl del <prefix>lives/NAME)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cli, keys, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			ctx, cancel := signalContext(cmd)
+			defer cancel()
+			resp, err := cli.Delete(ctx, keys.Life(args[0]))
+			if err != nil {
+				return a.reach(err)
+			}
+			if resp.Deleted == 0 {
+				return fmt.Errorf("%w: %q", registry.ErrNoLife, args[0])
+			}
+			fmt.Fprintf(a.stdout, "%s is ended\n", args[0])
+			return nil
+		},
+	}
+}
+
+func (a *app) getAgeCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "get-age NAME",
+		Short: "Print a life's age in whole seconds",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			out, err := output(cmd)
+			if err != nil {
+				return err
+			}
+			cli, keys, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			ctx, cancel := signalContext(cmd)
+			defer cancel()
+			st, err := registry.GetStatus(ctx, cli, keys, args[0])
+			if err != nil {
+				return a.reach(err)
+			}
+			if out == "json" {
+				return json.NewEncoder(a.stdout).Encode(st)
+			}
+			if st.State == registry.StateInvalid {
+				return fmt.Errorf("life %q is invalid: %s", st.Name, st.Error)
+			}
+			fmt.Fprintln(a.stdout, st.Age)
+			return nil
+		},
+	}
+	addOutput(cmd)
+	return cmd
+}
+
+func (a *app) lsCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "ls",
+		Short: "List every life: name, state, age, holder, incarnation",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			out, err := output(cmd)
+			if err != nil {
+				return err
+			}
+			cli, keys, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			ctx, cancel := signalContext(cmd)
+			defer cancel()
+			all, err := registry.ListStatus(ctx, cli, keys)
+			if err != nil {
+				return a.reach(err)
+			}
+			if out == "json" {
+				return json.NewEncoder(a.stdout).Encode(all)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tAGE\tHOLDER\tINCARNATION\tERROR")
+			for _, s := range all {
+				fmt.Fprintf(tw, "%q\t%s\t%d\t%s\t%d\t%s\n", s.Name, s.State, s.Age, s.Holder, s.Incarnation, s.Error)
+			}
+			return tw.Flush()
+		},
+	}
+	addOutput(cmd)
+	return cmd
+}
+
+func (a *app) membersCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "members",
+		Short: "List the running members",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			out, err := output(cmd)
+			if err != nil {
+				return err
+			}
+			cli, keys, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			ctx, cancel := signalContext(cmd)
+			defer cancel()
+			_, kvs, err := registry.RangeAll(ctx, cli, keys.Members(), 0)
+			if err != nil {
+				return a.reach(err)
+			}
+			members := make([]registry.MemberRecord, 0, len(kvs))
+			for _, kv := range kvs {
+				var m registry.MemberRecord
+				if err := json.Unmarshal(kv.Value, &m); err != nil {
+					m.ID = registry.NameOf(keys.Members(), string(kv.Key)) + " (record does not parse)"
+				}
+				members = append(members, m)
+			}
+			if out == "json" {
+				return json.NewEncoder(a.stdout).Encode(members)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tADDRESS\tVERSION\tSTARTED\tLIVES")
+			for _, m := range members {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", m.ID, m.Address, m.Version, m.Started.Format(time.RFC3339), m.Lives)
+			}
+			return tw.Flush()
+		},
+	}
+	addOutput(cmd)
+	return cmd
+}
+
+func (a *app) versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			fmt.Fprintf(a.stdout, "immortald %s (%s, etcd client %s)\n", daemon.Version, runtime.Version(), etcdversion.Version)
+			return nil
+		},
+	}
+}

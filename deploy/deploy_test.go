@@ -1,0 +1,877 @@
+// Package deploy_test checks the Kubernetes manifests under deploy/ without a
+// cluster.
+//
+// Every YAML document is decoded the way the API server's strict field
+// validation does it (kubectl apply --validate=strict): into the k8s.io/api
+// type named by its apiVersion and kind, with unknown fields, duplicate fields
+// and wrongly cased fields all rejected. A kind that is not registered below
+// fails the test. Kustomization files are decoded strictly into the subset of
+// the Kustomization schema that this repository uses, and every file they name
+// must exist.
+//
+// On top of that, a table of invariants pins down what immortald relies on:
+// the restricted security context, the member id taken from the pod name, a
+// grace period that fits the shutdown, the probe paths, and an etcd cluster
+// whose replicas, peer list, headless Service and client endpoints agree.
+package deploy_test
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	kjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+)
+
+// The objects the invariants are about.
+const (
+	appName         = "immortald"
+	appContainer    = "immortald"
+	appUID          = 65532
+	appHTTPPort     = 8080
+	etcdName        = "etcd"
+	etcdContainer   = "etcd"
+	etcdReplicas    = 3
+	etcdClientPort  = 2379
+	etcdPeerPort    = 2380
+	minGracePeriodS = 10 // lease-ttl (5s) + 2s worst case, with slack
+)
+
+// codec decodes a YAML document into the registered type its apiVersion and
+// kind name. Strict makes unknown, duplicate and wrongly cased fields errors.
+var codec = newCodec()
+
+func newCodec() *kjson.Serializer {
+	s := newScheme()
+	return kjson.NewSerializerWithOptions(kjson.DefaultMetaFactory, s, s, kjson.SerializerOptions{Yaml: true, Strict: true})
+}
+
+func newScheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{
+		appsv1.AddToScheme,
+		autoscalingv2.AddToScheme,
+		batchv1.AddToScheme,
+		corev1.AddToScheme,
+		networkingv1.AddToScheme,
+		policyv1.AddToScheme,
+		rbacv1.AddToScheme,
+	} {
+		if err := add(s); err != nil {
+			panic(err)
+		}
+	}
+	return s
+}
+
+// decodeStrict decodes one YAML document into its typed object.
+func decodeStrict(doc []byte) (runtime.Object, error) {
+	obj, gvk, err := codec.Decode(doc, nil, nil)
+	if err != nil {
+		if gvk != nil && !gvk.Empty() {
+			return nil, fmt.Errorf("%s %s: %w", gvk.GroupVersion(), gvk.Kind, err)
+		}
+		return nil, err
+	}
+	return obj, nil
+}
+
+// kustomization is the part of kustomize's Kustomization schema that this
+// repository may use. Anything else is rejected, so a typo such as
+// "resource:" cannot silently drop files from a build.
+type kustomization struct {
+	APIVersion string   `json:"apiVersion"`
+	Kind       string   `json:"kind"`
+	Namespace  string   `json:"namespace,omitempty"`
+	NamePrefix string   `json:"namePrefix,omitempty"`
+	NameSuffix string   `json:"nameSuffix,omitempty"`
+	Resources  []string `json:"resources,omitempty"`
+	Components []string `json:"components,omitempty"`
+	Patches    []struct {
+		Path    string          `json:"path,omitempty"`
+		Patch   string          `json:"patch,omitempty"`
+		Target  map[string]any  `json:"target,omitempty"`
+		Options map[string]bool `json:"options,omitempty"`
+	} `json:"patches,omitempty"`
+	Images []struct {
+		Name    string `json:"name"`
+		NewName string `json:"newName,omitempty"`
+		NewTag  string `json:"newTag,omitempty"`
+		Digest  string `json:"digest,omitempty"`
+	} `json:"images,omitempty"`
+	Replicas []struct {
+		Name  string `json:"name"`
+		Count int64  `json:"count"`
+	} `json:"replicas,omitempty"`
+	Labels []struct {
+		Pairs            map[string]string `json:"pairs"`
+		IncludeSelectors bool              `json:"includeSelectors,omitempty"`
+		IncludeTemplates bool              `json:"includeTemplates,omitempty"`
+	} `json:"labels,omitempty"`
+	CommonAnnotations map[string]string `json:"commonAnnotations,omitempty"`
+}
+
+func decodeKustomization(data []byte) (*kustomization, error) {
+	var k kustomization
+	if err := yaml.UnmarshalStrict(data, &k); err != nil {
+		return nil, err
+	}
+	if k.APIVersion != "kustomize.config.k8s.io/v1beta1" || k.Kind != "Kustomization" {
+		return nil, fmt.Errorf("apiVersion/kind is %q/%q, want kustomize.config.k8s.io/v1beta1/Kustomization",
+			k.APIVersion, k.Kind)
+	}
+	return &k, nil
+}
+
+func isKustomization(path string) bool {
+	switch filepath.Base(path) {
+	case "kustomization.yaml", "kustomization.yml", "Kustomization":
+		return true
+	}
+	return false
+}
+
+// object is one decoded document and where it came from.
+type object struct {
+	where string // file:document, for messages
+	obj   runtime.Object
+}
+
+// manifests is everything under deploy/, decoded.
+type manifests struct {
+	kustomizations map[string]*kustomization // by slash path relative to deploy/
+	resources      []object                  // documents of files listed as resources
+	patches        []object                  // documents of files listed as patches
+	errs           []string                  // every decode or reference problem
+}
+
+// loadManifests walks deploy/ (the test's working directory) and decodes every
+// YAML file. It never stops at the first problem: m.errs lists them all.
+func loadManifests(tb testing.TB) *manifests {
+	tb.Helper()
+	m := &manifests{kustomizations: map[string]*kustomization{}}
+	var files []string
+	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if d.Name() == "testdata" || (strings.HasPrefix(d.Name(), ".") && path != ".") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if isKustomization(path) {
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			k, err := decodeKustomization(data)
+			if err != nil {
+				m.errs = append(m.errs, fmt.Sprintf("%s: %v", path, err))
+				return nil
+			}
+			m.kustomizations[filepath.ToSlash(path)] = k
+			return nil
+		}
+		if ext := filepath.Ext(path); ext == ".yaml" || ext == ".yml" {
+			files = append(files, filepath.ToSlash(path))
+		}
+		return nil
+	})
+	if err != nil {
+		tb.Fatalf("walk deploy/: %v", err)
+	}
+	if len(m.kustomizations) == 0 || len(files) == 0 {
+		tb.Fatalf("found %d kustomizations and %d manifests under deploy/; run the test from deploy/",
+			len(m.kustomizations), len(files))
+	}
+
+	listedAs := m.checkReferences()
+	for _, file := range files {
+		objs, err := decodeFile(file)
+		if err != nil {
+			m.errs = append(m.errs, err.Error())
+		}
+		switch listedAs[file] {
+		case "resource":
+			m.resources = append(m.resources, objs...)
+		case "patch":
+			m.patches = append(m.patches, objs...)
+		default:
+			m.errs = append(m.errs, fmt.Sprintf("%s: not listed in any kustomization.yaml, so it is never applied", file))
+		}
+	}
+	m.checkPatchesAndReplicas()
+	return m
+}
+
+// checkReferences checks that every file a kustomization names exists, and
+// returns how each manifest file is used: "resource" or "patch".
+func (m *manifests) checkReferences() map[string]string {
+	listedAs := map[string]string{}
+	for _, kpath := range slices.Sorted(maps.Keys(m.kustomizations)) {
+		k := m.kustomizations[kpath]
+		dir := filepath.Dir(kpath)
+		for _, r := range slices.Concat(k.Resources, k.Components) {
+			if strings.Contains(r, "://") {
+				m.errs = append(m.errs, fmt.Sprintf("%s: remote resource %q cannot be checked offline", kpath, r))
+				continue
+			}
+			p := filepath.ToSlash(filepath.Join(dir, r))
+			fi, err := os.Stat(p)
+			switch {
+			case err != nil:
+				m.errs = append(m.errs, fmt.Sprintf("%s: resource %q: %v", kpath, r, err))
+			case fi.IsDir():
+				if !hasKustomization(p) {
+					m.errs = append(m.errs, fmt.Sprintf("%s: resource %q is a directory without a kustomization.yaml", kpath, r))
+				}
+			default:
+				listedAs[p] = "resource"
+			}
+		}
+		for i, p := range k.Patches {
+			if p.Path == "" {
+				if p.Patch == "" {
+					m.errs = append(m.errs, fmt.Sprintf("%s: patches[%d] has neither path nor patch", kpath, i))
+				}
+				continue
+			}
+			fp := filepath.ToSlash(filepath.Join(dir, p.Path))
+			if fi, err := os.Stat(fp); err != nil || fi.IsDir() {
+				m.errs = append(m.errs, fmt.Sprintf("%s: patch %q is not a file (%v)", kpath, p.Path, err))
+				continue
+			}
+			listedAs[fp] = "patch"
+		}
+	}
+	return listedAs
+}
+
+// checkPatchesAndReplicas checks that overlay patches and replica overrides
+// name objects that exist, since kustomize fails the build otherwise.
+func (m *manifests) checkPatchesAndReplicas() {
+	have := map[string]bool{}
+	for _, o := range m.resources {
+		kind, name := kindName(o.obj)
+		if have[kind+"/"+name] {
+			m.errs = append(m.errs, fmt.Sprintf("%s: %s/%s is defined twice", o.where, kind, name))
+		}
+		have[kind+"/"+name] = true
+	}
+	for _, o := range m.patches {
+		if kind, name := kindName(o.obj); !have[kind+"/"+name] {
+			m.errs = append(m.errs, fmt.Sprintf("%s: patch targets %s/%s, which no resource defines", o.where, kind, name))
+		}
+	}
+	for kpath, k := range m.kustomizations {
+		for _, r := range k.Replicas {
+			if !have["Deployment/"+r.Name] && !have["StatefulSet/"+r.Name] {
+				m.errs = append(m.errs, fmt.Sprintf("%s: replicas for %q, which is no Deployment or StatefulSet", kpath, r.Name))
+			}
+		}
+	}
+}
+
+func hasKustomization(dir string) bool {
+	for _, n := range []string{"kustomization.yaml", "kustomization.yml", "Kustomization"} {
+		if _, err := os.Stat(filepath.Join(dir, n)); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// decodeFile decodes every document of a (possibly multi-document) file.
+func decodeFile(path string) ([]object, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	docs, err := splitDocuments(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(docs) == 0 {
+		return nil, fmt.Errorf("%s: no YAML documents", path)
+	}
+	var objs []object
+	var errs []error
+	for i, doc := range docs {
+		where := fmt.Sprintf("%s#%d", path, i)
+		obj, err := decodeStrict(doc)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", where, err))
+			continue
+		}
+		objs = append(objs, object{where: where, obj: obj})
+	}
+	return objs, errors.Join(errs...)
+}
+
+// splitDocuments splits a YAML stream on "---" and drops documents that hold
+// only comments or whitespace.
+func splitDocuments(data []byte) ([][]byte, error) {
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	var docs [][]byte
+	for {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return docs, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		j, err := yaml.YAMLToJSON(doc)
+		if err != nil {
+			return nil, err
+		}
+		if s := string(bytes.TrimSpace(j)); s == "null" || s == "" {
+			continue
+		}
+		docs = append(docs, doc)
+	}
+}
+
+func kindName(obj runtime.Object) (kind, name string) {
+	kind = obj.GetObjectKind().GroupVersionKind().Kind
+	if o, ok := obj.(interface{ GetName() string }); ok {
+		name = o.GetName()
+	}
+	return kind, name
+}
+
+// TestManifestsDecodeStrictly fails on any document that is not a valid,
+// known Kubernetes object, and on any kustomization that names a missing or
+// unused file.
+func TestManifestsDecodeStrictly(t *testing.T) {
+	m := loadManifests(t)
+	for _, e := range m.errs {
+		t.Error(e)
+	}
+	t.Logf("%d kustomizations, %d resources, %d patches", len(m.kustomizations), len(m.resources), len(m.patches))
+}
+
+// TestStrictDecodingRejectsBadManifests proves that the decoder used above
+// would catch the mistakes it is there to catch.
+func TestStrictDecodingRejectsBadManifests(t *testing.T) {
+	const header = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: x\n"
+	const pod = `  selector:
+    matchLabels: {app: x}
+  template:
+    metadata:
+      labels: {app: x}
+    spec:
+      containers:
+        - name: x
+          image: x
+`
+	tests := []struct {
+		name    string
+		doc     string
+		wantErr string // "" means the document must decode
+	}{
+		{
+			name: "valid control",
+			doc:  header + "spec:\n  replicas: 3\n" + pod,
+		},
+		{
+			name:    "typo in a field name",
+			doc:     header + "spec:\n  replica: 3\n" + pod,
+			wantErr: `unknown field "spec.replica"`,
+		},
+		{
+			name:    "wrong case in a field name",
+			doc:     header + "spec:\n  replicas: 3\n" + pod + "      securityContext:\n        runAsNonroot: true\n",
+			wantErr: `unknown field "spec.template.spec.securityContext.runAsNonroot"`,
+		},
+		{
+			name:    "field in the wrong place",
+			doc:     header + "spec:\n  replicas: 3\n  terminationGracePeriodSeconds: 15\n" + pod,
+			wantErr: `unknown field "spec.terminationGracePeriodSeconds"`,
+		},
+		{
+			name:    "duplicate field",
+			doc:     header + "spec:\n  replicas: 3\n  replicas: 2\n" + pod,
+			wantErr: `already set in map`,
+		},
+		{
+			name:    "wrong type",
+			doc:     header + "spec:\n  replicas: three\n" + pod,
+			wantErr: `cannot unmarshal string`,
+		},
+		{
+			name:    "unknown kind",
+			doc:     strings.Replace(header, "kind: Deployment", "kind: Deploymnet", 1) + "spec:\n" + pod,
+			wantErr: `no kind "Deploymnet" is registered`,
+		},
+		{
+			name:    "retired apiVersion",
+			doc:     strings.Replace(header, "apps/v1", "apps/v1beta1", 1) + "spec:\n" + pod,
+			wantErr: `is registered for version "apps/v1beta1"`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			obj, err := decodeStrict([]byte(tt.doc))
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("decode: %v", err)
+				}
+				if _, ok := obj.(*appsv1.Deployment); !ok {
+					t.Fatalf("decoded into %T, want *appsv1.Deployment", obj)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("decode succeeded, want an error containing %q", tt.wantErr)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("error %q does not contain %q", err, tt.wantErr)
+			}
+		})
+	}
+
+	t.Run("typo in a kustomization", func(t *testing.T) {
+		_, err := decodeKustomization([]byte("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresource:\n  - a.yaml\n"))
+		if err == nil || !strings.Contains(err.Error(), `unknown field "resource"`) {
+			t.Fatalf("err = %v, want unknown field \"resource\"", err)
+		}
+	})
+}
+
+// TestInvariants checks the properties immortald and its etcd rely on. They
+// hold for the base; overlays only change replicas of the app, images and
+// resources.
+func TestInvariants(t *testing.T) {
+	m := loadManifests(t)
+	if len(m.errs) > 0 {
+		t.Fatalf("manifests do not decode; see TestManifestsDecodeStrictly (first: %s)", m.errs[0])
+	}
+
+	tests := []struct {
+		name  string
+		check func(t *testing.T, m *manifests)
+	}{
+		{
+			name: "app runs as non-root 65532 with a read-only root and no privilege escalation",
+			check: func(t *testing.T, m *manifests) {
+				checkRestricted(t, &deployment(t, m, appName).Spec.Template.Spec)
+			},
+		},
+		{
+			name: "etcd runs restricted too",
+			check: func(t *testing.T, m *manifests) {
+				checkRestricted(t, &statefulSet(t, m, etcdName).Spec.Template.Spec)
+			},
+		},
+		{
+			name: "app member id comes from the pod name",
+			check: func(t *testing.T, m *manifests) {
+				c := container(t, &deployment(t, m, appName).Spec.Template.Spec, appContainer)
+				checkEnvFromPodName(t, c, "IMMORTALD_ID")
+			},
+		},
+		{
+			name: "app keeps Service env vars out of the IMMORTALD_ prefix",
+			check: func(t *testing.T, m *manifests) {
+				if esl := deployment(t, m, appName).Spec.Template.Spec.EnableServiceLinks; esl == nil || *esl {
+					t.Errorf("enableServiceLinks = %v, want false: Service %q would inject IMMORTALD_SERVICE_* and IMMORTALD_PORT*", ptrString(esl), appName)
+				}
+			},
+		},
+		{
+			name: "app grace period fits the shutdown",
+			check: func(t *testing.T, m *manifests) {
+				g := deployment(t, m, appName).Spec.Template.Spec.TerminationGracePeriodSeconds
+				if g == nil || *g < minGracePeriodS {
+					t.Errorf("terminationGracePeriodSeconds = %s, want >= %d (lease-ttl + 2s)", ptrString(g), minGracePeriodS)
+				}
+			},
+		},
+		{
+			name: "app probes hit /livez and /readyz on 8080",
+			check: func(t *testing.T, m *manifests) {
+				c := container(t, &deployment(t, m, appName).Spec.Template.Spec, appContainer)
+				checkProbe(t, c, "liveness", c.LivenessProbe, "/livez", appHTTPPort)
+				checkProbe(t, c, "readiness", c.ReadinessProbe, "/readyz", appHTTPPort)
+				if c.StartupProbe != nil {
+					checkProbe(t, c, "startup", c.StartupProbe, "/livez", appHTTPPort)
+				}
+			},
+		},
+		{
+			name: "app has resource requests and a memory limit",
+			check: func(t *testing.T, m *manifests) {
+				c := container(t, &deployment(t, m, appName).Spec.Template.Spec, appContainer)
+				for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+					if q, ok := c.Resources.Requests[r]; !ok || q.IsZero() {
+						t.Errorf("no %s request", r)
+					}
+				}
+				if q, ok := c.Resources.Limits[corev1.ResourceMemory]; !ok || q.IsZero() {
+					t.Error("no memory limit")
+				}
+			},
+		},
+		{
+			name: "app lists every etcd member as an endpoint",
+			check: func(t *testing.T, m *manifests) {
+				sts := statefulSet(t, m, etcdName)
+				c := container(t, &deployment(t, m, appName).Spec.Template.Spec, appContainer)
+				got := strings.Split(envValue(t, c, "IMMORTALD_ETCD_ENDPOINTS"), ",")
+				var want []string
+				for i := range replicas(sts.Spec.Replicas) {
+					want = append(want, fmt.Sprintf("http://%s-%d.%s:%d", sts.Name, i, sts.Spec.ServiceName, etcdClientPort))
+				}
+				slices.Sort(got)
+				if !slices.Equal(got, want) {
+					t.Errorf("IMMORTALD_ETCD_ENDPOINTS = %q, want %q", got, want)
+				}
+			},
+		},
+		{
+			name: "etcd has 3 replicas started in parallel",
+			check: func(t *testing.T, m *manifests) {
+				sts := statefulSet(t, m, etcdName)
+				if n := replicas(sts.Spec.Replicas); n != etcdReplicas {
+					t.Errorf("replicas = %d, want %d", n, etcdReplicas)
+				}
+				// OrderedReady deadlocks: etcd-0 is not ready without a quorum.
+				if sts.Spec.PodManagementPolicy != appsv1.ParallelPodManagement {
+					t.Errorf("podManagementPolicy = %q, want %q", sts.Spec.PodManagementPolicy, appsv1.ParallelPodManagement)
+				}
+			},
+		},
+		{
+			name: "etcd keeps its data dir on a volumeClaimTemplate",
+			check: func(t *testing.T, m *manifests) {
+				sts := statefulSet(t, m, etcdName)
+				if len(sts.Spec.VolumeClaimTemplates) == 0 {
+					t.Fatal("no volumeClaimTemplates")
+				}
+				c := container(t, &sts.Spec.Template.Spec, etcdContainer)
+				dataDir, ok := flagValue(c.Args, "--data-dir")
+				if !ok {
+					t.Fatal("no --data-dir")
+				}
+				for _, vct := range sts.Spec.VolumeClaimTemplates {
+					if q := vct.Spec.Resources.Requests[corev1.ResourceStorage]; q.IsZero() {
+						t.Errorf("volumeClaimTemplate %q requests no storage", vct.Name)
+					}
+					for _, vm := range c.VolumeMounts {
+						if vm.Name == vct.Name && isUnder(dataDir, vm.MountPath) {
+							return
+						}
+					}
+				}
+				t.Errorf("--data-dir=%s is not on a volume from a volumeClaimTemplate", dataDir)
+			},
+		},
+		{
+			name: "etcd serviceName is a headless Service that publishes not-ready pods",
+			check: func(t *testing.T, m *manifests) {
+				sts := statefulSet(t, m, etcdName)
+				svc := service(t, m, sts.Spec.ServiceName)
+				if svc.Spec.ClusterIP != corev1.ClusterIPNone {
+					t.Errorf("Service %q clusterIP = %q, want None", svc.Name, svc.Spec.ClusterIP)
+				}
+				if !svc.Spec.PublishNotReadyAddresses {
+					t.Errorf("Service %q does not publish not-ready addresses: peers cannot find each other before quorum", svc.Name)
+				}
+				if !labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(sts.Spec.Template.Labels)) || len(svc.Spec.Selector) == 0 {
+					t.Errorf("Service %q selector %v does not select the etcd pods %v", svc.Name, svc.Spec.Selector, sts.Spec.Template.Labels)
+				}
+				ports := map[int32]bool{}
+				for _, p := range svc.Spec.Ports {
+					ports[p.Port] = true
+				}
+				if !ports[etcdClientPort] || !ports[etcdPeerPort] {
+					t.Errorf("Service %q ports = %v, want %d and %d", svc.Name, svc.Spec.Ports, etcdClientPort, etcdPeerPort)
+				}
+			},
+		},
+		{
+			name: "etcd initial cluster names every replica by its DNS name",
+			check: func(t *testing.T, m *manifests) {
+				sts := statefulSet(t, m, etcdName)
+				c := container(t, &sts.Spec.Template.Spec, etcdContainer)
+				checkEnvFromPodName(t, c, "POD_NAME")
+				var want []string
+				for i := range replicas(sts.Spec.Replicas) {
+					want = append(want, fmt.Sprintf("%s-%d=http://%[1]s-%d.%s:%d", sts.Name, i, sts.Spec.ServiceName, etcdPeerPort))
+				}
+				wantFlags := map[string]string{
+					"--name":                        "$(POD_NAME)",
+					"--initial-cluster":             strings.Join(want, ","),
+					"--initial-cluster-state":       "new",
+					"--initial-advertise-peer-urls": fmt.Sprintf("http://$(POD_NAME).%s:%d", sts.Spec.ServiceName, etcdPeerPort),
+					"--advertise-client-urls":       fmt.Sprintf("http://$(POD_NAME).%s:%d", sts.Spec.ServiceName, etcdClientPort),
+				}
+				for _, flag := range slices.Sorted(maps.Keys(wantFlags)) {
+					if got, _ := flagValue(c.Args, flag); got != wantFlags[flag] {
+						t.Errorf("%s = %q, want %q", flag, got, wantFlags[flag])
+					}
+				}
+			},
+		},
+		{
+			name: "etcd probes hit /livez and /readyz on the client port",
+			check: func(t *testing.T, m *manifests) {
+				c := container(t, &statefulSet(t, m, etcdName).Spec.Template.Spec, etcdContainer)
+				checkProbe(t, c, "liveness", c.LivenessProbe, "/livez", etcdClientPort)
+				checkProbe(t, c, "readiness", c.ReadinessProbe, "/readyz", etcdClientPort)
+				// Until a member has joined a quorum it answers no HTTP at
+				// all; without a startup probe liveness would kill it.
+				checkProbe(t, c, "startup", c.StartupProbe, "/livez", etcdClientPort)
+			},
+		},
+		{
+			name: "workload selectors match their pod templates",
+			check: func(t *testing.T, m *manifests) {
+				for _, o := range m.resources {
+					var sel map[string]string
+					var tmpl map[string]string
+					switch w := o.obj.(type) {
+					case *appsv1.Deployment:
+						sel, tmpl = w.Spec.Selector.MatchLabels, w.Spec.Template.Labels
+					case *appsv1.StatefulSet:
+						sel, tmpl = w.Spec.Selector.MatchLabels, w.Spec.Template.Labels
+					default:
+						continue
+					}
+					if len(sel) == 0 || !labels.SelectorFromSet(sel).Matches(labels.Set(tmpl)) {
+						t.Errorf("%s: selector %v does not match template labels %v", o.where, sel, tmpl)
+					}
+				}
+			},
+		},
+		{
+			name: "images are the locally built ones, never pulled when present",
+			check: func(t *testing.T, m *manifests) {
+				for _, tc := range []struct {
+					spec      *corev1.PodSpec
+					container string
+					image     string
+				}{
+					{&deployment(t, m, appName).Spec.Template.Spec, appContainer, "immortald:dev"},
+					{&statefulSet(t, m, etcdName).Spec.Template.Spec, etcdContainer, "immortald-etcd:dev"},
+				} {
+					c := container(t, tc.spec, tc.container)
+					if c.Image != tc.image || c.ImagePullPolicy != corev1.PullIfNotPresent {
+						t.Errorf("container %q: image %q pull %q, want %q pull IfNotPresent", c.Name, c.Image, c.ImagePullPolicy, tc.image)
+					}
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.check(t, m)
+		})
+	}
+}
+
+// checkRestricted checks the Pod Security "restricted" essentials on every
+// container, with container settings overriding pod settings.
+func checkRestricted(t *testing.T, spec *corev1.PodSpec) {
+	t.Helper()
+	psc := spec.SecurityContext
+	if psc == nil {
+		psc = &corev1.PodSecurityContext{}
+	}
+	for _, c := range slices.Concat(spec.InitContainers, spec.Containers) {
+		sc := c.SecurityContext
+		if sc == nil {
+			sc = &corev1.SecurityContext{}
+		}
+		if !pick(sc.RunAsNonRoot, psc.RunAsNonRoot, false) {
+			t.Errorf("container %q: runAsNonRoot is not true", c.Name)
+		}
+		if uid := pick(sc.RunAsUser, psc.RunAsUser, 0); uid != appUID {
+			t.Errorf("container %q: runAsUser = %d, want %d", c.Name, uid, appUID)
+		}
+		if gid := pick(sc.RunAsGroup, psc.RunAsGroup, 0); gid != appUID {
+			t.Errorf("container %q: runAsGroup = %d, want %d", c.Name, gid, appUID)
+		}
+		if !pick(sc.ReadOnlyRootFilesystem, nil, false) {
+			t.Errorf("container %q: readOnlyRootFilesystem is not true", c.Name)
+		}
+		if pick(sc.AllowPrivilegeEscalation, nil, true) {
+			t.Errorf("container %q: allowPrivilegeEscalation is not false", c.Name)
+		}
+		if pick(sc.Privileged, nil, false) {
+			t.Errorf("container %q: privileged", c.Name)
+		}
+		if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") {
+			t.Errorf("container %q: capabilities do not drop ALL", c.Name)
+		} else if len(sc.Capabilities.Add) > 0 {
+			t.Errorf("container %q: adds capabilities %v", c.Name, sc.Capabilities.Add)
+		}
+		seccomp := sc.SeccompProfile
+		if seccomp == nil {
+			seccomp = psc.SeccompProfile
+		}
+		if seccomp == nil || seccomp.Type != corev1.SeccompProfileTypeRuntimeDefault {
+			t.Errorf("container %q: seccompProfile is not RuntimeDefault", c.Name)
+		}
+	}
+}
+
+// pick returns the container value, else the pod value, else def.
+func pick[T any](container, pod *T, def T) T {
+	if container != nil {
+		return *container
+	}
+	if pod != nil {
+		return *pod
+	}
+	return def
+}
+
+func checkEnvFromPodName(t *testing.T, c *corev1.Container, name string) {
+	t.Helper()
+	for _, e := range c.Env {
+		if e.Name != name {
+			continue
+		}
+		if e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "metadata.name" {
+			t.Errorf("container %q: env %s does not come from fieldRef metadata.name", c.Name, name)
+		}
+		return
+	}
+	t.Errorf("container %q: no env %s", c.Name, name)
+}
+
+func envValue(t *testing.T, c *corev1.Container, name string) string {
+	t.Helper()
+	for _, e := range c.Env {
+		if e.Name == name {
+			return e.Value
+		}
+	}
+	t.Fatalf("container %q: no env %s", c.Name, name)
+	return ""
+}
+
+// checkProbe checks that a probe is an HTTP GET of path on port, resolving a
+// named port through the container's ports.
+func checkProbe(t *testing.T, c *corev1.Container, kind string, p *corev1.Probe, path string, port int32) {
+	t.Helper()
+	if p == nil || p.HTTPGet == nil {
+		t.Errorf("container %q: no %s httpGet probe", c.Name, kind)
+		return
+	}
+	if p.HTTPGet.Path != path {
+		t.Errorf("container %q: %s probe path = %q, want %q", c.Name, kind, p.HTTPGet.Path, path)
+	}
+	if got := resolvePort(c, p.HTTPGet.Port); got != port {
+		t.Errorf("container %q: %s probe port %s resolves to %d, want %d", c.Name, kind, p.HTTPGet.Port.String(), got, port)
+	}
+}
+
+func resolvePort(c *corev1.Container, port intstr.IntOrString) int32 {
+	if port.Type == intstr.Int {
+		return port.IntVal
+	}
+	for _, p := range c.Ports {
+		if p.Name == port.StrVal {
+			return p.ContainerPort
+		}
+	}
+	return 0
+}
+
+// flagValue returns the value of --flag=value or --flag value in args.
+func flagValue(args []string, flag string) (string, bool) {
+	for i, a := range args {
+		if v, ok := strings.CutPrefix(a, flag+"="); ok {
+			return v, true
+		}
+		if a == flag && i+1 < len(args) {
+			return args[i+1], true
+		}
+	}
+	return "", false
+}
+
+func isUnder(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
+
+func replicas(r *int32) int {
+	if r == nil {
+		return 1 // the API default
+	}
+	return int(*r)
+}
+
+func ptrString[T any](p *T) string {
+	if p == nil {
+		return "unset"
+	}
+	return fmt.Sprint(*p)
+}
+
+func find[T runtime.Object](t *testing.T, m *manifests, kind, name string) T {
+	t.Helper()
+	for _, o := range m.resources {
+		if k, n := kindName(o.obj); k == kind && n == name {
+			if v, ok := o.obj.(T); ok {
+				return v
+			}
+		}
+	}
+	t.Fatalf("no %s %q under deploy/", kind, name)
+	var zero T
+	return zero
+}
+
+func deployment(t *testing.T, m *manifests, name string) *appsv1.Deployment {
+	t.Helper()
+	return find[*appsv1.Deployment](t, m, "Deployment", name)
+}
+
+func statefulSet(t *testing.T, m *manifests, name string) *appsv1.StatefulSet {
+	t.Helper()
+	return find[*appsv1.StatefulSet](t, m, "StatefulSet", name)
+}
+
+func service(t *testing.T, m *manifests, name string) *corev1.Service {
+	t.Helper()
+	return find[*corev1.Service](t, m, "Service", name)
+}
+
+func container(t *testing.T, spec *corev1.PodSpec, name string) *corev1.Container {
+	t.Helper()
+	for i := range spec.Containers {
+		if spec.Containers[i].Name == name {
+			return &spec.Containers[i]
+		}
+	}
+	t.Fatalf("no container %q", name)
+	return nil
+}

@@ -1,0 +1,199 @@
+package lease
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+// MinTTL is the shortest lease TTL accepted: etcd's practical floor.
+const MinTTL = 2 * time.Second
+
+// Config configures a Session.
+type Config struct {
+	// TTL of the lease; whole seconds, at least MinTTL. Default 5s.
+	TTL time.Duration
+	// Margin is subtracted from every renewal's TTL to get the safe
+	// deadline. Default: TTL/5, at least 250ms. Must be below TTL/2.
+	Margin time.Duration
+	// Clock drives the safe deadline. Default: RealClock.
+	Clock Clock
+	// Logger receives renewal trouble. Default: slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultMargin is the margin used for ttl when none is given.
+func DefaultMargin(ttl time.Duration) time.Duration {
+	return max(ttl/5, 250*time.Millisecond)
+}
+
+// Validate checks c, one rule per line, naming the values.
+func (c *Config) Validate() error {
+	if c.TTL < MinTTL {
+		return fmt.Errorf("lease TTL (%s) is below etcd's floor of %s", c.TTL, MinTTL)
+	}
+	if c.TTL%time.Second != 0 {
+		return fmt.Errorf("lease TTL (%s) must be whole seconds: etcd leases count seconds", c.TTL)
+	}
+	if c.Margin <= 0 || c.Margin >= c.TTL/2 {
+		return fmt.Errorf("lease margin (%s) must be above 0 and below half the TTL (%s)", c.Margin, c.TTL)
+	}
+	return nil
+}
+
+func (c *Config) setDefaults() {
+	if c.TTL == 0 {
+		c.TTL = 5 * time.Second
+	}
+	if c.Margin == 0 {
+		c.Margin = DefaultMargin(c.TTL)
+	}
+	if c.Clock == nil {
+		c.Clock = RealClock{}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Session is one member's lease, with its safe deadline.
+type Session struct {
+	cfg  Config
+	cli  *clientv3.Client
+	conc *concurrency.Session
+	dl   *deadline
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	done   chan struct{}
+	once   sync.Once
+}
+
+// Open grants a lease and starts renewing it.
+func Open(ctx context.Context, cli *clientv3.Client, cfg Config) (*Session, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	sent := cfg.Clock.Now()
+	grant, err := cli.Grant(ctx, int64(cfg.TTL/time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("grant lease: %w", err)
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	conc, err := concurrency.NewSession(cli, concurrency.WithLease(grant.ID), concurrency.WithContext(rctx))
+	if err != nil {
+		cancel()
+		revokeCtx, rc := context.WithTimeout(context.Background(), time.Second)
+		defer rc()
+		_, _ = cli.Revoke(revokeCtx, grant.ID)
+		return nil, fmt.Errorf("start session: %w", err)
+	}
+	s := &Session{
+		cfg:    cfg,
+		cli:    cli,
+		conc:   conc,
+		dl:     newDeadline(cfg.Clock, cfg.Margin, sent, time.Duration(grant.TTL)*time.Second),
+		cancel: cancel,
+		done:   make(chan struct{}),
+	}
+	s.wg.Add(2)
+	go s.renew(rctx)
+	go s.watch(rctx)
+	return s, nil
+}
+
+// Lease returns the lease id.
+func (s *Session) Lease() clientv3.LeaseID { return s.conc.Lease() }
+
+// Concurrency returns the underlying session, for concurrency.NewElection.
+func (s *Session) Concurrency() *concurrency.Session { return s.conc }
+
+// Done is closed when the session is lost or closed.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Deadline returns the current safe deadline.
+func (s *Session) Deadline() time.Time { return s.dl.get() }
+
+// Close stops renewing and revokes the lease, so that everything on it goes
+// in one revision. Pass a fresh context: a cancelled one would leave the
+// lease to expire on its own.
+func (s *Session) Close(ctx context.Context) error {
+	s.stop()
+	if _, err := s.cli.Revoke(ctx, s.Lease()); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return fmt.Errorf("revoke lease %x: %w", int64(s.Lease()), err)
+	}
+	return nil
+}
+
+// Abandon stops renewing without revoking: the lease expires on the server
+// after its TTL. This is what a crash looks like to peers.
+func (s *Session) Abandon() { s.stop() }
+
+func (s *Session) stop() {
+	s.lose()
+	s.cancel()
+	s.conc.Orphan()
+	s.wg.Wait()
+	s.dl.close()
+}
+
+func (s *Session) lose() { s.once.Do(func() { close(s.done) }) }
+
+// watch turns every sign of loss into Done.
+func (s *Session) watch(ctx context.Context) {
+	defer s.wg.Done()
+	select {
+	case <-s.dl.expired:
+		if ctx.Err() == nil {
+			s.cfg.Logger.Warn("lease safe deadline passed without a renewal", "lease", fmt.Sprintf("%x", int64(s.Lease())))
+		}
+	case <-s.conc.Done():
+	case <-ctx.Done():
+	}
+	s.lose()
+}
+
+// renew sends a keep-alive every TTL/4 and moves the safe deadline with each
+// acknowledgement.
+func (s *Session) renew(ctx context.Context) {
+	defer s.wg.Done()
+	every := s.cfg.TTL / 4
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.done:
+			return
+		case <-t.C:
+		}
+		sent := s.cfg.Clock.Now()
+		rctx, cancel := context.WithTimeout(ctx, s.cfg.TTL)
+		resp, err := s.cli.KeepAliveOnce(rctx, s.Lease())
+		cancel()
+		switch {
+		case errors.Is(err, rpctypes.ErrLeaseNotFound):
+			s.cfg.Logger.Warn("lease is gone on the server", "lease", fmt.Sprintf("%x", int64(s.Lease())))
+			s.dl.expire()
+			return
+		case err != nil:
+			if ctx.Err() == nil {
+				s.cfg.Logger.Debug("lease renewal failed", "err", err)
+			}
+		case resp.TTL <= 0:
+			s.dl.expire()
+			return
+		default:
+			s.dl.renewed(sent, time.Duration(resp.TTL)*time.Second)
+		}
+	}
+}

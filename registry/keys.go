@@ -1,0 +1,78 @@
+package registry
+
+import (
+	"fmt"
+	"strings"
+)
+
+// DefaultPrefix is the prefix used when none is configured.
+const DefaultPrefix = "/immortals/"
+
+// Keys builds the keys of one immortald keyspace.
+type Keys struct {
+	prefix string
+}
+
+// NewKeys returns the keyspace under prefix. The prefix must be non-empty and
+// end in "/", so that no two keyspaces can overlap by accident.
+func NewKeys(prefix string) (Keys, error) {
+	if prefix == "" {
+		return Keys{}, fmt.Errorf("prefix is empty")
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		return Keys{}, fmt.Errorf("prefix %q must end in \"/\"", prefix)
+	}
+	return Keys{prefix: prefix}, nil
+}
+
+// Prefix returns the keyspace's prefix, with its trailing slash.
+func (k Keys) Prefix() string { return k.prefix }
+
+// Lives is the prefix of every life request.
+func (k Keys) Lives() string { return k.prefix + "lives/" }
+
+// Life is the request key of one life.
+func (k Keys) Life(name string) string { return k.Lives() + name }
+
+// Elections is the prefix of every election.
+func (k Keys) Elections() string { return k.prefix + "elections/" }
+
+// Election is the election prefix of one life, without a trailing slash, as
+// concurrency.NewElection expects it.
+func (k Keys) Election(name string) string { return k.Elections() + name }
+
+// Ages is the prefix of every age record.
+func (k Keys) Ages() string { return k.prefix + "ages/" }
+
+// Age is the age record key of one life.
+func (k Keys) Age(name string) string { return k.Ages() + name }
+
+// Quarantines is the prefix of every quarantined record.
+func (k Keys) Quarantines() string { return k.prefix + "quarantine/" }
+
+// Quarantine is where the bad bytes of ages/<name> are kept.
+func (k Keys) Quarantine(name string) string { return k.Quarantines() + name }
+
+// Members is the prefix of every member record.
+func (k Keys) Members() string { return k.prefix + "members/" }
+
+// Member is the record key of one member.
+func (k Keys) Member(id string) string { return k.Members() + id }
+
+// NameOf returns the name in key under the section prefix sec, for example
+// NameOf(k.Lives(), "/immortals/lives/Adam") == "Adam".
+func NameOf(sec, key string) string { return strings.TrimPrefix(key, sec) }
+
+// ElectionName splits an election candidate key into life name and lease
+// part; ok is false when key is not a candidate key of this keyspace.
+func (k Keys) ElectionName(key string) (name string, ok bool) {
+	rest, found := strings.CutPrefix(key, k.Elections())
+	if !found {
+		return "", false
+	}
+	i := strings.LastIndexByte(rest, '/')
+	if i <= 0 {
+		return "", false
+	}
+	return rest[:i], true
+}

@@ -1,0 +1,159 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// States of a life as the CLI shows them.
+const (
+	StateRunning = "running" // a live holder runs it
+	StateWaiting = "waiting" // wanted, no holder runs it yet
+	StateInvalid = "invalid" // bad name or options: never started
+)
+
+// ErrNoLife is returned for a name that has no request under lives/.
+var ErrNoLife = errors.New("no such life")
+
+// Status is what `immortald get-age -o json` and `ls -o json` print.
+type Status struct {
+	Name string `json:"name"`
+	// Age is the checkpointed age in whole seconds.
+	Age            int64             `json:"age"`
+	AgeMS          int64             `json:"age_ms"`
+	State          string            `json:"state"`
+	Holder         string            `json:"holder"`
+	Incarnation    int64             `json:"incarnation"`
+	LifeID         int64             `json:"life_id"`
+	CheckpointTime *time.Time        `json:"checkpoint_time,omitempty"`
+	Labels         map[string]string `json:"labels,omitempty"`
+	// Error says what is wrong with the life, when something is.
+	Error string `json:"error,omitempty"`
+}
+
+// GetStatus reads one life's status in a single consistent snapshot.
+func GetStatus(ctx context.Context, cli *clientv3.Client, keys Keys, name string) (Status, error) {
+	if name == "" {
+		return Status{}, errors.New("name is empty")
+	}
+	resp, err := cli.Txn(ctx).Then(
+		clientv3.OpGet(keys.Life(name)),
+		clientv3.OpGet(keys.Election(name)+"/", clientv3.WithFirstCreate()...),
+		clientv3.OpGet(keys.Age(name)),
+		clientv3.OpGet(keys.Quarantine(name)),
+	).Commit()
+	if err != nil {
+		return Status{}, err
+	}
+	first := func(i int) *mvccpb.KeyValue {
+		kvs := resp.Responses[i].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			return nil
+		}
+		return kvs[0]
+	}
+	req := first(0)
+	if req == nil {
+		return Status{}, fmt.Errorf("%w: %q", ErrNoLife, name)
+	}
+	return buildStatus(keys, name, req, first(1), first(2), first(3)), nil
+}
+
+// ListStatus reads every life's status at one revision, sorted by name.
+func ListStatus(ctx context.Context, cli *clientv3.Client, keys Keys) ([]Status, error) {
+	rev, reqs, err := RangeAll(ctx, cli, keys.Lives(), 0)
+	if err != nil {
+		return nil, err
+	}
+	byName := func(prefix string) (map[string]*mvccpb.KeyValue, error) {
+		_, kvs, err := RangeAll(ctx, cli, prefix, rev)
+		if err != nil {
+			return nil, err
+		}
+		m := make(map[string]*mvccpb.KeyValue, len(kvs))
+		for _, kv := range kvs {
+			m[NameOf(prefix, string(kv.Key))] = kv
+		}
+		return m, nil
+	}
+	ages, err := byName(keys.Ages())
+	if err != nil {
+		return nil, err
+	}
+	quarantined, err := byName(keys.Quarantines())
+	if err != nil {
+		return nil, err
+	}
+	_, cands, err := RangeAll(ctx, cli, keys.Elections(), rev)
+	if err != nil {
+		return nil, err
+	}
+	leaders := make(map[string]*mvccpb.KeyValue)
+	for _, kv := range cands {
+		name, ok := keys.ElectionName(string(kv.Key))
+		if !ok {
+			continue
+		}
+		if cur := leaders[name]; cur == nil || kv.CreateRevision < cur.CreateRevision {
+			leaders[name] = kv
+		}
+	}
+	out := make([]Status, 0, len(reqs))
+	for _, req := range reqs {
+		name := NameOf(keys.Lives(), string(req.Key))
+		out = append(out, buildStatus(keys, name, req, leaders[name], ages[name], quarantined[name]))
+	}
+	slices.SortFunc(out, func(a, b Status) int {
+		switch {
+		case a.Name < b.Name:
+			return -1
+		case a.Name > b.Name:
+			return 1
+		}
+		return 0
+	})
+	return out, nil
+}
+
+// buildStatus derives a status from the keys of one life; leader, age and
+// quarantine may be nil.
+func buildStatus(keys Keys, name string, req, leader, age, quarantine *mvccpb.KeyValue) Status {
+	life := ParseLife(name, req.CreateRevision, req.ModRevision, req.Value)
+	st := Status{Name: name, LifeID: life.ID, State: StateWaiting, Labels: life.Options.Labels}
+	if !life.Valid() {
+		st.State = StateInvalid
+		st.Error = life.Err.Error()
+		return st
+	}
+	var problems []string
+	if age != nil {
+		rec, err := ParseAgeRecord(age.Value)
+		switch {
+		case err != nil:
+			problems = append(problems, fmt.Sprintf("age record at %s does not parse: %v", keys.Age(name), err))
+		case rec.LifeID == life.ID:
+			st.AgeMS, st.Age, st.Incarnation = rec.AgeMS, rec.AgeMS/1000, rec.Incarnation
+			t := rec.Time
+			st.CheckpointTime = &t
+			if leader != nil && leader.CreateRevision == rec.HolderRev {
+				st.State, st.Holder = StateRunning, rec.Holder
+			}
+		}
+	}
+	if quarantine != nil {
+		problems = append(problems, fmt.Sprintf("a corrupt age record was found; its bytes are kept at %s", keys.Quarantine(name)))
+	}
+	if len(problems) > 0 {
+		st.Error = problems[0]
+		for _, p := range problems[1:] {
+			st.Error += "; " + p
+		}
+	}
+	return st
+}

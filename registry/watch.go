@@ -1,0 +1,122 @@
+package registry
+
+import (
+	"context"
+	"github.com/immortald/immortald/internal/backoff"
+	"log/slog"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Handler receives the wanted lives. Calls come from one goroutine, in order.
+type Handler interface {
+	// Sync delivers every request under lives/ as of revision rev. Lives the
+	// handler knows that are not in lives are gone.
+	Sync(rev int64, lives []Life)
+	// Put delivers a new or changed request.
+	Put(l Life)
+	// Delete delivers the end of a request.
+	Delete(name string, rev int64)
+}
+
+// pageSize bounds one list response, so a keyspace of 100k lives is read in
+// pieces instead of one message of many megabytes.
+const pageSize = 5000
+
+// Watch lists lives/ and then watches it from the next revision, delivering
+// everything to h, until ctx ends. After a compaction, a lost leader or a
+// broken watch it lists again and calls h.Sync. It returns ctx.Err().
+func Watch(ctx context.Context, cli *clientv3.Client, keys Keys, h Handler, log *slog.Logger) error {
+	retry := backoff.New(100*time.Millisecond, 5*time.Second)
+	for {
+		rev, lives, err := List(ctx, cli, keys)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			log.Warn("cannot list lives; will retry", "err", err)
+			if !retry.Wait(ctx) {
+				return ctx.Err()
+			}
+			continue
+		}
+		retry.Reset()
+		h.Sync(rev, lives)
+		reason := watchFrom(ctx, cli, keys, h, rev+1)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		log.Warn("watch on lives ended; listing again", "reason", reason)
+		if !retry.Wait(ctx) {
+			return ctx.Err()
+		}
+	}
+}
+
+// List reads every request under lives/ at one revision.
+func List(ctx context.Context, cli *clientv3.Client, keys Keys) (int64, []Life, error) {
+	rev, kvs, err := RangeAll(ctx, cli, keys.Lives(), 0)
+	if err != nil {
+		return 0, nil, err
+	}
+	lives := make([]Life, 0, len(kvs))
+	for _, kv := range kvs {
+		lives = append(lives, ParseLife(NameOf(keys.Lives(), string(kv.Key)), kv.CreateRevision, kv.ModRevision, kv.Value))
+	}
+	return rev, lives, nil
+}
+
+// RangeAll reads every key under prefix, page by page, at revision rev (0:
+// the current one), and returns the revision it read at.
+func RangeAll(ctx context.Context, cli *clientv3.Client, prefix string, rev int64) (int64, []*mvccpb.KeyValue, error) {
+	var (
+		kvs  []*mvccpb.KeyValue
+		from = prefix
+		end  = clientv3.GetPrefixRangeEnd(prefix)
+	)
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(pageSize)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := cli.Get(ctx, from, opts...)
+		if err != nil {
+			return 0, nil, err
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		kvs = append(kvs, resp.Kvs...)
+		if !resp.More || len(resp.Kvs) == 0 {
+			return rev, kvs, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// watchFrom delivers events from rev until the watch ends, and says why.
+func watchFrom(ctx context.Context, cli *clientv3.Client, keys Keys, h Handler, rev int64) string {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := cli.Watch(wctx, keys.Lives(), clientv3.WithPrefix(), clientv3.WithRev(rev))
+	for wr := range wch {
+		if wr.CompactRevision != 0 {
+			return "compacted at revision " + itoa(wr.CompactRevision)
+		}
+		if err := wr.Err(); err != nil {
+			return err.Error()
+		}
+		for _, ev := range wr.Events {
+			name := NameOf(keys.Lives(), string(ev.Kv.Key))
+			switch ev.Type {
+			case mvccpb.PUT:
+				h.Put(ParseLife(name, ev.Kv.CreateRevision, ev.Kv.ModRevision, ev.Kv.Value))
+			case mvccpb.DELETE:
+				h.Delete(name, ev.Kv.ModRevision)
+			}
+		}
+	}
+	return "watch channel closed"
+}

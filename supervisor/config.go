@@ -1,0 +1,97 @@
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/lease"
+	"github.com/immortald/immortald/registry"
+)
+
+// Config configures a Supervisor.
+type Config struct {
+	// ID is this member's id; it is the value of its election keys.
+	ID string
+	// Client reaches etcd.
+	Client *clientv3.Client
+	// Keys is the keyspace.
+	Keys registry.Keys
+	// Lease configures the member's session. TTL default 5s.
+	Lease lease.Config
+	// CheckpointInterval is the time between age checkpoints. Default 1s.
+	// Must be below the lease TTL.
+	CheckpointInterval time.Duration
+	// CampaignsPerSecond bounds how fast campaigns start, so that a member
+	// that sees 100k lives at once does not overload etcd. Default 2000.
+	CampaignsPerSecond float64
+	// ShutdownTimeout bounds each step of a graceful stop. Default 5s.
+	ShutdownTimeout time.Duration
+	// Address is published in the member record (the HTTP address).
+	Address string
+	// Version is published in the member record.
+	Version string
+	// Logger receives life events. Default slog.Default().
+	Logger *slog.Logger
+	// Metrics, if set, is updated as lives come and go.
+	Metrics *Metrics
+}
+
+// maxTxnOps is etcd's default limit of operations in one Txn.
+const maxTxnOps = 128
+
+func (c *Config) setDefaults() {
+	if c.Lease.TTL == 0 {
+		c.Lease.TTL = 5 * time.Second
+	}
+	if c.Lease.Margin == 0 {
+		c.Lease.Margin = lease.DefaultMargin(c.Lease.TTL)
+	}
+	if c.CheckpointInterval == 0 {
+		c.CheckpointInterval = time.Second
+	}
+	if c.CampaignsPerSecond == 0 {
+		c.CampaignsPerSecond = 2000
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Lease.Logger == nil {
+		c.Lease.Logger = c.Logger
+	}
+}
+
+// Validate checks c, one rule per line, naming the values.
+func (c *Config) Validate() error {
+	if c.ID == "" {
+		return errors.New("member id is empty")
+	}
+	if err := registry.ValidateName(c.ID); err != nil {
+		return fmt.Errorf("member id %q: %w", c.ID, err)
+	}
+	if c.Client == nil {
+		return errors.New("etcd client is nil")
+	}
+	if c.Keys.Prefix() == "" {
+		return errors.New("keyspace prefix is empty")
+	}
+	if err := c.Lease.Validate(); err != nil {
+		return err
+	}
+	if c.CheckpointInterval <= 0 {
+		return fmt.Errorf("checkpoint interval (%s) must be positive", c.CheckpointInterval)
+	}
+	if c.CheckpointInterval >= c.Lease.TTL {
+		return fmt.Errorf("checkpoint interval (%s) must be below the lease TTL (%s)", c.CheckpointInterval, c.Lease.TTL)
+	}
+	if c.CampaignsPerSecond < 1 {
+		return fmt.Errorf("campaigns per second (%g) must be at least 1", c.CampaignsPerSecond)
+	}
+	return nil
+}

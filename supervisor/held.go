@@ -1,0 +1,127 @@
+package supervisor
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/registry"
+)
+
+type mvccpbKV = mvccpb.KeyValue
+
+// heldLife is a life this member runs. Its age is base plus the time since
+// started: it ticks in memory and costs nothing between checkpoints.
+type heldLife struct {
+	name      string
+	lifeID    int64
+	ownKey    string
+	ownRev    int64
+	holder    string
+	incarnate int64
+	base      int64     // age in ms when started
+	started   time.Time // monotonic
+
+	lastRev  atomic.Int64 // revision of the last applied write
+	lastAge  int64        // age of the last write; guarded by Supervisor.writeMu
+	lost     chan struct{}
+	lostOnce sync.Once
+}
+
+func (h *heldLife) ageAt(t time.Time) int64 { return h.base + t.Sub(h.started).Milliseconds() }
+
+func (h *heldLife) record(t time.Time) registry.AgeRecord {
+	return registry.AgeRecord{
+		LifeID:      h.lifeID,
+		AgeMS:       h.ageAt(t),
+		Incarnation: h.incarnate,
+		Holder:      h.holder,
+		HolderRev:   h.ownRev,
+		Time:        t.UTC().Round(0),
+	}
+}
+
+// fence is the guard of every write: we still hold the election key we won,
+// and the request key is still this life.
+func (h *heldLife) fence(k registry.Keys) []clientv3.Cmp {
+	return []clientv3.Cmp{
+		clientv3.Compare(clientv3.CreateRevision(h.ownKey), "=", h.ownRev),
+		clientv3.Compare(clientv3.CreateRevision(k.Life(h.name)), "=", h.lifeID),
+	}
+}
+
+// markLost signals the runner that a fenced write failed.
+func (h *heldLife) markLost() { h.lostOnce.Do(func() { close(h.lost) }) }
+
+// addHeld starts running h, unless ctx has ended or every life was just
+// taken away (session lost, shutdown): then it reports false.
+func (s *Supervisor) addHeld(ctx context.Context, h *heldLife) bool {
+	s.heldMu.Lock()
+	if s.heldClosed || ctx.Err() != nil {
+		s.heldMu.Unlock()
+		return false
+	}
+	s.held[h.name] = h
+	n := len(s.held)
+	s.heldMu.Unlock()
+	s.m.Held.Set(float64(n))
+	s.m.Started.Inc()
+	return true
+}
+
+// openHeld lets lives be added again, for a new session.
+func (s *Supervisor) openHeld() {
+	s.heldMu.Lock()
+	s.heldClosed = false
+	s.heldMu.Unlock()
+}
+
+// removeHeld stops h; false when it was stopped already.
+func (s *Supervisor) removeHeld(h *heldLife) bool {
+	s.heldMu.Lock()
+	ok := s.held[h.name] == h
+	if ok {
+		delete(s.held, h.name)
+	}
+	n := len(s.held)
+	s.heldMu.Unlock()
+	s.m.Held.Set(float64(n))
+	return ok
+}
+
+// takeAllHeld stops every life at once, returns them, and refuses new ones
+// until openHeld.
+func (s *Supervisor) takeAllHeld() []*heldLife {
+	s.heldMu.Lock()
+	s.heldClosed = true
+	out := make([]*heldLife, 0, len(s.held))
+	for _, h := range s.held {
+		out = append(out, h)
+	}
+	clear(s.held)
+	s.heldMu.Unlock()
+	s.m.Held.Set(0)
+	return out
+}
+
+// dropAllHeld stops every life without writing anything; their runners
+// exit when the generation's context ends.
+func (s *Supervisor) dropAllHeld(reason string) int {
+	lives := s.takeAllHeld()
+	s.m.Lost.WithLabelValues(reason).Add(float64(len(lives)))
+	return len(lives)
+}
+
+func (s *Supervisor) snapshotHeld() []*heldLife {
+	s.heldMu.Lock()
+	defer s.heldMu.Unlock()
+	out := make([]*heldLife, 0, len(s.held))
+	for _, h := range s.held {
+		out = append(out, h)
+	}
+	return out
+}

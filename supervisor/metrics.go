@@ -1,0 +1,40 @@
+package supervisor
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the supervisor's Prometheus collectors.
+type Metrics struct {
+	Held             prometheus.Gauge
+	Wanted           prometheus.Gauge
+	Invalid          prometheus.Gauge
+	Started          prometheus.Counter
+	Lost             *prometheus.CounterVec
+	Checkpoints      prometheus.Counter
+	CheckpointTxns   prometheus.Counter
+	CheckpointErrors prometheus.Counter
+	Sessions         prometheus.Counter
+	SessionLosses    prometheus.Counter
+	Quarantined      prometheus.Counter
+}
+
+// NewMetrics creates the collectors and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Held:             prometheus.NewGauge(prometheus.GaugeOpts{Name: "immortald_lives_held", Help: "Lives this member runs now."}),
+		Wanted:           prometheus.NewGauge(prometheus.GaugeOpts{Name: "immortald_lives_wanted", Help: "Valid life requests this member sees."}),
+		Invalid:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "immortald_lives_invalid", Help: "Life requests with a bad name or options."}),
+		Started:          prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_lives_started_total", Help: "Lives this member started."}),
+		Lost:             prometheus.NewCounterVec(prometheus.CounterOpts{Name: "immortald_lives_stopped_total", Help: "Lives this member stopped, by reason."}, []string{"reason"}),
+		Checkpoints:      prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_checkpoints_total", Help: "Age checkpoints applied."}),
+		CheckpointTxns:   prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_checkpoint_txns_total", Help: "Checkpoint transactions sent to etcd."}),
+		CheckpointErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_checkpoint_txn_errors_total", Help: "Checkpoint transactions that failed to reach etcd."}),
+		Sessions:         prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_sessions_total", Help: "Sessions (leases) opened."}),
+		SessionLosses:    prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_session_losses_total", Help: "Sessions lost before shutdown."}),
+		Quarantined:      prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_age_records_quarantined_total", Help: "Corrupt age records moved to quarantine/."}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.Held, m.Wanted, m.Invalid, m.Started, m.Lost, m.Checkpoints, m.CheckpointTxns,
+			m.CheckpointErrors, m.Sessions, m.SessionLosses, m.Quarantined)
+	}
+	return m
+}

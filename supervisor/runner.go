@@ -1,0 +1,245 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"github.com/immortald/immortald/internal/backoff"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/immortald/immortald/registry"
+)
+
+// runner campaigns for one life within one generation and runs it while it
+// holds it.
+type runner struct {
+	s      *Supervisor
+	gen    *generation
+	life   registry.Life
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+	after  <-chan struct{} // the previous runner of this name; wait for it
+	// ended is set when the life is no longer wanted (deleted, replaced or
+	// invalid): the runner resigns and removes the age record on its way out.
+	ended atomic.Bool
+}
+
+// outcome is why a runner stopped holding a life.
+type outcome int
+
+const (
+	outStopped   outcome = iota // the runner's context ended
+	outGone                     // the request key is gone or is another life
+	outFenced                   // a fenced write failed: someone else holds it
+	outNotLeader                // Campaign returned but our key is not there
+	outError                    // etcd could not be reached; try again
+)
+
+func (s *Supervisor) startRunnerLocked(l registry.Life, after <-chan struct{}) {
+	ctx, cancel := context.WithCancel(s.gen.ctx)
+	r := &runner{s: s, gen: s.gen, life: l, ctx: ctx, cancel: cancel, done: make(chan struct{}), after: after}
+	s.runners[l.Name] = r
+	s.gen.wg.Add(1)
+	go r.run()
+}
+
+// stopRunnerLocked ends r because its life is no longer wanted and returns
+// a channel closed when r has exited.
+func (s *Supervisor) stopRunnerLocked(r *runner) <-chan struct{} {
+	r.ended.Store(true)
+	r.cancel()
+	if s.runners[r.life.Name] == r {
+		delete(s.runners, r.life.Name)
+	}
+	return r.done
+}
+
+func (r *runner) run() {
+	defer r.gen.wg.Done()
+	defer close(r.done)
+	if r.after != nil {
+		select {
+		case <-r.after:
+		case <-r.ctx.Done():
+			return
+		}
+	}
+	s := r.s
+	retry := backoff.New(100*time.Millisecond, 2*time.Second)
+	for r.ctx.Err() == nil {
+		if err := s.limiter.Wait(r.ctx); err != nil {
+			return
+		}
+		el := concurrency.NewElection(r.gen.sess.Concurrency(), s.cfg.Keys.Election(r.life.Name))
+		if err := r.campaign(el); err != nil {
+			if r.ctx.Err() != nil {
+				return
+			}
+			s.log.Debug("campaign failed; will retry", "name", r.life.Name, "err", err)
+			retry.Wait(r.ctx)
+			continue
+		}
+		out, h := r.hold(el)
+		switch out {
+		case outStopped:
+			if r.ended.Load() {
+				r.resign(el, h)
+			}
+			return
+		case outGone:
+			r.resign(el, nil)
+			r.s.forgetRunner(r)
+			return
+		case outFenced:
+			s.log.Warn("lost the life: a fenced write failed", "name", r.life.Name)
+			r.resign(el, nil)
+		case outNotLeader:
+			s.log.Warn("campaign returned without our election key (etcd #11051); not starting the life", "name", r.life.Name)
+		case outError:
+			r.resign(el, nil)
+		}
+		retry.Wait(r.ctx)
+	}
+}
+
+// campaign runs Campaign in its own goroutine, so that a runner whose context
+// ends never waits on etcd: when etcd is unreachable, Campaign's clean-up
+// (a Resign on the client's context) can block until etcd is back. If the
+// abandoned Campaign wins after all, that candidacy is resigned.
+func (r *runner) campaign(el *concurrency.Election) error {
+	res := make(chan error, 1)
+	ctx := clientv3.WithRequireLeader(r.ctx)
+	go func() { res <- el.Campaign(ctx, r.s.cfg.ID) }()
+	select {
+	case err := <-res:
+		return err
+	case <-r.ctx.Done():
+		go func() {
+			if err := <-res; err == nil {
+				ctx, cancel := context.WithTimeout(context.Background(), r.s.cfg.ShutdownTimeout)
+				_ = el.Resign(ctx)
+				cancel()
+			}
+		}()
+		return r.ctx.Err()
+	}
+}
+
+// resign gives the candidacy up with a fresh context (a cancelled one would
+// make Resign forget the key and leave it in etcd, etcd #22123). When h is
+// given, the life was ended by the user: its age record goes too, unless
+// someone wrote it after h did.
+func (r *runner) resign(el *concurrency.Election, h *heldLife) {
+	ctx, cancel := context.WithTimeout(context.Background(), r.s.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := el.Resign(ctx); err != nil {
+		r.s.log.Debug("resign failed; the key goes with the lease", "name", r.life.Name, "err", err)
+	}
+	if h != nil && h.lastRev.Load() > 0 {
+		key := r.s.cfg.Keys.Age(r.life.Name)
+		_, _ = r.s.cfg.Client.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", h.lastRev.Load())).
+			Then(clientv3.OpDelete(key)).
+			Commit()
+	}
+}
+
+// hold verifies leadership, loads the age record, starts the life and runs
+// it until it must stop.
+func (r *runner) hold(el *concurrency.Election) (outcome, *heldLife) {
+	s, k, name := r.s, r.s.cfg.Keys, r.life.Name
+	ownKey, ownRev := el.Key(), el.Rev()
+	resp, err := s.cfg.Client.Txn(r.ctx).Then(
+		clientv3.OpGet(ownKey),
+		clientv3.OpGet(k.Life(name)),
+		clientv3.OpGet(k.Age(name)),
+	).Commit()
+	if err != nil {
+		if r.ctx.Err() != nil {
+			return outStopped, nil
+		}
+		return outError, nil
+	}
+	kvs := func(i int) []*mvccpbKV { return resp.Responses[i].GetResponseRange().Kvs }
+	if own := kvs(0); len(own) == 0 || own[0].CreateRevision != ownRev {
+		return outNotLeader, nil
+	}
+	if req := kvs(1); len(req) == 0 || req[0].CreateRevision != r.life.ID {
+		return outGone, nil
+	}
+
+	h := &heldLife{
+		name:      name,
+		lifeID:    r.life.ID,
+		ownKey:    ownKey,
+		ownRev:    ownRev,
+		holder:    s.cfg.ID,
+		incarnate: 1,
+		lost:      make(chan struct{}),
+	}
+	ops := []clientv3.Op(nil)
+	cmps := h.fence(k)
+	if old := kvs(2); len(old) > 0 {
+		rec, err := registry.ParseAgeRecord(old[0].Value)
+		switch {
+		case err != nil:
+			// Never resume, never silently overwrite: keep the bytes.
+			s.log.Error("age record does not parse; keeping its bytes in quarantine and starting the life at age 0",
+				"name", name, "key", k.Age(name), "quarantine", k.Quarantine(name), "err", err)
+			ops = append(ops, clientv3.OpPut(k.Quarantine(name), string(old[0].Value)))
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.Age(name)), "=", old[0].ModRevision))
+			s.m.Quarantined.Inc()
+		case rec.LifeID == r.life.ID:
+			h.base, h.incarnate = rec.AgeMS, rec.Incarnation+1
+		}
+	}
+	h.started = time.Now()
+	rec := h.record(h.started)
+	ops = append(ops, clientv3.OpPut(k.Age(name), string(rec.Marshal())))
+	w, err := s.cfg.Client.Txn(r.ctx).If(cmps...).Then(ops...).Commit()
+	switch {
+	case err != nil && r.ctx.Err() != nil:
+		return outStopped, nil
+	case err != nil:
+		return outError, nil
+	case !w.Succeeded:
+		return outFenced, nil
+	}
+	h.lastRev.Store(w.Header.Revision)
+	h.lastAge = rec.AgeMS
+
+	if !s.addHeld(r.ctx, h) {
+		return outStopped, nil
+	}
+	s.log.Info(fmt.Sprintf("New life spawned: %s (age %d, incarnation %d)", name, rec.AgeMS/1000, h.incarnate),
+		"name", name, "age", rec.AgeMS/1000, "incarnation", h.incarnate, "life_id", h.lifeID)
+	select {
+	case <-r.ctx.Done():
+		if s.removeHeld(h) {
+			reason := "stopped"
+			if r.ended.Load() {
+				reason = "ended"
+			}
+			s.m.Lost.WithLabelValues(reason).Inc()
+			s.log.Info("life stopped: "+name, "name", name, "age", h.ageAt(time.Now())/1000, "reason", reason)
+		}
+		return outStopped, h
+	case <-h.lost:
+		s.removeHeld(h)
+		s.m.Lost.WithLabelValues("fenced").Inc()
+		return outFenced, nil
+	}
+}
+
+// forgetRunner removes r from the runners map if it is still there.
+func (s *Supervisor) forgetRunner(r *runner) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.runners[r.life.Name] == r {
+		delete(s.runners, r.life.Name)
+	}
+}
