@@ -7,7 +7,11 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/registry"
 )
 
 // batchesInFlight bounds concurrent checkpoint Txns of one round.
@@ -70,8 +74,8 @@ func (s *Supervisor) writeAges(ctx context.Context, lives []*heldLife, now time.
 		wg      sync.WaitGroup
 		sem     = make(chan struct{}, batchesInFlight)
 	)
-	for start := 0; start < len(lives); start += maxTxnOps {
-		batch := lives[start:min(start+maxTxnOps, len(lives))]
+	for start := 0; start < len(lives); start += batchSize {
+		batch := lives[start:min(start+batchSize, len(lives))]
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
@@ -92,14 +96,15 @@ func (s *Supervisor) writeAges(ctx context.Context, lives []*heldLife, now time.
 func (s *Supervisor) writeBatch(ctx context.Context, batch []*heldLife, now time.Time) (int, error) {
 	k := s.cfg.Keys
 	ops := make([]clientv3.Op, len(batch))
-	ages := make([]int64, len(batch))
+	recs := make([]registry.AgeRecord, len(batch))
 	for i, h := range batch {
-		rec := h.record(now)
-		if rec.AgeMS < h.lastAge {
-			rec.AgeMS = h.lastAge // never write a smaller age, whatever the clock did
-		}
-		ages[i] = rec.AgeMS
-		ops[i] = clientv3.OpTxn(h.fence(k), []clientv3.Op{clientv3.OpPut(k.Age(h.name), string(rec.Marshal()))}, nil)
+		recs[i] = h.nextRecord(now)
+		age := k.Age(h.name)
+		ops[i] = clientv3.OpTxn(
+			append(h.fence(k), clientv3.Compare(clientv3.ModRevision(age), "=", h.lastRev.Load())),
+			[]clientv3.Op{clientv3.OpPut(age, string(recs[i].Marshal()))},
+			[]clientv3.Op{clientv3.OpGet(h.ownKey), clientv3.OpGet(k.Life(h.name)), clientv3.OpGet(age)},
+		)
 	}
 	s.m.CheckpointTxns.Inc()
 	resp, err := s.cfg.Client.Txn(ctx).Then(ops...).Commit()
@@ -109,15 +114,63 @@ func (s *Supervisor) writeBatch(ctx context.Context, batch []*heldLife, now time
 	}
 	applied := 0
 	for i, r := range resp.Responses {
-		h := batch[i]
-		if r.GetResponseTxn().GetSucceeded() {
+		h, sub := batch[i], r.GetResponseTxn()
+		if sub.GetSucceeded() {
 			applied++
-			h.lastRev.Store(resp.Header.Revision)
-			h.lastAge = ages[i]
+			h.wrote(resp.Header.Revision, recs[i].AgeMS)
 			continue
 		}
-		h.markLost()
+		own, req, age := firstKV(sub, 0), firstKV(sub, 1), firstKV(sub, 2)
+		if !h.fenceHolds(own, req) {
+			h.markLost()
+			continue
+		}
+		// We still hold the life, but someone else wrote its age record.
+		if s.repairAge(ctx, h, age, now) {
+			applied++
+		}
 	}
 	s.m.Checkpoints.Add(float64(applied))
 	return applied, nil
+}
+
+// repairAge handles an age record that someone other than the holder wrote
+// or deleted: the foreign bytes are kept in quarantine/<name>, never resumed
+// and never silently overwritten, and the holder's own record is written
+// again. It reports whether the record was written.
+func (s *Supervisor) repairAge(ctx context.Context, h *heldLife, found *mvccpb.KeyValue, now time.Time) bool {
+	k := s.cfg.Keys
+	var seen int64
+	rec := h.nextRecord(now)
+	ops := []clientv3.Op{clientv3.OpPut(k.Age(h.name), string(rec.Marshal()))}
+	if found != nil {
+		seen = found.ModRevision
+		ops = append(ops, clientv3.OpPut(k.Quarantine(h.name), string(found.Value)))
+		s.m.Quarantined.Inc()
+		s.log.Error("age record was overwritten by someone other than its holder; keeping those bytes in quarantine and the life's own age",
+			"name", h.name, "key", k.Age(h.name), "quarantine", k.Quarantine(h.name), "age", rec.AgeMS/1000)
+	} else {
+		s.log.Warn("age record was deleted by someone other than its holder; writing it again", "name", h.name, "age", rec.AgeMS/1000)
+	}
+	resp, err := s.cfg.Client.Txn(ctx).
+		If(append(h.fence(k), clientv3.Compare(clientv3.ModRevision(k.Age(h.name)), "=", seen))...).
+		Then(ops...).
+		Commit()
+	if err != nil || !resp.Succeeded {
+		return false // tried again at the next checkpoint
+	}
+	h.wrote(resp.Header.Revision, rec.AgeMS)
+	return true
+}
+
+// firstKV is the first key of the i-th range response of a Txn, or nil.
+func firstKV(t *etcdserverpb.TxnResponse, i int) *mvccpb.KeyValue {
+	if i >= len(t.GetResponses()) {
+		return nil
+	}
+	kvs := t.Responses[i].GetResponseRange().GetKvs()
+	if len(kvs) == 0 {
+		return nil
+	}
+	return kvs[0]
 }

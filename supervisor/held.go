@@ -12,8 +12,6 @@ import (
 	"github.com/immortald/immortald/registry"
 )
 
-type mvccpbKV = mvccpb.KeyValue
-
 // heldLife is a life this member runs. Its age is base plus the time since
 // started: it ticks in memory and costs nothing between checkpoints.
 type heldLife struct {
@@ -43,6 +41,27 @@ func (h *heldLife) record(t time.Time) registry.AgeRecord {
 		HolderRev:   h.ownRev,
 		Time:        t.UTC().Round(0),
 	}
+}
+
+// nextRecord is the record of the age at t; it never holds a smaller age
+// than the last write, whatever the clock did.
+func (h *heldLife) nextRecord(t time.Time) registry.AgeRecord {
+	rec := h.record(t)
+	rec.AgeMS = max(rec.AgeMS, h.lastAge)
+	return rec
+}
+
+// wrote records an applied write at revision rev. The caller holds writeMu
+// or owns h alone.
+func (h *heldLife) wrote(rev, age int64) {
+	h.lastRev.Store(rev)
+	h.lastAge = age
+}
+
+// fenceHolds reports whether own and req, read from etcd, show that the
+// guard of h still holds.
+func (h *heldLife) fenceHolds(own, req *mvccpb.KeyValue) bool {
+	return own != nil && own.CreateRevision == h.ownRev && req != nil && req.CreateRevision == h.lifeID
 }
 
 // fence is the guard of every write: we still hold the election key we won,

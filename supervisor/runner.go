@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
@@ -32,7 +34,8 @@ type runner struct {
 type outcome int
 
 const (
-	outStopped   outcome = iota // the runner's context ended
+	outOK        outcome = iota // leadership verified; go on
+	outStopped                  // the runner's context ended
 	outGone                     // the request key is gone or is another life
 	outFenced                   // a fenced write failed: someone else holds it
 	outNotLeader                // Campaign returned but our key is not there
@@ -148,50 +151,62 @@ func (r *runner) resign(el *concurrency.Election, h *heldLife) {
 	}
 }
 
+// readStart reads, in one snapshot, what starting a life needs: that el's
+// key is still ours (Campaign can return after its session expired, etcd
+// #11051), that the request key is still this life, and the age record.
+func readStart(ctx context.Context, cli *clientv3.Client, k registry.Keys, el *concurrency.Election, life registry.Life) (*mvccpb.KeyValue, outcome, error) {
+	resp, err := cli.Txn(ctx).Then(
+		clientv3.OpGet(el.Key()),
+		clientv3.OpGet(k.Life(life.Name)),
+		clientv3.OpGet(k.Age(life.Name)),
+	).Commit()
+	if err != nil {
+		return nil, outError, err
+	}
+	own, req, age := firstKV((*etcdserverpb.TxnResponse)(resp), 0), firstKV((*etcdserverpb.TxnResponse)(resp), 1), firstKV((*etcdserverpb.TxnResponse)(resp), 2)
+	if own == nil || own.CreateRevision != el.Rev() {
+		return nil, outNotLeader, nil
+	}
+	if req == nil || req.CreateRevision != life.ID {
+		return nil, outGone, nil
+	}
+	return age, outOK, nil
+}
+
 // hold verifies leadership, loads the age record, starts the life and runs
 // it until it must stop.
 func (r *runner) hold(el *concurrency.Election) (outcome, *heldLife) {
 	s, k, name := r.s, r.s.cfg.Keys, r.life.Name
-	ownKey, ownRev := el.Key(), el.Rev()
-	resp, err := s.cfg.Client.Txn(r.ctx).Then(
-		clientv3.OpGet(ownKey),
-		clientv3.OpGet(k.Life(name)),
-		clientv3.OpGet(k.Age(name)),
-	).Commit()
-	if err != nil {
-		if r.ctx.Err() != nil {
-			return outStopped, nil
-		}
-		return outError, nil
-	}
-	kvs := func(i int) []*mvccpbKV { return resp.Responses[i].GetResponseRange().Kvs }
-	if own := kvs(0); len(own) == 0 || own[0].CreateRevision != ownRev {
-		return outNotLeader, nil
-	}
-	if req := kvs(1); len(req) == 0 || req[0].CreateRevision != r.life.ID {
-		return outGone, nil
+	old, out, err := readStart(r.ctx, s.cfg.Client, k, el, r.life)
+	switch {
+	case err != nil && r.ctx.Err() != nil:
+		return outStopped, nil
+	case out != outOK:
+		return out, nil
 	}
 
 	h := &heldLife{
 		name:      name,
 		lifeID:    r.life.ID,
-		ownKey:    ownKey,
-		ownRev:    ownRev,
+		ownKey:    el.Key(),
+		ownRev:    el.Rev(),
 		holder:    s.cfg.ID,
 		incarnate: 1,
 		lost:      make(chan struct{}),
 	}
-	ops := []clientv3.Op(nil)
-	cmps := h.fence(k)
-	if old := kvs(2); len(old) > 0 {
-		rec, err := registry.ParseAgeRecord(old[0].Value)
+	var (
+		ops  []clientv3.Op
+		seen int64
+	)
+	if old != nil {
+		seen = old.ModRevision
+		rec, err := registry.ParseAgeRecord(old.Value)
 		switch {
 		case err != nil:
 			// Never resume, never silently overwrite: keep the bytes.
 			s.log.Error("age record does not parse; keeping its bytes in quarantine and starting the life at age 0",
 				"name", name, "key", k.Age(name), "quarantine", k.Quarantine(name), "err", err)
-			ops = append(ops, clientv3.OpPut(k.Quarantine(name), string(old[0].Value)))
-			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.Age(name)), "=", old[0].ModRevision))
+			ops = append(ops, clientv3.OpPut(k.Quarantine(name), string(old.Value)))
 			s.m.Quarantined.Inc()
 		case rec.LifeID == r.life.ID:
 			h.base, h.incarnate = rec.AgeMS, rec.Incarnation+1
@@ -200,7 +215,10 @@ func (r *runner) hold(el *concurrency.Election) (outcome, *heldLife) {
 	h.started = time.Now()
 	rec := h.record(h.started)
 	ops = append(ops, clientv3.OpPut(k.Age(name), string(rec.Marshal())))
-	w, err := s.cfg.Client.Txn(r.ctx).If(cmps...).Then(ops...).Commit()
+	w, err := s.cfg.Client.Txn(r.ctx).
+		If(append(h.fence(k), clientv3.Compare(clientv3.ModRevision(k.Age(name)), "=", seen))...).
+		Then(ops...).
+		Commit()
 	switch {
 	case err != nil && r.ctx.Err() != nil:
 		return outStopped, nil
@@ -209,8 +227,7 @@ func (r *runner) hold(el *concurrency.Election) (outcome, *heldLife) {
 	case !w.Succeeded:
 		return outFenced, nil
 	}
-	h.lastRev.Store(w.Header.Revision)
-	h.lastAge = rec.AgeMS
+	h.wrote(w.Header.Revision, rec.AgeMS)
 
 	if !s.addHeld(r.ctx, h) {
 		return outStopped, nil

@@ -1,0 +1,481 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/immortald/immortald/internal/etcdtest"
+	"github.com/immortald/immortald/registry"
+)
+
+func TestLifeStartsAndAges(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	m := startMember(t, srv.Endpoint(), "m1")
+	lifeID := put(t, m.cli, testKeys.Life("Adam"), "")
+
+	waitFor(t, 5*time.Second, "Adam running", func() bool { return m.holds("Adam") })
+	waitFor(t, 5*time.Second, "a checkpoint of age >= 1s", func() bool {
+		rec, ok := ageRecord(t, m.cli, "Adam")
+		return ok && rec.AgeMS >= 1000
+	})
+	rec, _ := ageRecord(t, m.cli, "Adam")
+	if rec.LifeID != lifeID || rec.Holder != "m1" || rec.Incarnation != 1 {
+		t.Fatalf("record = %+v, want life id %d, holder m1, incarnation 1", rec, lifeID)
+	}
+	st := status(t, m.cli, "Adam")
+	if st.State != registry.StateRunning || st.Holder != "m1" || st.Age < 1 {
+		t.Fatalf("status = %+v, want running on m1 with age >= 1", st)
+	}
+}
+
+func TestCrashFailoverKeepsAge(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	m1 := startMember(t, srv.Endpoint(), "m1")
+	m2 := startMember(t, srv.Endpoint(), "m2")
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	put(t, obs, testKeys.Life("Adam"), "")
+	old := holderOf(t, "Adam", m1, m2)
+	peer := m2
+	if old == m2 {
+		peer = m1
+	}
+	waitFor(t, 5*time.Second, "age >= 1s", func() bool { return old.sup.Held()["Adam"] >= 1000 })
+
+	before := put(t, obs, "/test/mark", "")
+	ageAtCrash := old.sup.Held()["Adam"]
+	crashed := time.Now()
+	old.crash()
+	waitFor(t, testTTL+3*time.Second, "failover to "+peer.id, func() bool { return peer.holds("Adam") })
+	took := time.Since(crashed)
+	rec := firstRecordBy(t, obs, "Adam", before, peer.id)
+	t.Logf("crash failover: %s after the crash (TTL %s); age at crash %dms, resumed at %dms: lost %dms",
+		took.Round(time.Millisecond), testTTL, ageAtCrash, rec.AgeMS, ageAtCrash-rec.AgeMS)
+
+	if took > testTTL+2*time.Second {
+		t.Errorf("failover took %s, over TTL + 2s", took)
+	}
+	if rec.Incarnation != 2 {
+		t.Errorf("record after failover = %+v, want incarnation 2", rec)
+	}
+	// The peer resumes from the last checkpoint: at most one interval (plus
+	// slack for the write itself) behind the age at the crash.
+	if lost := ageAtCrash - rec.AgeMS; lost > testInterval.Milliseconds()+300 {
+		t.Errorf("lost %dms of age, more than one checkpoint interval (%s) + 300ms", lost, testInterval)
+	}
+}
+
+func TestGracefulHandoff(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	m1 := startMember(t, srv.Endpoint(), "m1")
+	m2 := startMember(t, srv.Endpoint(), "m2")
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	put(t, obs, testKeys.Life("Adam"), "")
+	old := holderOf(t, "Adam", m1, m2)
+	peer := m2
+	if old == m2 {
+		peer = m1
+	}
+	waitFor(t, 5*time.Second, "age >= 1s", func() bool { return old.sup.Held()["Adam"] >= 1000 })
+
+	// Watch the age record through the handoff.
+	wctx, wcancel := context.WithCancel(context.Background())
+	defer wcancel()
+	start, _ := obs.Get(wctx, "x")
+	wch := obs.Watch(wctx, testKeys.Age("Adam"), clientv3.WithRev(start.Header.Revision+1))
+
+	old.stop() // SIGTERM: the parent context is cancelled before the lease is revoked
+	if n := countKeysWithValue(t, obs, testKeys.Elections(), old.id); n != 0 {
+		t.Fatalf("%d election keys of %s are left after a graceful stop: revoke must use a fresh context", n, old.id)
+	}
+	waitFor(t, 2*time.Second, "handoff to "+peer.id, func() bool { return peer.holds("Adam") })
+
+	var final, first registry.AgeRecord
+	for first.Holder != peer.id {
+		select {
+		case wr := <-wch:
+			for _, ev := range wr.Events {
+				rec, err := registry.ParseAgeRecord(ev.Kv.Value)
+				if err != nil {
+					t.Fatalf("bad record: %v", err)
+				}
+				if rec.Holder == old.id {
+					final = rec
+				} else if first.Holder == "" {
+					first = rec
+				}
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("no record of the new holder")
+		}
+	}
+	gap := first.Time.Sub(final.Time)
+	t.Logf("graceful handoff: final checkpoint age %dms at %s, resumed age %dms at %s: %s without running",
+		final.AgeMS, final.Time.Format("15:04:05.000"), first.AgeMS, first.Time.Format("15:04:05.000"), gap)
+	if first.AgeMS != final.AgeMS {
+		t.Errorf("resumed at %dms, want exactly the final checkpoint %dms", first.AgeMS, final.AgeMS)
+	}
+	if first.Incarnation != final.Incarnation+1 {
+		t.Errorf("incarnation %d after %d", first.Incarnation, final.Incarnation)
+	}
+	if gap >= 100*time.Millisecond {
+		t.Errorf("graceful handoff lost %s of age, want under 100ms", gap)
+	}
+}
+
+func countKeysWithValue(tb testing.TB, cli *clientv3.Client, prefix, value string) int {
+	tb.Helper()
+	resp, err := cli.Get(context.Background(), prefix, clientv3.WithPrefix())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	n := 0
+	for _, kv := range resp.Kvs {
+		if string(kv.Value) == value {
+			n++
+		}
+	}
+	return n
+}
+
+// A holder whose lease is gone (here: revoked behind its back, as the server
+// does when it expires) cannot apply another age write, and stops the life.
+func TestStaleHolderCannotWrite(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	m1 := startMember(t, srv.Endpoint(), "m1")
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	put(t, obs, testKeys.Life("Adam"), "")
+	waitFor(t, 5*time.Second, "Adam on m1", func() bool { return m1.holds("Adam") })
+	rec, _ := ageRecord(t, obs, "Adam")
+
+	own, err := obs.Get(context.Background(), testKeys.Election("Adam")+"/", clientv3.WithPrefix())
+	if err != nil || len(own.Kvs) != 1 {
+		t.Fatalf("election keys: %v %v", own, err)
+	}
+	revoked, err := obs.Revoke(context.Background(), clientv3.LeaseID(own.Kvs[0].Lease))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithCancel(context.Background())
+	defer wcancel()
+	wch := obs.Watch(wctx, testKeys.Age("Adam"), clientv3.WithRev(revoked.Header.Revision+1))
+
+	waitFor(t, testTTL+2*time.Second, "m1 to stop Adam", func() bool { return !m1.holds("Adam") })
+	// m1 campaigns again on a new session and takes Adam back; every write
+	// applied after the revoke must carry the new election key.
+	waitFor(t, 10*time.Second, "Adam back on m1", func() bool { return m1.holds("Adam") })
+	deadline := time.After(3 * testInterval)
+	for {
+		select {
+		case wr := <-wch:
+			for _, ev := range wr.Events {
+				if ev.Type != mvccpb.PUT {
+					continue
+				}
+				r, err := registry.ParseAgeRecord(ev.Kv.Value)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r.HolderRev == rec.HolderRev {
+					t.Fatalf("a write of the revoked holder (holder_rev %d) was applied at revision %d", r.HolderRev, ev.Kv.ModRevision)
+				}
+			}
+		case <-deadline:
+			return
+		}
+	}
+}
+
+// One stale life in a batch fails alone: the other lives' checkpoints of the
+// same Txn are applied.
+func TestBatchIsolatesFailedFence(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	cli := etcdtest.MustClient(t, srv.Endpoint())
+	sup, err := New(Config{ID: "m1", Client: cli, Keys: testKeys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	grant, err := cli.Grant(ctx, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Revoke(ctx, grant.ID)
+
+	var lives []*heldLife
+	for i := range 300 {
+		name := fmt.Sprintf("life-%03d", i)
+		lifeID := put(t, cli, testKeys.Life(name), "")
+		own := testKeys.Election(name) + "/own"
+		resp, err := cli.Put(ctx, own, "m1", clientv3.WithLease(grant.ID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := &heldLife{name: name, lifeID: lifeID, ownKey: own, ownRev: resp.Header.Revision, holder: "m1", incarnate: 1,
+			started: time.Now(), lost: make(chan struct{})}
+		lives = append(lives, h)
+	}
+	stale := lives[200]
+	del(t, cli, stale.ownKey) // its holder lost the election key
+
+	applied, err := sup.writeAges(ctx, lives, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if applied != len(lives)-1 {
+		t.Fatalf("applied %d checkpoints, want %d", applied, len(lives)-1)
+	}
+	select {
+	case <-stale.lost:
+	default:
+		t.Fatal("the stale life was not told it is lost")
+	}
+	if _, ok := ageRecord(t, cli, stale.name); ok {
+		t.Fatal("the stale life's age was written")
+	}
+	if n := countKeys(t, cli, testKeys.Ages()); n != int64(len(lives)-1) {
+		t.Fatalf("%d age records, want %d", n, len(lives)-1)
+	}
+}
+
+func TestDeleteEndsLifeAndReputStartsAtZero(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	m1 := startMember(t, srv.Endpoint(), "m1")
+	m2 := startMember(t, srv.Endpoint(), "m2")
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	firstID := put(t, obs, testKeys.Life("Adam"), "")
+	h := holderOf(t, "Adam", m1, m2)
+	waitFor(t, 5*time.Second, "age >= 1s", func() bool { return h.sup.Held()["Adam"] >= 1000 })
+
+	del(t, obs, testKeys.Life("Adam"))
+	waitFor(t, 5*time.Second, "Adam ended everywhere", func() bool {
+		return !m1.holds("Adam") && !m2.holds("Adam") &&
+			countKeys(t, obs, testKeys.Election("Adam")+"/") == 0 && countKeys(t, obs, testKeys.Age("Adam")) == 0
+	})
+
+	secondID := put(t, obs, testKeys.Life("Adam"), "")
+	h = holderOf(t, "Adam", m1, m2)
+	rec, ok := ageRecord(t, obs, "Adam")
+	if !ok || rec.LifeID != secondID || rec.LifeID == firstID {
+		t.Fatalf("record %+v, want life id %d", rec, secondID)
+	}
+	if rec.Incarnation != 1 || rec.AgeMS >= 1000 {
+		t.Fatalf("the new life starts at incarnation %d, age %dms; want 1 and under 1s", rec.Incarnation, rec.AgeMS)
+	}
+}
+
+func TestBadInputIsNeverStarted(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	m1 := startMember(t, srv.Endpoint(), "m1")
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	bad := []struct {
+		name, key, value string
+	}{
+		{name: "white space", key: testKeys.Life("bad name"), value: ""},
+		{name: "slash", key: testKeys.Life("a/b"), value: ""},
+		{name: "too long", key: testKeys.Life(strings.Repeat("x", 129)), value: ""},
+		{name: "control", key: testKeys.Life("bell\a"), value: ""},
+		{name: "unknown option", key: testKeys.Life("Opt"), value: `{"nope":1}`},
+		{name: "not json", key: testKeys.Life("Junk"), value: "not json"},
+	}
+	for _, b := range bad {
+		put(t, obs, b.key, b.value)
+	}
+	put(t, obs, testKeys.Life("Good"), `{"labels":{"team":"gods"}}`)
+	waitFor(t, 5*time.Second, "Good running", func() bool { return m1.holds("Good") })
+	time.Sleep(3 * testInterval) // let a few checkpoints pass
+
+	if held := m1.sup.Held(); len(held) != 1 {
+		t.Fatalf("held %v, want only Good", held)
+	}
+	if n := countKeys(t, obs, testKeys.Elections()); n != 1 {
+		t.Fatalf("%d election keys, want 1 (Good's)", n)
+	}
+	all, err := registry.ListStatus(context.Background(), obs, testKeys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range bad {
+		t.Run(b.name, func(t *testing.T) {
+			name := registry.NameOf(testKeys.Lives(), b.key)
+			for _, st := range all {
+				if st.Name == name {
+					if st.State != registry.StateInvalid || st.Error == "" {
+						t.Fatalf("status %+v, want invalid with an error", st)
+					}
+					return
+				}
+			}
+			t.Fatalf("%q missing from ls", name)
+		})
+	}
+}
+
+// Garbage in ages/<name> is never resumed and never silently overwritten:
+// its bytes go to quarantine/<name>, and the life keeps running.
+func TestCorruptAgeRecordIsQuarantined(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	put(t, obs, testKeys.Life("Eve"), "")
+	put(t, obs, testKeys.Age("Eve"), "garbage at rest")
+
+	m1 := startMember(t, srv.Endpoint(), "m1")
+	put(t, obs, testKeys.Life("Adam"), "")
+	waitFor(t, 5*time.Second, "Eve and Adam running", func() bool { return m1.holds("Eve") && m1.holds("Adam") })
+	if got := getValue(t, obs, testKeys.Quarantine("Eve")); got != "garbage at rest" {
+		t.Fatalf("quarantine/Eve = %q", got)
+	}
+
+	// Garbage written under a running life: the holder notices at its next
+	// checkpoint, keeps the bytes, and keeps its own age.
+	waitFor(t, 5*time.Second, "Adam age >= 600ms", func() bool { return m1.sup.Held()["Adam"] >= 600 })
+	put(t, obs, testKeys.Age("Adam"), "{not an age")
+	waitFor(t, 5*time.Second, "Adam's garbage quarantined", func() bool {
+		return getValue(t, obs, testKeys.Quarantine("Adam")) == "{not an age"
+	})
+	waitFor(t, 5*time.Second, "Adam's record rewritten", func() bool {
+		resp, _ := obs.Get(context.Background(), testKeys.Age("Adam"))
+		if len(resp.Kvs) == 0 {
+			return false
+		}
+		rec, err := registry.ParseAgeRecord(resp.Kvs[0].Value)
+		return err == nil && rec.AgeMS >= 600
+	})
+	if !m1.holds("Adam") || !m1.holds("Eve") {
+		t.Fatal("a life stopped because of a corrupt record")
+	}
+	if st := status(t, obs, "Adam"); st.State != registry.StateRunning || !strings.Contains(st.Error, "quarantine") {
+		t.Fatalf("status %+v, want running with a note on the quarantine", st)
+	}
+}
+
+func getValue(tb testing.TB, cli *clientv3.Client, key string) string {
+	tb.Helper()
+	resp, err := cli.Get(context.Background(), key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if len(resp.Kvs) == 0 {
+		return ""
+	}
+	return string(resp.Kvs[0].Value)
+}
+
+// etcd #11051: Campaign can return success after the campaigner's session
+// expired. readStart must refuse to start the life.
+func TestCampaignAfterSessionExpiredIsRefused(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	cli := etcdtest.MustClient(t, srv.Endpoint())
+	ctx := context.Background()
+	life := registry.Life{Name: "Adam", ID: put(t, cli, testKeys.Life("Adam"), "")}
+
+	sa, err := concurrency.NewSession(cli, concurrency.WithTTL(10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sa.Close()
+	sb, err := concurrency.NewSession(cli, concurrency.WithTTL(10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sb.Close()
+	ea := concurrency.NewElection(sa, testKeys.Election("Adam"))
+	if err := ea.Campaign(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	eb := concurrency.NewElection(sb, testKeys.Election("Adam"))
+	won := make(chan error, 1)
+	go func() { won <- eb.Campaign(ctx, "b") }()
+	waitFor(t, 5*time.Second, "b's candidacy", func() bool { return countKeys(t, cli, testKeys.Election("Adam")+"/") == 2 })
+
+	if _, err := cli.Revoke(ctx, sb.Lease()); err != nil { // b's session expires while it waits
+		t.Fatal(err)
+	}
+	if err := ea.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-won; err != nil {
+		t.Fatalf("Campaign: %v (the etcd behaviour this test guards against has changed)", err)
+	}
+	_, out, err := readStart(ctx, cli, testKeys, eb, life)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != outNotLeader {
+		t.Fatalf("readStart = %v after Campaign returned on an expired session, want outNotLeader", out)
+	}
+}
+
+// A member cut off from etcd stops its lives by its safe deadline, before a
+// peer can take them, and comes back as a healthy member when reconnected.
+func TestCutOffMemberStopsBeforePeerTakesOver(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	proxy := etcdtest.MustProxy(t, srv.Endpoint())
+	m1 := startMember(t, proxy.Addr(), "m1")
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	put(t, obs, testKeys.Life("Adam"), "")
+	waitFor(t, 5*time.Second, "Adam on m1", func() bool { return m1.holds("Adam") })
+	m2 := startMember(t, srv.Endpoint(), "m2")
+
+	proxy.Freeze()
+	cut := time.Now()
+	var stoppedAt time.Duration
+	waitFor(t, testTTL+3*time.Second, "failover to m2", func() bool {
+		if stoppedAt == 0 && !m1.holds("Adam") {
+			stoppedAt = time.Since(cut)
+		}
+		if m2.holds("Adam") {
+			if m1.holds("Adam") {
+				t.Fatal("m2 runs Adam while m1 still does")
+			}
+			return true
+		}
+		return false
+	})
+	took := time.Since(cut)
+	t.Logf("cut off: m1 stopped Adam after %s, m2 took it after %s", stoppedAt.Round(time.Millisecond), took.Round(time.Millisecond))
+	if stoppedAt == 0 || stoppedAt > took {
+		t.Fatalf("m1 stopped Adam at %s, after m2 took it at %s", stoppedAt, took)
+	}
+
+	proxy.Thaw()
+	waitFor(t, 15*time.Second, "m1 ready again", m1.sup.Ready)
+	waitFor(t, 5*time.Second, "m1 registered again", func() bool { return getValue(t, obs, testKeys.Member("m1")) != "" })
+	if m1.holds("Adam") {
+		t.Fatal("m1 runs Adam again while m2 holds it")
+	}
+}
+
+// Many lives over two members all run, each on exactly one member, and
+// checkpoints go in batches rather than one Txn per life.
+func TestManyLivesRunOnceInBatches(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	m1 := startMember(t, srv.Endpoint(), "m1")
+	m2 := startMember(t, srv.Endpoint(), "m2")
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	const n = 400
+	for i := range n {
+		put(t, obs, testKeys.Life(fmt.Sprintf("life-%03d", i)), "")
+	}
+	waitFor(t, 30*time.Second, "all lives running", func() bool { return len(m1.sup.Held())+len(m2.sup.Held()) == n })
+	h1, h2 := m1.sup.Held(), m2.sup.Held()
+	for name := range h1 {
+		if _, both := h2[name]; both {
+			t.Fatalf("%s runs on both members", name)
+		}
+	}
+	before := readCounter(m1.sup.m.CheckpointTxns) + readCounter(m2.sup.m.CheckpointTxns)
+	time.Sleep(5 * testInterval)
+	txns := readCounter(m1.sup.m.CheckpointTxns) + readCounter(m2.sup.m.CheckpointTxns) - before
+	// 5 rounds of at most ceil(held/batchSize) Txns per member (+1 round of slack).
+	if limit := 6.0 * (float64(len(h1)/batchSize+1) + float64(len(h2)/batchSize+1)); txns > limit {
+		t.Fatalf("%v checkpoint Txns for %d lives in 5 intervals, want at most %v", txns, n, limit)
+	}
+	t.Logf("%d lives: m1 holds %d, m2 holds %d; %v checkpoint Txns in 5 intervals", n, len(h1), len(h2), txns)
+}
