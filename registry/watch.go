@@ -2,12 +2,14 @@ package registry
 
 import (
 	"context"
-	"github.com/immortald/immortald/internal/backoff"
 	"log/slog"
+	"slices"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/internal/backoff"
 )
 
 // Handler receives the wanted lives. Calls come from one goroutine, in order.
@@ -29,26 +31,106 @@ const pageSize = 5000
 // everything to h, until ctx ends. After a compaction, a lost leader or a
 // broken watch it lists again and calls h.Sync. It returns ctx.Err().
 func Watch(ctx context.Context, cli *clientv3.Client, keys Keys, h Handler, log *slog.Logger) error {
+	return watchPrefix(ctx, cli, keys.Lives(), livesAdapter{keys: keys, h: h}, log)
+}
+
+// WatchMembers delivers the ids of the live members (those with a record
+// under members/) to f, in full, every time the set changes, until ctx ends.
+// It returns ctx.Err().
+func WatchMembers(ctx context.Context, cli *clientv3.Client, keys Keys, f func(ids []string), log *slog.Logger) error {
+	return watchPrefix(ctx, cli, keys.Members(), &membersAdapter{keys: keys, f: f}, log)
+}
+
+// kvHandler receives the raw keys of a watched prefix.
+type kvHandler interface {
+	sync(rev int64, kvs []*mvccpb.KeyValue)
+	put(kv *mvccpb.KeyValue)
+	del(key string, rev int64)
+}
+
+type livesAdapter struct {
+	keys Keys
+	h    Handler
+}
+
+func (a livesAdapter) life(kv *mvccpb.KeyValue) Life {
+	return ParseLife(NameOf(a.keys.Lives(), string(kv.Key)), kv.CreateRevision, kv.ModRevision, kv.Value)
+}
+
+func (a livesAdapter) sync(rev int64, kvs []*mvccpb.KeyValue) {
+	lives := make([]Life, 0, len(kvs))
+	for _, kv := range kvs {
+		lives = append(lives, a.life(kv))
+	}
+	a.h.Sync(rev, lives)
+}
+
+func (a livesAdapter) put(kv *mvccpb.KeyValue) { a.h.Put(a.life(kv)) }
+
+func (a livesAdapter) del(key string, rev int64) { a.h.Delete(NameOf(a.keys.Lives(), key), rev) }
+
+type membersAdapter struct {
+	keys Keys
+	f    func([]string)
+	ids  map[string]bool
+}
+
+func (a *membersAdapter) sync(_ int64, kvs []*mvccpb.KeyValue) {
+	a.ids = make(map[string]bool, len(kvs))
+	for _, kv := range kvs {
+		a.ids[NameOf(a.keys.Members(), string(kv.Key))] = true
+	}
+	a.deliver()
+}
+
+func (a *membersAdapter) put(kv *mvccpb.KeyValue) {
+	id := NameOf(a.keys.Members(), string(kv.Key))
+	if !a.ids[id] {
+		a.ids[id] = true
+		a.deliver()
+	}
+}
+
+func (a *membersAdapter) del(key string, _ int64) {
+	id := NameOf(a.keys.Members(), key)
+	if a.ids[id] {
+		delete(a.ids, id)
+		a.deliver()
+	}
+}
+
+func (a *membersAdapter) deliver() {
+	ids := make([]string, 0, len(a.ids))
+	for id := range a.ids {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	a.f(ids)
+}
+
+// watchPrefix lists prefix and watches it from the next revision, listing
+// again whenever the watch breaks, until ctx ends.
+func watchPrefix(ctx context.Context, cli *clientv3.Client, prefix string, h kvHandler, log *slog.Logger) error {
 	retry := backoff.New(100*time.Millisecond, 5*time.Second)
 	for {
-		rev, lives, err := List(ctx, cli, keys)
+		rev, kvs, err := RangeAll(ctx, cli, prefix, 0)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			log.Warn("cannot list lives; will retry", "err", err)
+			log.Warn("cannot list; will retry", "prefix", prefix, "err", err)
 			if !retry.Wait(ctx) {
 				return ctx.Err()
 			}
 			continue
 		}
 		retry.Reset()
-		h.Sync(rev, lives)
-		reason := watchFrom(ctx, cli, keys, h, rev+1)
+		h.sync(rev, kvs)
+		reason := watchFrom(ctx, cli, prefix, h, rev+1)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		log.Warn("watch on lives ended; listing again", "reason", reason)
+		log.Warn("watch ended; listing again", "prefix", prefix, "reason", reason)
 		if !retry.Wait(ctx) {
 			return ctx.Err()
 		}
@@ -97,10 +179,10 @@ func RangeAll(ctx context.Context, cli *clientv3.Client, prefix string, rev int6
 }
 
 // watchFrom delivers events from rev until the watch ends, and says why.
-func watchFrom(ctx context.Context, cli *clientv3.Client, keys Keys, h Handler, rev int64) string {
+func watchFrom(ctx context.Context, cli *clientv3.Client, prefix string, h kvHandler, rev int64) string {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	wch := cli.Watch(wctx, keys.Lives(), clientv3.WithPrefix(), clientv3.WithRev(rev))
+	wch := cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
 	for wr := range wch {
 		if wr.CompactRevision != 0 {
 			return "compacted at revision " + itoa(wr.CompactRevision)
@@ -109,12 +191,11 @@ func watchFrom(ctx context.Context, cli *clientv3.Client, keys Keys, h Handler, 
 			return err.Error()
 		}
 		for _, ev := range wr.Events {
-			name := NameOf(keys.Lives(), string(ev.Kv.Key))
 			switch ev.Type {
 			case mvccpb.PUT:
-				h.Put(ParseLife(name, ev.Kv.CreateRevision, ev.Kv.ModRevision, ev.Kv.Value))
+				h.put(ev.Kv)
 			case mvccpb.DELETE:
-				h.Delete(name, ev.Kv.ModRevision)
+				h.del(string(ev.Kv.Key), ev.Kv.ModRevision)
 			}
 		}
 	}

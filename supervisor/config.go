@@ -25,6 +25,10 @@ type Config struct {
 	// CheckpointInterval is the time between age checkpoints. Default 1s.
 	// Must be below the lease TTL.
 	CheckpointInterval time.Duration
+	// Candidates is how many members campaign for each life, chosen by
+	// rendezvous hashing over the live members: the first runs it, the
+	// others wait to take over at once. Default 2.
+	Candidates int
 	// CampaignsPerSecond bounds how fast campaigns start, so that a member
 	// that sees 100k lives at once does not overload etcd. Default 2000.
 	CampaignsPerSecond float64
@@ -62,6 +66,9 @@ func (c *Config) setDefaults() {
 	if c.CheckpointInterval == 0 {
 		c.CheckpointInterval = time.Second
 	}
+	if c.Candidates == 0 {
+		c.Candidates = 2
+	}
 	if c.CampaignsPerSecond == 0 {
 		c.CampaignsPerSecond = 2000
 	}
@@ -98,6 +105,9 @@ func (c *Config) Validate() error {
 	}
 	if c.CheckpointInterval >= c.Lease.TTL {
 		return fmt.Errorf("checkpoint interval (%s) must be below the lease TTL (%s)", c.CheckpointInterval, c.Lease.TTL)
+	}
+	if c.Candidates < 1 {
+		return fmt.Errorf("candidates per life (%d) must be at least 1", c.Candidates)
 	}
 	if c.CampaignsPerSecond < 1 {
 		return fmt.Errorf("campaigns per second (%g) must be at least 1", c.CampaignsPerSecond)

@@ -15,6 +15,7 @@ type Metrics struct {
 	Sessions         prometheus.Counter
 	SessionLosses    prometheus.Counter
 	Quarantined      prometheus.Counter
+	Handoffs         prometheus.Counter
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -31,10 +32,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Sessions:         prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_sessions_total", Help: "Sessions (leases) opened."}),
 		SessionLosses:    prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_session_losses_total", Help: "Sessions lost before shutdown."}),
 		Quarantined:      prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_age_records_quarantined_total", Help: "Corrupt age records moved to quarantine/."}),
+		Handoffs:         prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_handoffs_total", Help: "Lives handed to their preferred member."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Held, m.Wanted, m.Invalid, m.Started, m.Lost, m.Checkpoints, m.CheckpointTxns,
-			m.CheckpointErrors, m.Sessions, m.SessionLosses, m.Quarantined)
+			m.CheckpointErrors, m.Sessions, m.SessionLosses, m.Quarantined, m.Handoffs)
 	}
 	return m
 }

@@ -2,8 +2,8 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"github.com/immortald/immortald/internal/backoff"
 	"sync/atomic"
 	"time"
 
@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/immortald/immortald/internal/backoff"
 	"github.com/immortald/immortald/registry"
 )
 
@@ -25,6 +26,7 @@ type runner struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	after  <-chan struct{} // the previous runner of this name; wait for it
+	placed chan struct{}   // the member set changed: look at placement again
 	// ended is set when the life is no longer wanted (deleted, replaced or
 	// invalid): the runner resigns and removes the age record on its way out.
 	ended atomic.Bool
@@ -40,11 +42,24 @@ const (
 	outFenced                   // a fenced write failed: someone else holds it
 	outNotLeader                // Campaign returned but our key is not there
 	outError                    // etcd could not be reached; try again
+	outHandedOff                // given to the preferred member
 )
+
+// minHold is the least time a member runs a life before handing it to its
+// preferred member.
+const minHold = time.Second
+
+// deferToPreferred is how long a candidate that is not the preferred member
+// waits before its first campaign for a life.
+const deferToPreferred = 250 * time.Millisecond
+
+// errWithdrawn ends a campaign of a member that is no longer a candidate.
+var errWithdrawn = errors.New("supervisor: no longer a candidate")
 
 func (s *Supervisor) startRunnerLocked(l registry.Life, after <-chan struct{}) {
 	ctx, cancel := context.WithCancel(s.gen.ctx)
-	r := &runner{s: s, gen: s.gen, life: l, ctx: ctx, cancel: cancel, done: make(chan struct{}), after: after}
+	r := &runner{s: s, gen: s.gen, life: l, ctx: ctx, cancel: cancel, done: make(chan struct{}), after: after,
+		placed: make(chan struct{}, 1)}
 	s.runners[l.Name] = r
 	s.gen.wg.Add(1)
 	go r.run()
@@ -61,9 +76,18 @@ func (s *Supervisor) stopRunnerLocked(r *runner) <-chan struct{} {
 	return r.done
 }
 
+// nudge tells r that placement may have changed; it never blocks.
+func (r *runner) nudge() {
+	select {
+	case r.placed <- struct{}{}:
+	default:
+	}
+}
+
 func (r *runner) run() {
 	defer r.gen.wg.Done()
 	defer close(r.done)
+	defer r.s.forgetRunner(r)
 	if r.after != nil {
 		select {
 		case <-r.after:
@@ -73,13 +97,28 @@ func (r *runner) run() {
 	}
 	s := r.s
 	retry := backoff.New(100*time.Millisecond, 2*time.Second)
+	if s.preferred(r.life.Name) != s.cfg.ID {
+		// Let the preferred member campaign first, so a new life starts
+		// where it belongs instead of moving there a moment later.
+		select {
+		case <-time.After(deferToPreferred):
+		case <-r.ctx.Done():
+			return
+		}
+	}
 	for r.ctx.Err() == nil {
+		if !s.isCandidate(r.life.Name) {
+			return
+		}
 		if err := s.limiter.Wait(r.ctx); err != nil {
 			return
 		}
 		el := concurrency.NewElection(r.gen.sess.Concurrency(), s.cfg.Keys.Election(r.life.Name))
 		if err := r.campaign(el); err != nil {
-			if r.ctx.Err() != nil {
+			switch {
+			case errors.Is(err, errWithdrawn):
+				return
+			case r.ctx.Err() != nil:
 				return
 			}
 			s.log.Debug("campaign failed; will retry", "name", r.life.Name, "err", err)
@@ -93,9 +132,11 @@ func (r *runner) run() {
 				r.resign(el, h)
 			}
 			return
+		case outHandedOff:
+			retry.Reset()
+			continue // stay on as a waiting candidate, if still one
 		case outGone:
 			r.resign(el, nil)
-			r.s.forgetRunner(r)
 			return
 		case outFenced:
 			s.log.Warn("lost the life: a fenced write failed", "name", r.life.Name)
@@ -109,27 +150,58 @@ func (r *runner) run() {
 	}
 }
 
-// campaign runs Campaign in its own goroutine, so that a runner whose context
-// ends never waits on etcd: when etcd is unreachable, Campaign's clean-up
-// (a Resign on the client's context) can block until etcd is back. If the
-// abandoned Campaign wins after all, that candidacy is resigned.
+// campaign runs Campaign until it wins, fails, the runner ends, or this
+// member stops being a candidate. Campaign runs in its own goroutine: when
+// etcd is unreachable, its clean-up (a Resign on the client's context) can
+// block until etcd is back, and a runner whose generation ended must not
+// wait for that. A runner that withdraws, or whose life ended, waits (a
+// bounded time) and removes its candidacy, so that the next runner of the
+// same name starts clean.
 func (r *runner) campaign(el *concurrency.Election) error {
+	cctx, cancel := context.WithCancel(clientv3.WithRequireLeader(r.ctx))
+	defer cancel()
 	res := make(chan error, 1)
-	ctx := clientv3.WithRequireLeader(r.ctx)
-	go func() { res <- el.Campaign(ctx, r.s.cfg.ID) }()
-	select {
-	case err := <-res:
-		return err
-	case <-r.ctx.Done():
+	go func() { res <- el.Campaign(cctx, r.s.cfg.ID) }()
+	for {
+		var why error
+		select {
+		case err := <-res:
+			return err
+		case <-r.placed:
+			if r.s.isCandidate(r.life.Name) {
+				continue
+			}
+			why = errWithdrawn
+		case <-r.ctx.Done():
+			why = r.ctx.Err()
+		}
+		cancel()
+		if why == errWithdrawn || r.ended.Load() {
+			t := time.NewTimer(r.s.cfg.ShutdownTimeout)
+			select {
+			case <-res:
+			case <-t.C:
+			}
+			t.Stop()
+			r.dropCandidacy()
+			return why
+		}
 		go func() {
 			if err := <-res; err == nil {
-				ctx, cancel := context.WithTimeout(context.Background(), r.s.cfg.ShutdownTimeout)
-				_ = el.Resign(ctx)
-				cancel()
+				r.dropCandidacy()
 			}
 		}()
-		return r.ctx.Err()
+		return why
 	}
+}
+
+// dropCandidacy deletes this member's key in the life's election. The key
+// is named by the member's lease, so it can only be this runner's own.
+func (r *runner) dropCandidacy() {
+	key := fmt.Sprintf("%s/%x", r.s.cfg.Keys.Election(r.life.Name), int64(r.gen.sess.Lease()))
+	ctx, cancel := context.WithTimeout(context.Background(), r.s.cfg.ShutdownTimeout)
+	defer cancel()
+	_, _ = r.s.cfg.Client.Delete(ctx, key)
 }
 
 // resign gives the candidacy up with a fresh context (a cancelled one would
@@ -174,7 +246,7 @@ func readStart(ctx context.Context, cli *clientv3.Client, k registry.Keys, el *c
 }
 
 // hold verifies leadership, loads the age record, starts the life and runs
-// it until it must stop.
+// it until it must stop or is handed to its preferred member.
 func (r *runner) hold(el *concurrency.Election) (outcome, *heldLife) {
 	s, k, name := r.s, r.s.cfg.Keys, r.life.Name
 	old, out, err := readStart(r.ctx, s.cfg.Client, k, el, r.life)
@@ -234,22 +306,98 @@ func (r *runner) hold(el *concurrency.Election) (outcome, *heldLife) {
 	}
 	s.log.Info(fmt.Sprintf("New life spawned: %s (age %d, incarnation %d)", name, rec.AgeMS/1000, h.incarnate),
 		"name", name, "age", rec.AgeMS/1000, "incarnation", h.incarnate, "life_id", h.lifeID)
-	select {
-	case <-r.ctx.Done():
-		if s.removeHeld(h) {
-			reason := "stopped"
-			if r.ended.Load() {
-				reason = "ended"
-			}
-			s.m.Lost.WithLabelValues(reason).Inc()
-			s.log.Info("life stopped: "+name, "name", name, "age", h.ageAt(time.Now())/1000, "reason", reason)
-		}
-		return outStopped, h
-	case <-h.lost:
-		s.removeHeld(h)
-		s.m.Lost.WithLabelValues("fenced").Inc()
-		return outFenced, nil
+
+	var recheck <-chan time.Time
+	if s.preferred(name) != s.cfg.ID {
+		r.nudge()
 	}
+	for {
+		select {
+		case <-r.ctx.Done():
+			if s.removeHeld(h) {
+				reason := "stopped"
+				if r.ended.Load() {
+					reason = "ended"
+				}
+				s.m.Lost.WithLabelValues(reason).Inc()
+				s.log.Info("life stopped: "+name, "name", name, "age", h.ageAt(time.Now())/1000, "reason", reason)
+			}
+			return outStopped, h
+		case <-h.lost:
+			s.removeHeld(h)
+			s.m.Lost.WithLabelValues("fenced").Inc()
+			return outFenced, nil
+		case <-r.placed:
+		case <-recheck:
+		}
+		recheck = nil
+		if held := time.Since(h.started); held < minHold {
+			// Give views of the member set time to agree before moving
+			// a life that just arrived: no flapping between two members.
+			recheck = time.After(minHold - held)
+			continue
+		}
+		to, ready := r.handoffTarget()
+		switch {
+		case to == "":
+			continue // this member is the preferred one
+		case !ready:
+			recheck = time.After(time.Second) // it has not campaigned yet
+			continue
+		}
+		if r.handoff(el, h, to) {
+			return outHandedOff, nil
+		}
+	}
+}
+
+// handoffTarget returns the preferred member of the life if it is not this
+// one, and whether it is ready: it has a candidacy in the life's election,
+// so it takes the life the moment this member lets go.
+func (r *runner) handoffTarget() (string, bool) {
+	to := r.s.preferred(r.life.Name)
+	if to == r.s.cfg.ID {
+		return "", false
+	}
+	if err := r.s.limiter.Wait(r.ctx); err != nil {
+		return to, false
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, r.s.cfg.Lease.TTL)
+	defer cancel()
+	resp, err := r.s.cfg.Client.Get(ctx, r.s.cfg.Keys.Election(r.life.Name)+"/", clientv3.WithPrefix())
+	if err != nil {
+		return to, false
+	}
+	for _, kv := range resp.Kvs {
+		if string(kv.Value) == to {
+			return to, true
+		}
+	}
+	return to, false
+}
+
+// handoff stops h, writes its final checkpoint (fenced) and resigns, so the
+// waiting preferred member resumes at exactly this age. It reports false
+// when h was already stopped.
+func (r *runner) handoff(el *concurrency.Election, h *heldLife, to string) bool {
+	s := r.s
+	if !s.removeHeld(h) {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	s.writeMu.Lock()
+	now := time.Now()
+	n, err := s.writeAges(ctx, []*heldLife{h}, now)
+	s.writeMu.Unlock()
+	if err != nil || n != 1 {
+		s.log.Warn("final checkpoint before a handoff failed; the next holder resumes from the previous one", "name", h.name, "err", err)
+	}
+	r.resign(el, nil)
+	s.m.Handoffs.Inc()
+	s.m.Lost.WithLabelValues("handoff").Inc()
+	s.log.Info(fmt.Sprintf("life handed off: %s to %s (age %d)", h.name, to, h.ageAt(now)/1000), "name", h.name, "to", to)
+	return true
 }
 
 // forgetRunner removes r from the runners map if it is still there.

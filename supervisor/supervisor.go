@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"github.com/immortald/immortald/internal/backoff"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -29,6 +30,7 @@ type Supervisor struct {
 	invalid  map[string]int64         // invalid requests already logged, by ModRevision
 	gen      *generation              // nil between sessions
 	runners  map[string]*runner       // of gen, by life name
+	members  []string                 // live members, sorted, as last seen under members/
 	synced   bool                     // registry listed at least once
 	stopping bool
 
@@ -99,10 +101,18 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	s.started = time.Now()
 	bg, stopBg := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(4)
+	go func() {
+		defer wg.Done()
+		s.reconcile(bg)
+	}()
 	go func() {
 		defer wg.Done()
 		_ = registry.Watch(bg, s.cfg.Client, s.cfg.Keys, s, s.log)
+	}()
+	go func() {
+		defer wg.Done()
+		_ = registry.WatchMembers(bg, s.cfg.Client, s.cfg.Keys, s.setMembers, s.log)
 	}()
 	go func() {
 		defer wg.Done()
@@ -192,7 +202,7 @@ func (s *Supervisor) startGeneration(sess *lease.Session) *generation {
 	s.mu.Lock()
 	s.gen = gen
 	for _, l := range s.wanted {
-		if l.Valid() {
+		if l.Valid() && s.isCandidateLocked(l.Name) {
 			s.startRunnerLocked(l, nil)
 		}
 	}
@@ -344,7 +354,86 @@ func (s *Supervisor) Put(l registry.Life) {
 	if r := s.runners[l.Name]; r != nil {
 		after = s.stopRunnerLocked(r)
 	}
-	s.startRunnerLocked(l, after)
+	if s.isCandidateLocked(l.Name) {
+		s.startRunnerLocked(l, after)
+	}
+}
+
+// setMembers takes a new view of the live members and moves lives to
+// match it: runners start where this member became a candidate, and every
+// runner is told to look again (a holder hands a life to its preferred
+// member once that member campaigns; a waiting runner that is no longer a
+// candidate withdraws).
+func (s *Supervisor) setMembers(ids []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.members = ids
+	s.reconcileLocked()
+}
+
+// reconcile runs reconcileLocked every few seconds, for whatever a runner
+// that ended on its own (its life was replaced, it withdrew) left undone.
+func (s *Supervisor) reconcile(ctx context.Context) {
+	t := time.NewTicker(reconcileEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		s.reconcileLocked()
+		s.mu.Unlock()
+	}
+}
+
+// reconcileEvery is the period of reconcile.
+const reconcileEvery = 5 * time.Second
+
+// reconcileLocked starts a runner for every valid wanted life this member
+// is a candidate for and has none, and nudges every other runner.
+func (s *Supervisor) reconcileLocked() {
+	if s.gen == nil {
+		return
+	}
+	for name, l := range s.wanted {
+		if !l.Valid() {
+			continue
+		}
+		if r := s.runners[name]; r != nil {
+			r.nudge()
+		} else if s.isCandidateLocked(name) {
+			s.startRunnerLocked(l, nil)
+		}
+	}
+}
+
+// placementLocked returns the candidates of a life, most preferred first:
+// the top Candidates of the live members, counting this member as live.
+func (s *Supervisor) placementLocked(name string) []string {
+	pool := s.members
+	if !slices.Contains(pool, s.cfg.ID) {
+		pool = append(slices.Clip(pool), s.cfg.ID)
+	}
+	return candidates(name, pool, s.cfg.Candidates)
+}
+
+func (s *Supervisor) isCandidateLocked(name string) bool {
+	return slices.Contains(s.placementLocked(name), s.cfg.ID)
+}
+
+func (s *Supervisor) isCandidate(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.isCandidateLocked(name)
+}
+
+// preferred returns the member that should run a life.
+func (s *Supervisor) preferred(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.placementLocked(name)[0]
 }
 
 // Delete implements registry.Handler.

@@ -464,6 +464,7 @@ func TestManyLivesRunOnceInBatches(t *testing.T) {
 		put(t, obs, testKeys.Life(fmt.Sprintf("life-%03d", i)), "")
 	}
 	waitFor(t, 30*time.Second, "all lives running", func() bool { return len(m1.sup.Held())+len(m2.sup.Held()) == n })
+	settled(t, m1, m2)
 	h1, h2 := m1.sup.Held(), m2.sup.Held()
 	for name := range h1 {
 		if _, both := h2[name]; both {
@@ -478,4 +479,23 @@ func TestManyLivesRunOnceInBatches(t *testing.T) {
 		t.Fatalf("%v checkpoint Txns for %d lives in 5 intervals, want at most %v", txns, n, limit)
 	}
 	t.Logf("%d lives: m1 holds %d, m2 holds %d; %v checkpoint Txns in 5 intervals", n, len(h1), len(h2), txns)
+}
+
+// settled waits until no member has handed a life off for a while.
+func settled(tb testing.TB, ms ...*member) {
+	tb.Helper()
+	handoffs := func() float64 {
+		sum := 0.0
+		for _, m := range ms {
+			sum += readCounter(m.sup.m.Handoffs)
+		}
+		return sum
+	}
+	last, since := handoffs(), time.Now()
+	waitFor(tb, 30*time.Second, "placement to settle", func() bool {
+		if h := handoffs(); h != last {
+			last, since = h, time.Now()
+		}
+		return time.Since(since) > 2*time.Second
+	})
 }

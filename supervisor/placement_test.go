@@ -1,0 +1,150 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/internal/etcdtest"
+	"github.com/immortald/immortald/registry"
+)
+
+func TestCandidates(t *testing.T) {
+	pool := []string{"m1", "m2", "m3"}
+	tests := []struct {
+		name string
+		pool []string
+		k    int
+		want int
+	}{
+		{name: "two of three", pool: pool, k: 2, want: 2},
+		{name: "more than the pool", pool: pool, k: 5, want: 3},
+		{name: "one member", pool: []string{"m1"}, k: 2, want: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := candidates("Adam", tt.pool, tt.k)
+			if len(got) != tt.want {
+				t.Fatalf("candidates = %v, want %d", got, tt.want)
+			}
+			rev := slices.Clone(tt.pool)
+			slices.Reverse(rev)
+			if again := candidates("Adam", rev, tt.k); !slices.Equal(got, again) {
+				t.Fatalf("order of the pool changed the answer: %v vs %v", got, again)
+			}
+		})
+	}
+}
+
+// Rendezvous placement spreads lives evenly, and adding a member moves only
+// the lives it becomes preferred for: about 1/n of them.
+func TestCandidatesBalanceAndMinimalMoves(t *testing.T) {
+	const lives = 20000
+	three := []string{"m1", "m2", "m3"}
+	four := []string{"m1", "m2", "m3", "m4"}
+	count := map[string]int{}
+	moved := 0
+	for i := range lives {
+		name := fmt.Sprintf("life-%05d", i)
+		a, b := candidates(name, three, 2)[0], candidates(name, four, 2)[0]
+		count[b]++
+		if a != b {
+			moved++
+			if b != "m4" {
+				t.Fatalf("%s moved from %s to %s, not to the new member", name, a, b)
+			}
+		}
+	}
+	for id, n := range count {
+		if share := float64(n) / lives; math.Abs(share-0.25) > 0.02 {
+			t.Errorf("%s is preferred for %.3f of the lives, want 0.25 +- 0.02", id, share)
+		}
+	}
+	if share := float64(moved) / lives; math.Abs(share-0.25) > 0.02 {
+		t.Errorf("%.3f of the lives moved, want about 0.25", share)
+	}
+}
+
+// Scale-out: lives move to a joining member by graceful handoff, each life
+// resumes at its final checkpoint, and the placement ends balanced.
+func TestScaleOutHandsLivesToNewMember(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	m1 := startMember(t, srv.Endpoint(), "m1")
+	m2 := startMember(t, srv.Endpoint(), "m2")
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	const n = 300
+	for i := range n {
+		put(t, obs, testKeys.Life(fmt.Sprintf("life-%03d", i)), "")
+	}
+	waitFor(t, 30*time.Second, "all lives running", func() bool { return len(m1.sup.Held())+len(m2.sup.Held()) == n })
+	settled(t, m1, m2)
+	start, _ := obs.Get(context.Background(), "x")
+	before := readCounter(m1.sup.m.Handoffs) + readCounter(m2.sup.m.Handoffs)
+
+	m3 := startMember(t, srv.Endpoint(), "m3")
+	m4 := startMember(t, srv.Endpoint(), "m4")
+	all := []*member{m1, m2, m3, m4}
+	waitFor(t, 30*time.Second, "every member near its fair share", func() bool {
+		total := 0
+		for _, m := range all {
+			h := len(m.sup.Held())
+			total += h
+			if math.Abs(float64(h)-n/4.0) > 0.1*n/4+5 { // within 10% of the fair share (+ a few lives of 300)
+				return false
+			}
+		}
+		return total == n
+	})
+	settled(t, all...)
+	handoffs := -before
+	for _, m := range all {
+		handoffs += readCounter(m.sup.m.Handoffs)
+	}
+	t.Logf("scale-out 2 -> 4 with %d lives: %v handoffs (minimum about %d)", n, handoffs, n/2)
+	if handoffs > 0.75*n {
+		t.Errorf("%v handoffs, want close to the minimum of about %d", handoffs, n/2)
+	}
+
+	// Every move was a graceful handoff: each new incarnation started at
+	// exactly the age of the previous holder's last record.
+	now, err := obs.Get(context.Background(), "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	prev := map[string]registry.AgeRecord{}
+	moves := 0
+	for wr := range obs.Watch(ctx, testKeys.Ages(), clientv3.WithPrefix(), clientv3.WithRev(start.Header.Revision+1)) {
+		for _, ev := range wr.Events {
+			if ev.Type != mvccpb.PUT {
+				continue
+			}
+			rec, err := registry.ParseAgeRecord(ev.Kv.Value)
+			if err != nil {
+				t.Fatal(err)
+			}
+			key := string(ev.Kv.Key)
+			if p, ok := prev[key]; ok && rec.Incarnation > p.Incarnation {
+				moves++
+				if rec.AgeMS != p.AgeMS {
+					t.Errorf("%s: incarnation %d on %s resumed at %dms, the last record of %s says %dms",
+						key, rec.Incarnation, rec.Holder, rec.AgeMS, p.Holder, p.AgeMS)
+				}
+			}
+			prev[key] = rec
+		}
+		if wr.Header.Revision >= now.Header.Revision {
+			break
+		}
+	}
+	if moves == 0 {
+		t.Fatal("no life moved")
+	}
+}
