@@ -27,10 +27,17 @@ type runner struct {
 	done   chan struct{}
 	after  <-chan struct{} // the previous runner of this name; wait for it
 	placed chan struct{}   // the member set changed: look at placement again
-	// ended is set when the life is no longer wanted (deleted, replaced or
-	// invalid): the runner resigns and removes the age record on its way out.
-	ended atomic.Bool
+	// stop says why the runner was stopped, when it was stopped for its
+	// life's sake rather than because its generation ended.
+	stop atomic.Int32
 }
+
+// Why a runner is stopped (runner.stop).
+const (
+	stopGeneration int32 = iota // the session ended: nothing to clean up, the lease takes it all
+	stopEnded                   // the life was deleted or replaced: resign and delete its age record
+	stopInvalid                 // the request became invalid: write the final age, resign, keep the record
+)
 
 // outcome is why a runner stopped holding a life.
 type outcome int
@@ -65,10 +72,10 @@ func (s *Supervisor) startRunnerLocked(l registry.Life, after <-chan struct{}) {
 	go r.run()
 }
 
-// stopRunnerLocked ends r because its life is no longer wanted and returns
-// a channel closed when r has exited.
-func (s *Supervisor) stopRunnerLocked(r *runner) <-chan struct{} {
-	r.ended.Store(true)
+// stopRunnerLocked ends r for its life's sake (why is stopEnded or
+// stopInvalid) and returns a channel closed when r has exited.
+func (s *Supervisor) stopRunnerLocked(r *runner, why int32) <-chan struct{} {
+	r.stop.Store(why)
 	r.cancel()
 	if s.runners[r.life.Name] == r {
 		delete(s.runners, r.life.Name)
@@ -128,8 +135,11 @@ func (r *runner) run() {
 		out, h := r.hold(el)
 		switch out {
 		case outStopped:
-			if r.ended.Load() {
+			switch r.stop.Load() {
+			case stopEnded:
 				r.resign(el, h)
+			case stopInvalid:
+				r.resign(el, nil)
 			}
 			return
 		case outHandedOff:
@@ -176,7 +186,7 @@ func (r *runner) campaign(el *concurrency.Election) error {
 			why = r.ctx.Err()
 		}
 		cancel()
-		if why == errWithdrawn || r.ended.Load() {
+		if why == errWithdrawn || r.stop.Load() != stopGeneration {
 			t := time.NewTimer(r.s.cfg.ShutdownTimeout)
 			select {
 			case <-res:
@@ -314,14 +324,19 @@ func (r *runner) hold(el *concurrency.Election) (outcome, *heldLife) {
 	for {
 		select {
 		case <-r.ctx.Done():
-			if s.removeHeld(h) {
-				reason := "stopped"
-				if r.ended.Load() {
-					reason = "ended"
-				}
-				s.m.Lost.WithLabelValues(reason).Inc()
-				s.log.Info("life stopped: "+name, "name", name, "age", h.ageAt(time.Now())/1000, "reason", reason)
+			if !s.removeHeld(h) {
+				return outStopped, h // taken away already: session lost or shutdown
 			}
+			reason := "stopped"
+			switch r.stop.Load() {
+			case stopEnded:
+				reason = "ended"
+			case stopInvalid:
+				reason = "invalid"
+				s.finalCheckpoint(h)
+			}
+			s.m.Lost.WithLabelValues(reason).Inc()
+			s.log.Info("life stopped: "+name, "name", name, "age", h.ageAt(time.Now())/1000, "reason", reason)
 			return outStopped, h
 		case <-h.lost:
 			s.removeHeld(h)
@@ -384,20 +399,26 @@ func (r *runner) handoff(el *concurrency.Election, h *heldLife, to string) bool 
 	if !s.removeHeld(h) {
 		return false
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
-	defer cancel()
-	s.writeMu.Lock()
-	now := time.Now()
-	n, err := s.writeAges(ctx, []*heldLife{h}, now)
-	s.writeMu.Unlock()
-	if err != nil || n != 1 {
-		s.log.Warn("final checkpoint before a handoff failed; the next holder resumes from the previous one", "name", h.name, "err", err)
-	}
+	now := s.finalCheckpoint(h)
 	r.resign(el, nil)
 	s.m.Handoffs.Inc()
 	s.m.Lost.WithLabelValues("handoff").Inc()
 	s.log.Info(fmt.Sprintf("life handed off: %s to %s (age %d)", h.name, to, h.ageAt(now)/1000), "name", h.name, "to", to)
 	return true
+}
+
+// finalCheckpoint writes the age of a life that was just stopped, fenced,
+// and returns the moment the age was taken.
+func (s *Supervisor) finalCheckpoint(h *heldLife) time.Time {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	now := time.Now()
+	if n, err := s.writeAges(ctx, []*heldLife{h}, now); err != nil || n != 1 {
+		s.log.Warn("final checkpoint failed; the next holder resumes from the previous one", "name", h.name, "err", err)
+	}
+	return now
 }
 
 // forgetRunner removes r from the runners map if it is still there.

@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"github.com/immortald/immortald/internal/backoff"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/time/rate"
 
@@ -41,6 +43,11 @@ type Supervisor struct {
 	// writeMu serialises age writes, so a member's writes for one life are
 	// applied in the order their ages were taken.
 	writeMu sync.Mutex
+
+	// stale are leases of lost sessions that could not be revoked (etcd was
+	// unreachable). They are revoked once etcd answers again, so their
+	// election keys do not block peers until they expire. Used by Run only.
+	stale []clientv3.LeaseID
 }
 
 // generation is everything tied to one session.
@@ -144,6 +151,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 func (s *Supervisor) openSession(ctx context.Context) *lease.Session {
 	retry := backoff.New(200*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
+		s.revokeStale(ctx)
 		sess, err := lease.Open(ctx, s.cfg.Client, s.cfg.Lease)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -223,9 +231,29 @@ func (s *Supervisor) loseGeneration(gen *generation) {
 	s.m.SessionLosses.Inc()
 	s.log.Warn("session lost: stopped every life this member held", "lives", n, "lease", fmt.Sprintf("%x", int64(gen.sess.Lease())))
 	s.endGeneration(gen)
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Lease.TTL)
 	defer cancel()
-	_ = gen.sess.Close(ctx) // best effort: the lease may be gone already
+	if err := gen.sess.Close(ctx); err != nil {
+		s.stale = append(s.stale, gen.sess.Lease())
+	}
+}
+
+// revokeStale revokes the leases of lost sessions that are still left.
+func (s *Supervisor) revokeStale(ctx context.Context) {
+	left := s.stale[:0]
+	for _, id := range s.stale {
+		rctx, cancel := context.WithTimeout(ctx, s.cfg.Lease.TTL)
+		_, err := s.cfg.Client.Revoke(rctx, id)
+		cancel()
+		switch {
+		case err == nil:
+			s.log.Info("revoked the lease of a lost session", "lease", fmt.Sprintf("%x", int64(id)))
+		case errors.Is(err, rpctypes.ErrLeaseNotFound):
+		default:
+			left = append(left, id)
+		}
+	}
+	s.stale = left
 }
 
 // shutdown is the graceful stop: readiness off, final checkpoints, revoke.
@@ -339,7 +367,7 @@ func (s *Supervisor) Put(l registry.Life) {
 			s.log.Warn("invalid life request; not starting it", "name", l.Name, "err", l.Err)
 		}
 		if r := s.runners[l.Name]; r != nil {
-			s.stopRunnerLocked(r)
+			s.stopRunnerLocked(r, stopInvalid) // keeps its age for when the request is fixed
 		}
 		return
 	}
@@ -352,7 +380,7 @@ func (s *Supervisor) Put(l registry.Life) {
 	}
 	var after <-chan struct{}
 	if r := s.runners[l.Name]; r != nil {
-		after = s.stopRunnerLocked(r)
+		after = s.stopRunnerLocked(r, stopEnded) // another life under the same name
 	}
 	if s.isCandidateLocked(l.Name) {
 		s.startRunnerLocked(l, after)
@@ -446,7 +474,7 @@ func (s *Supervisor) Delete(name string, _ int64) {
 	delete(s.wanted, name)
 	delete(s.invalid, name)
 	if r := s.runners[name]; r != nil {
-		s.stopRunnerLocked(r)
+		s.stopRunnerLocked(r, stopEnded)
 	}
 	s.countLocked()
 }

@@ -499,3 +499,32 @@ func settled(tb testing.TB, ms ...*member) {
 		return time.Since(since) > 2*time.Second
 	})
 }
+
+// A request whose options turn invalid stops the life but keeps its age:
+// fixing the options resumes it where it was.
+func TestInvalidOptionsStopLifeAndKeepAge(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	m1 := startMember(t, srv.Endpoint(), "m1")
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	lifeID := put(t, obs, testKeys.Life("Adam"), "")
+	waitFor(t, 5*time.Second, "Adam age >= 1s", func() bool { return m1.sup.Held()["Adam"] >= 1000 })
+
+	put(t, obs, testKeys.Life("Adam"), `{"nope":1}`)
+	waitFor(t, 5*time.Second, "Adam stopped", func() bool {
+		return !m1.holds("Adam") && countKeys(t, obs, testKeys.Election("Adam")+"/") == 0
+	})
+	stopped, ok := ageRecord(t, obs, "Adam")
+	if !ok || stopped.AgeMS < 1000 {
+		t.Fatalf("age record after the bad options: %+v, %v; want it kept with age >= 1s", stopped, ok)
+	}
+	if st := status(t, obs, "Adam"); st.State != registry.StateInvalid {
+		t.Fatalf("status %+v, want invalid", st)
+	}
+
+	put(t, obs, testKeys.Life("Adam"), `{"labels":{"fixed":"yes"}}`)
+	waitFor(t, 5*time.Second, "Adam running again", func() bool { return m1.holds("Adam") })
+	rec, _ := ageRecord(t, obs, "Adam")
+	if rec.LifeID != lifeID || rec.AgeMS < stopped.AgeMS || rec.Incarnation != stopped.Incarnation+1 {
+		t.Fatalf("resumed record %+v after %+v: want the same life, no younger, next incarnation", rec, stopped)
+	}
+}
