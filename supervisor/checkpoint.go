@@ -125,6 +125,13 @@ func (s *Supervisor) writeBatch(ctx context.Context, batch []*heldLife, now time
 			h.markLost()
 			continue
 		}
+		if h.isOwn(age) {
+			// Our own earlier write, applied although its answer was lost
+			// (a timeout): adopt its revision; the next round writes again.
+			rec, _ := registry.ParseAgeRecord(age.Value)
+			h.wrote(age.ModRevision, max(h.lastAge, rec.AgeMS))
+			continue
+		}
 		// We still hold the life, but someone else wrote its age record.
 		if s.repairAge(ctx, h, age, now) {
 			applied++

@@ -15,7 +15,7 @@ import (
 )
 
 const (
-	testTTL      = 2 * time.Second
+	testTTL      = 3 * time.Second
 	testInterval = 200 * time.Millisecond
 )
 

@@ -64,6 +64,16 @@ func (h *heldLife) fenceHolds(own, req *mvccpb.KeyValue) bool {
 	return own != nil && own.CreateRevision == h.ownRev && req != nil && req.CreateRevision == h.lifeID
 }
 
+// isOwn reports whether kv is an age record this holder wrote: same life,
+// same holder, same election key.
+func (h *heldLife) isOwn(kv *mvccpb.KeyValue) bool {
+	if kv == nil {
+		return false
+	}
+	rec, err := registry.ParseAgeRecord(kv.Value)
+	return err == nil && rec.LifeID == h.lifeID && rec.Holder == h.holder && rec.HolderRev == h.ownRev
+}
+
 // fence is the guard of every write: we still hold the election key we won,
 // and the request key is still this life.
 func (h *heldLife) fence(k registry.Keys) []clientv3.Cmp {

@@ -528,3 +528,51 @@ func TestInvalidOptionsStopLifeAndKeepAge(t *testing.T) {
 		t.Fatalf("resumed record %+v after %+v: want the same life, no younger, next incarnation", rec, stopped)
 	}
 }
+
+// A checkpoint applied although its answer was lost (a timeout) is the
+// holder's own: the next round adopts it instead of quarantining it.
+func TestLostAnswerIsNotAForeignWrite(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	cli := etcdtest.MustClient(t, srv.Endpoint())
+	sup, err := New(Config{ID: "m1", Client: cli, Keys: testKeys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	grant, err := cli.Grant(ctx, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Revoke(ctx, grant.ID)
+	lifeID := put(t, cli, testKeys.Life("Adam"), "")
+	own := testKeys.Election("Adam") + "/own"
+	resp, err := cli.Put(ctx, own, "m1", clientv3.WithLease(grant.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &heldLife{name: "Adam", lifeID: lifeID, ownKey: own, ownRev: resp.Header.Revision, holder: "m1", incarnate: 1,
+		started: time.Now(), lost: make(chan struct{})}
+	lives := []*heldLife{h}
+	for round := range 4 {
+		if round == 2 {
+			h.lastRev.Store(h.lastRev.Load() - 1) // as if round 1's answer never came
+		}
+		if _, err := sup.writeAges(ctx, lives, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if q := getValue(t, cli, testKeys.Quarantine("Adam")); q != "" {
+		t.Fatalf("the holder quarantined its own record: %s", q)
+	}
+	select {
+	case <-h.lost:
+		t.Fatal("the life was stopped")
+	default:
+	}
+	if rec, _ := ageRecord(t, cli, "Adam"); rec.Holder != "m1" {
+		t.Fatalf("record %+v", rec)
+	}
+	if got := readCounter(sup.m.Checkpoints); got != 3 {
+		t.Fatalf("%v checkpoints applied in 4 rounds with one lost answer, want 3", got)
+	}
+}
