@@ -80,6 +80,24 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	pf.String("log-level", "info", "log level: debug, info, warn or error")
 	root.AddCommand(a.runCmd(), a.startCmd(), a.stopCmd(), a.getAgeCmd(), a.lsCmd(), a.membersCmd(), a.versionCmd())
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	for _, c := range root.Commands() {
+		if c.Args != nil {
+			args := c.Args
+			c.Args = func(cmd *cobra.Command, a []string) error {
+				if err := args(cmd, a); err != nil {
+					return usageError{err}
+				}
+				return nil
+			}
+		}
+	}
+	root.Args = func(_ *cobra.Command, a []string) error {
+		if len(a) > 0 {
+			return usagef("unknown command %q; see immortald --help", a[0])
+		}
+		return nil
+	}
+	root.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
 	return root
 }
 
@@ -146,6 +164,10 @@ func (a *app) duration(name string) (time.Duration, error) {
 	d, err := time.ParseDuration(s)
 	if err != nil {
 		return 0, usagef("--%s %q: not a duration (for example 5s or 500ms)", name, s)
+	}
+	if d <= 0 {
+		// Zero would silently become the default in daemon.Config.
+		return 0, usagef("--%s (%s) must be positive", name, d)
 	}
 	return d, nil
 }

@@ -48,9 +48,10 @@ func (a *app) reach(err error) error {
 	return err
 }
 
-// output reads and checks the -o flag.
-func output(cmd *cobra.Command) (string, error) {
-	o, _ := cmd.Flags().GetString("output")
+// output reads and checks the output setting: -o, IMMORTALD_OUTPUT or the
+// config file, like every other setting.
+func (a *app) output() (string, error) {
+	o := a.v.GetString("output")
 	switch o {
 	case "", "text":
 		return "text", nil
@@ -128,7 +129,7 @@ func (a *app) getAgeCmd() *cobra.Command {
 		Short: "Print a life's age in whole seconds",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			out, err := output(cmd)
+			out, err := a.output()
 			if err != nil {
 				return err
 			}
@@ -163,7 +164,7 @@ func (a *app) lsCmd() *cobra.Command {
 		Short: "List every life: name, state, age, holder, incarnation",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			out, err := output(cmd)
+			out, err := a.output()
 			if err != nil {
 				return err
 			}
@@ -199,7 +200,7 @@ func (a *app) membersCmd() *cobra.Command {
 		Short: "List the running members",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			out, err := output(cmd)
+			out, err := a.output()
 			if err != nil {
 				return err
 			}

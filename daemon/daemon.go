@@ -115,6 +115,15 @@ func (m *Main) HTTPAddr() string {
 	return m.httpLn.Addr().String()
 }
 
+// EtcdEndpoint returns the client address of the embedded etcd, once Open
+// ran; "" when the member uses an external etcd.
+func (m *Main) EtcdEndpoint() string {
+	if m.etcd == nil {
+		return ""
+	}
+	return m.etcd.Endpoint()
+}
+
 // Supervisor returns the member's supervisor, once Open ran.
 func (m *Main) Supervisor() *supervisor.Supervisor { return m.sup }
 

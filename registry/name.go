@@ -33,8 +33,10 @@ func ValidateName(name string) error {
 			return fmt.Errorf("name contains %q at byte %d", r, i)
 		case unicode.IsSpace(r):
 			return fmt.Errorf("name contains white space at byte %d", i)
-		case unicode.IsControl(r) || r == utf8.RuneError:
+		case unicode.IsControl(r):
 			return fmt.Errorf("name contains control character %U at byte %d", r, i)
+		case r == utf8.RuneError:
+			return fmt.Errorf("name contains the replacement character %U at byte %d", r, i)
 		}
 	}
 	return nil

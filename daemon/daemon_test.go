@@ -1,0 +1,322 @@
+package daemon_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/immortald/immortald/daemon"
+	"github.com/immortald/immortald/registry"
+)
+
+// bound is a generous bound on anything that takes a few lease TTLs (2s here)
+// on a loaded machine.
+const bound = 30 * time.Second
+
+func TestNewRefusesBadConfig(t *testing.T) {
+	ok := daemon.Config{ID: "m1", LeaseTTL: 5 * time.Second, CheckpointInterval: time.Second}
+	tests := []struct {
+		name   string
+		change func(c *daemon.Config)
+		want   []string // substrings of the error; none means valid
+	}{
+		{name: "valid", change: func(*daemon.Config) {}},
+		{name: "defaults", change: func(c *daemon.Config) { *c = daemon.Config{ID: "m1"} }},
+		{name: "lease TTL 1s", change: func(c *daemon.Config) { c.LeaseTTL = time.Second }, want: []string{"--lease-ttl", "1s", "2s"}},
+		{name: "lease TTL 2500ms", change: func(c *daemon.Config) { c.LeaseTTL = 2500 * time.Millisecond }, want: []string{"--lease-ttl", "whole seconds"}},
+		{name: "interval equal to the TTL", change: func(c *daemon.Config) { c.CheckpointInterval = 5 * time.Second }, want: []string{"--checkpoint-interval (5s)", "--lease-ttl (5s)"}},
+		{name: "default interval over a 2s TTL is fine", change: func(c *daemon.Config) { c.LeaseTTL, c.CheckpointInterval = 2*time.Second, 0 }},
+		{name: "negative interval", change: func(c *daemon.Config) { c.CheckpointInterval = -time.Second }, want: []string{"--checkpoint-interval (-1s)"}},
+		{name: "prefix without a slash", change: func(c *daemon.Config) { c.Prefix = "/immortals" }, want: []string{"--prefix"}},
+		{name: "bad id", change: func(c *daemon.Config) { c.ID = "my pod" }, want: []string{"--id", `"my pod"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := ok
+			tt.change(&cfg)
+			_, err := daemon.New(cfg)
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("New = %v, want nil", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("New = nil, want an error containing %q", tt.want)
+			}
+			for _, s := range tt.want {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("New = %q, want it to contain %q", err, s)
+				}
+			}
+		})
+	}
+}
+
+// TestMemberRunsAndResumesAfterRestart runs a whole member on its embedded
+// etcd, stops it gracefully, starts a new one on the same data directory,
+// and checks that the life resumes where it stopped.
+func TestMemberRunsAndResumesAfterRestart(t *testing.T) {
+	log := newLog(t)
+	cfg := daemon.Config{
+		ID:                 "m1",
+		DataDir:            t.TempDir(),
+		EmbeddedClientURL:  "http://127.0.0.1:0",
+		EmbeddedPeerURL:    "http://127.0.0.1:0",
+		HTTPAddr:           "127.0.0.1:0",
+		LeaseTTL:           2 * time.Second,
+		CheckpointInterval: 200 * time.Millisecond,
+		Logger:             log.logger,
+	}
+	keys, err := registry.NewKeys(registry.DefaultPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// First run: the life starts and ages.
+	m := startMember(t, cfg)
+	cli := newClient(t, m.main.EtcdEndpoint())
+	if _, err := cli.Put(context.Background(), keys.Life("Adam"), ""); err != nil {
+		t.Fatal(err)
+	}
+	st := waitStatus(t, cli, keys, "Adam", "running at age >= 1s", func(st registry.Status) bool {
+		return st.State == registry.StateRunning && st.AgeMS >= 1000
+	})
+	if st.Holder != "m1" || st.Incarnation != 1 {
+		t.Fatalf("first run: %+v, want holder m1, incarnation 1", st)
+	}
+
+	web := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	base := "http://" + m.main.HTTPAddr()
+	if code, _ := get(t, web, base+"/livez"); code != http.StatusOK {
+		t.Errorf("/livez = %d, want 200", code)
+	}
+	waitHTTP(t, web, base+"/readyz", "200", func(code int, _ string) bool { return code == http.StatusOK })
+	waitHTTP(t, web, base+"/metrics", "immortald_lives_held 1", func(code int, body string) bool {
+		return code == http.StatusOK && hasLine(body, "immortald_lives_held 1")
+	})
+	if !m.main.Ready() {
+		t.Error("Ready() = false while /readyz says 200")
+	}
+
+	before, err := registry.GetStatus(context.Background(), cli, keys, "Adam")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = cli.Close()
+	if err := m.stop(t); err != nil {
+		t.Fatalf("Run = %v after a graceful stop, want nil", err)
+	}
+	if _, err := web.Get(base + "/livez"); err == nil {
+		t.Error("/livez still answers after Run returned")
+	}
+	if !strings.Contains(log.String(), "New life spawned: Adam") {
+		t.Errorf("no spawn line for the first run in the log")
+	}
+
+	// Second run on the same data: the life comes back, no younger.
+	m2 := startMember(t, cfg)
+	cli2 := newClient(t, m2.main.EtcdEndpoint())
+	after := waitStatus(t, cli2, keys, "Adam", "running in incarnation 2", func(st registry.Status) bool {
+		return st.State == registry.StateRunning && st.Incarnation >= 2
+	})
+	if after.Incarnation != 2 || after.LifeID != before.LifeID || after.Holder != "m1" {
+		t.Errorf("after restart: %+v, want incarnation 2, life id %d, holder m1", after, before.LifeID)
+	}
+	if after.AgeMS < before.AgeMS {
+		t.Errorf("age went back over the restart: %d ms before, %d ms after", before.AgeMS, after.AgeMS)
+	}
+	_ = cli2.Close()
+	if err := m2.stop(t); err != nil {
+		t.Fatalf("second Run = %v after a graceful stop, want nil", err)
+	}
+	t.Logf("age %d ms before the restart, %d ms after", before.AgeMS, after.AgeMS)
+}
+
+// TestOpenFailureReleasesEverything makes Open fail after it started the
+// embedded etcd: the etcd must be stopped, so a new member can take the same
+// data directory and the HTTP address.
+func TestOpenFailureReleasesEverything(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := daemon.Config{
+		ID:                "m1",
+		DataDir:           t.TempDir(),
+		EmbeddedClientURL: "http://127.0.0.1:0",
+		EmbeddedPeerURL:   "http://127.0.0.1:0",
+		HTTPAddr:          busy.Addr().String(),
+		LeaseTTL:          2 * time.Second,
+		Logger:            newLog(t).logger,
+	}
+	m, err := daemon.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = m.Open()
+	if err == nil || !strings.Contains(err.Error(), "--http-addr") {
+		m.Close()
+		t.Fatalf("Open with a busy HTTP address = %v, want an error naming --http-addr", err)
+	}
+	if m.EtcdEndpoint() != "" {
+		t.Error("the embedded etcd is still there after Open failed")
+	}
+	m.Close() // safe after a failed Open
+
+	_ = busy.Close()
+	cfg.HTTPAddr = "127.0.0.1:0"
+	m2 := startMember(t, cfg)
+	if err := m2.stop(t); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+}
+
+// member is a Main running in the background.
+type member struct {
+	main   *daemon.Main
+	cancel context.CancelFunc
+	errc   chan error
+	once   sync.Once
+	err    error
+}
+
+func startMember(t *testing.T, cfg daemon.Config) *member {
+	t.Helper()
+	m, err := daemon.New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	if err := m.Open(); err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	if m.EtcdEndpoint() == "" {
+		t.Fatal("EtcdEndpoint() is empty for an embedded etcd")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	mem := &member{main: m, cancel: cancel, errc: make(chan error, 1)}
+	go func() { mem.errc <- m.Run(ctx) }()
+	t.Cleanup(func() { _ = mem.stop(t) })
+	return mem
+}
+
+// stop cancels Run and returns its result.
+func (m *member) stop(t *testing.T) error {
+	m.once.Do(func() {
+		m.cancel()
+		select {
+		case m.err = <-m.errc:
+		case <-time.After(bound):
+			m.err = errors.New("Run did not return after its context ended")
+			t.Errorf("Run did not return within %s after its context ended", bound)
+		}
+	})
+	return m.err
+}
+
+func newClient(t *testing.T, endpoint string) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cli.Close() })
+	return cli
+}
+
+func waitStatus(t *testing.T, cli *clientv3.Client, keys registry.Keys, name, what string, cond func(registry.Status) bool) registry.Status {
+	t.Helper()
+	deadline := time.Now().Add(bound)
+	var last registry.Status
+	var lastErr error
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		last, lastErr = registry.GetStatus(ctx, cli, keys, name)
+		cancel()
+		if lastErr == nil && cond(last) {
+			return last
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s not %s within %s; last status %+v, error %v", name, what, bound, last, lastErr)
+	return last
+}
+
+func get(t *testing.T, web *http.Client, url string) (int, string) {
+	t.Helper()
+	resp, err := web.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func waitHTTP(t *testing.T, web *http.Client, url, what string, cond func(code int, body string) bool) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
+	var code int
+	var body string
+	for time.Now().Before(deadline) {
+		code, body = get(t, web, url)
+		if cond(code, body) {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(body) > 2000 {
+		body = body[:2000] + "..."
+	}
+	t.Fatalf("%s: no %s within %s; last answer %d %q", url, what, bound, code, body)
+}
+
+func hasLine(body, line string) bool {
+	for _, l := range strings.Split(body, "\n") {
+		if l == line {
+			return true
+		}
+	}
+	return false
+}
+
+// testLog keeps the members' logs and shows them when the test fails.
+type testLog struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	logger *slog.Logger
+}
+
+func newLog(t *testing.T) *testLog {
+	l := &testLog{}
+	l.logger = slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("member log:\n%s", l)
+		}
+	})
+	return l
+}
+
+func (l *testLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *testLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}

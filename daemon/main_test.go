@@ -1,0 +1,13 @@
+package daemon_test
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// TestMain fails the package when a member leaves a goroutine behind after
+// Run returned: Run promises to close everything it opened.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}

@@ -1,0 +1,93 @@
+package registry_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/internal/etcdtest"
+	"github.com/immortald/immortald/registry"
+)
+
+// TestWatchMembers checks that the member set is delivered in full, sorted,
+// once per change of the set: a rewritten record of a known member is not a
+// change, an expired lease is.
+func TestWatchMembers(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	cli := etcdtest.MustClient(t, srv.Endpoint())
+	keys := mustKeys(t, "/immortals/")
+	ctx := context.Background()
+
+	mustPut(t, cli, keys.Member("m1"), "{}")
+	mustPut(t, cli, keys.Life("m9"), "") // another section
+
+	var mu sync.Mutex
+	var got []string // each delivery, joined by ","
+	wctx, cancel := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() {
+		errc <- registry.WatchMembers(wctx, cli, keys, func(ids []string) {
+			mu.Lock()
+			defer mu.Unlock()
+			got = append(got, strings.Join(ids, ","))
+		}, slog.New(slog.DiscardHandler))
+	}()
+	defer func() {
+		cancel()
+		select {
+		case err := <-errc:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("WatchMembers = %v, want context.Canceled", err)
+			}
+		case <-time.After(waitBound):
+			t.Errorf("WatchMembers did not return within %s", waitBound)
+		}
+	}()
+	waitDeliveries := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(waitBound)
+		for {
+			mu.Lock()
+			have := slices.Clone(got)
+			mu.Unlock()
+			if len(have) >= n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for delivery %d; have %q", n, have)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	waitDeliveries(1)
+	mustPut(t, cli, keys.Member("m2"), "{}")
+	waitDeliveries(2)
+	mustPut(t, cli, keys.Member("m1"), `{"lives":3}`) // not a change of the set
+	mustDelete(t, cli, keys.Member("m1"))
+	waitDeliveries(3)
+	grant, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, cli, keys.Member("m0"), "{}", clientv3.WithLease(grant.ID))
+	waitDeliveries(4)
+	if _, err := cli.Revoke(ctx, grant.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitDeliveries(5)
+
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{"m1", "m1,m2", "m2", "m0,m2", "m2"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("deliveries = %q, want %q", got, want)
+	}
+}
