@@ -225,7 +225,7 @@ func TestLs(t *testing.T) {
 	if !regexp.MustCompile(`^NAME\s+STATE\s+AGE\s+HOLDER\s+INCARNATION\s+ERROR$`).MatchString(lines[0]) {
 		t.Errorf("ls header = %q", lines[0])
 	}
-	if !regexp.MustCompile(`^"Adam"\s+waiting\s+0\s+0\s*$`).MatchString(lines[1]) {
+	if !regexp.MustCompile(`^Adam\s+waiting\s+0\s+0\s*$`).MatchString(lines[1]) {
 		t.Errorf("ls row of Adam = %q", lines[1])
 	}
 	if !regexp.MustCompile(`^"a b"\s+invalid\s+0\s+0\s+name contains white space`).MatchString(lines[2]) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -185,7 +186,11 @@ func (a *app) lsCmd() *cobra.Command {
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tSTATE\tAGE\tHOLDER\tINCARNATION\tERROR")
 			for _, s := range all {
-				fmt.Fprintf(tw, "%q\t%s\t%d\t%s\t%d\t%s\n", s.Name, s.State, s.Age, s.Holder, s.Incarnation, s.Error)
+				name := s.Name
+				if registry.ValidateName(name) != nil {
+					name = strconv.Quote(name) // show white space and control characters
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\n", name, s.State, s.Age, s.Holder, s.Incarnation, s.Error)
 			}
 			return tw.Flush()
 		},
