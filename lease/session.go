@@ -177,7 +177,10 @@ func (s *Session) renew(ctx context.Context) {
 		case <-t.C:
 		}
 		sent := s.cfg.Clock.Now()
-		rctx, cancel := context.WithTimeout(ctx, s.cfg.TTL)
+		// One renewal may not outlive the period: a request stuck on an
+		// etcd member that just died must not hold back the next one until
+		// the safe deadline has passed. Without a leader, fail at once.
+		rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), every)
 		resp, err := s.cli.KeepAliveOnce(rctx, s.Lease())
 		cancel()
 		switch {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -30,9 +31,7 @@ func (s *Supervisor) checkpointLoop(ctx context.Context) {
 		}
 		s.writeMu.Lock()
 		lives := s.snapshotHeld()
-		wctx, cancel := context.WithTimeout(ctx, s.cfg.Lease.TTL)
-		_, err := s.writeAges(wctx, lives, time.Now())
-		cancel()
+		_, err := s.writeAges(clientv3.WithRequireLeader(ctx), lives, time.Now())
 		s.writeMu.Unlock()
 		switch {
 		case err != nil && !failing && ctx.Err() == nil:
@@ -43,6 +42,14 @@ func (s *Supervisor) checkpointLoop(ctx context.Context) {
 			s.log.Info("checkpoints are applied again")
 		}
 	}
+}
+
+// batchTimeout bounds one checkpoint Txn: the interval, at least 500ms. A
+// Txn stuck on an etcd member that died must not hold every checkpoint back
+// for long; a write applied after its Txn gave up is recognised as our own
+// at the next round.
+func (s *Supervisor) batchTimeout() time.Duration {
+	return max(s.cfg.CheckpointInterval, 500*time.Millisecond)
 }
 
 // finalCheckpoints stops every held life and writes its last age.
@@ -65,7 +72,8 @@ func (s *Supervisor) finalCheckpoints(ctx context.Context) (int, error) {
 // writeAges writes the ages of lives, taken at now, in fenced batches: one
 // outer Txn per batch with one nested, separately guarded Txn per life, so a
 // life whose guard fails is stopped and the rest of the batch is applied. It
-// returns how many were applied. The caller holds writeMu.
+// returns how many were applied. Each Txn is bounded by batchTimeout; after
+// one fails, no further batch of the round is sent. The caller holds writeMu.
 func (s *Supervisor) writeAges(ctx context.Context, lives []*heldLife, now time.Time) (int, error) {
 	var (
 		mu      sync.Mutex
@@ -74,17 +82,21 @@ func (s *Supervisor) writeAges(ctx context.Context, lives []*heldLife, now time.
 		wg      sync.WaitGroup
 		sem     = make(chan struct{}, batchesInFlight)
 	)
-	for start := 0; start < len(lives); start += batchSize {
+	var failed atomic.Bool
+	for start := 0; start < len(lives) && !failed.Load(); start += batchSize {
 		batch := lives[start:min(start+batchSize, len(lives))]
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			n, err := s.writeBatch(ctx, batch, now)
+			bctx, cancel := context.WithTimeout(ctx, s.batchTimeout())
+			n, err := s.writeBatch(bctx, batch, now)
+			cancel()
 			mu.Lock()
 			applied += n
 			if err != nil {
 				errs = append(errs, err)
+				failed.Store(true) // etcd is in trouble: the rest waits for the next round
 			}
 			mu.Unlock()
 		}()

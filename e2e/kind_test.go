@@ -1,0 +1,452 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// The kind backend runs the same scenarios against the manifests under
+// deploy/ in a kind cluster, selected with IMMORTALD_E2E_BACKEND=kind:
+//
+//   - the cluster is IMMORTALD_E2E_KIND_CLUSTER (default immortald-e2e); it is
+//     created when missing and kept for the next run;
+//   - the images are loaded with `kind load docker-image`;
+//   - each test gets its own namespace with `kubectl apply -k` of
+//     IMMORTALD_E2E_MANIFESTS (default deploy/overlays/kind), the immortald
+//     Deployment scaled to 0 and then up as the scenario adds members;
+//   - member ids are pod names; a stopped (deleted) pod is replaced by the
+//     Deployment under a new name, which Start returns;
+//   - SIGKILL, freeze (SIGSTOP/SIGCONT) and the cut from etcd (iptables in the
+//     pod's network namespace) act on the container's process from its kind
+//     node, found with crictl;
+//   - etcd members are stopped by freezing their process (a StatefulSet
+//     would recreate a deleted pod at once), killed with SIGKILL, and
+//     reached by the test through `kubectl port-forward`.
+//
+// It needs kind, kubectl and a node image, so it does not run on machines
+// that cannot pull one; it is compiled (`go vet -tags e2e`) everywhere.
+
+const (
+	kindDeployment = "immortald"
+	kindEtcdSet    = "etcd"
+)
+
+var (
+	kindOnce sync.Once
+	kindErr  error
+)
+
+type kindCluster struct {
+	t        *testing.T
+	opts     Options
+	name     string // kind cluster
+	ns       string
+	cli      *clientv3.Client
+	ports    map[string]int // etcd pod -> local port-forward port
+	stopPF   context.CancelFunc
+	pfDone   sync.WaitGroup
+	mu       sync.Mutex
+	replicas int
+	members  []string
+	frozen   map[string]bool // etcd pods frozen by EtcdStop
+}
+
+func kubectlOK() error {
+	for _, tool := range []string{"kind", "kubectl", "docker"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s is not installed", tool)
+		}
+	}
+	return nil
+}
+
+func newKindCluster(t *testing.T, opts Options) *kindCluster {
+	t.Helper()
+	if err := kubectlOK(); err != nil {
+		skipOrFail(t, "kind backend: %v", err)
+	}
+	name := envOr("IMMORTALD_E2E_KIND_CLUSTER", "immortald-e2e")
+	kindOnce.Do(func() { kindErr = kindSetup(t, name) })
+	if kindErr != nil {
+		skipOrFail(t, "kind backend: %v", kindErr)
+	}
+	c := &kindCluster{
+		t: t, opts: opts, name: name,
+		ns:     fmt.Sprintf("ie2e-%s-%d", runID, clusterSeq.Add(1)),
+		ports:  map[string]int{},
+		frozen: map[string]bool{},
+	}
+	c.kubectl(t, 30*time.Second, "create", "namespace", c.ns)
+	t.Cleanup(c.cleanup)
+
+	root, err := filepath.Abs("..")
+	must(t, err)
+	manifests := envOr("IMMORTALD_E2E_MANIFESTS", filepath.Join(root, "deploy", "overlays", "kind"))
+	c.kubectl(t, 2*time.Minute, "apply", "-k", manifests)
+	c.kubectl(t, 30*time.Second, "scale", "deployment/"+kindDeployment, "--replicas=0")
+	c.kubectl(t, 30*time.Second, "set", "env", "deployment/"+kindDeployment,
+		"IMMORTALD_LEASE_TTL="+opts.LeaseTTL.String(),
+		"IMMORTALD_CHECKPOINT_INTERVAL="+opts.CheckpointInterval.String(),
+		"IMMORTALD_PREFIX="+opts.Prefix,
+		"IMMORTALD_LOG_LEVEL="+envOr("IMMORTALD_E2E_LOG_LEVEL", "info"))
+	c.kubectl(t, 5*time.Minute, "rollout", "status", "statefulset/"+kindEtcdSet, "--timeout=5m")
+
+	pfctx, cancel := context.WithCancel(context.Background())
+	c.stopPF = cancel
+	var eps []string
+	for _, e := range c.EtcdMembers() {
+		p, err := freePort()
+		must(t, err)
+		c.ports[e] = p
+		eps = append(eps, fmt.Sprintf("127.0.0.1:%d", p))
+		c.pfDone.Add(1)
+		go c.portForward(pfctx, e, p)
+	}
+	cli, err := newEtcdClient(eps)
+	must(t, err)
+	c.cli = cli
+	must(t, waitEtcd(cli, 2*time.Minute))
+	return c
+}
+
+// kindSetup creates the kind cluster when it is missing and loads the images.
+func kindSetup(t testing.TB, name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	res, err := run(ctx, "kind", "get", "clusters")
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(strings.Fields(res.Stdout), name) {
+		if _, err := run(ctx, "kind", "create", "cluster", "--name", name, "--wait", "3m"); err != nil {
+			return fmt.Errorf("cannot create kind cluster %s (is a node image available?): %v", name, err)
+		}
+	}
+	if _, err := run(ctx, "kubectl", "config", "use-context", "kind-"+name); err != nil {
+		return err
+	}
+	if _, err := run(ctx, "docker", "image", "inspect", daemonImage, etcdImage); err != nil {
+		root, _ := filepath.Abs("..")
+		if _, err := run(ctx, "make", "-C", root, "image", "etcd-image"); err != nil {
+			return err
+		}
+	}
+	_, err = run(ctx, "kind", "load", "docker-image", daemonImage, etcdImage, "--name", name)
+	return err
+}
+
+func (c *kindCluster) kubectlCtx(ctx context.Context, args ...string) (cmdResult, error) {
+	return run(ctx, "kubectl", append([]string{"--context", "kind-" + c.name, "-n", c.ns}, args...)...)
+}
+
+func (c *kindCluster) kubectl(t testing.TB, timeout time.Duration, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	res, err := c.kubectlCtx(ctx, args...)
+	must(t, err)
+	return res.Stdout
+}
+
+// portForward keeps `kubectl port-forward pod/<etcd> port:2379` running; it
+// ends with the pod's death, so it is started again until the test ends.
+func (c *kindCluster) portForward(ctx context.Context, pod string, port int) {
+	defer c.pfDone.Done()
+	for ctx.Err() == nil {
+		cmd := exec.CommandContext(ctx, "kubectl", "--context", "kind-"+c.name, "-n", c.ns,
+			"port-forward", "pod/"+pod, fmt.Sprintf("%d:2379", port))
+		out, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err == nil {
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+			}
+			_ = cmd.Wait()
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func (c *kindCluster) cleanup() {
+	t := c.t
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c.mu.Lock()
+	frozen := make([]string, 0, len(c.frozen))
+	for p := range c.frozen {
+		frozen = append(frozen, p)
+	}
+	c.mu.Unlock()
+	for _, p := range frozen {
+		_ = c.signal(ctx, p, "CONT")
+	}
+	if keepLogs(t) {
+		if res, err := c.kubectlCtx(ctx, "get", "pods", "-o", "name"); err == nil {
+			for _, pod := range strings.Fields(res.Stdout) {
+				for _, prev := range []bool{false, true} {
+					args := []string{"logs", "--timestamps", "--all-containers", pod}
+					suffix := ""
+					if prev {
+						args, suffix = append(args, "--previous"), "-previous"
+					}
+					if lres, err := c.kubectlCtx(ctx, args...); err == nil {
+						writeLog(t, strings.TrimPrefix(pod, "pod/")+suffix, lres.Stdout)
+					}
+				}
+			}
+		}
+		t.Logf("logs saved in e2e/%s", logsDir(t))
+	}
+	if c.stopPF != nil {
+		c.stopPF()
+		c.pfDone.Wait()
+	}
+	if c.cli != nil {
+		c.cli.Close()
+	}
+	if os.Getenv("IMMORTALD_E2E_KEEP") != "" {
+		t.Logf("IMMORTALD_E2E_KEEP: leaving namespace %s", c.ns)
+		return
+	}
+	if _, err := run(ctx, "kubectl", "--context", "kind-"+c.name, "delete", "namespace", c.ns, "--wait=false"); err != nil {
+		t.Errorf("cleanup: %v", err)
+	}
+}
+
+func (c *kindCluster) Options() Options         { return c.opts }
+func (c *kindCluster) Client() *clientv3.Client { return c.cli }
+
+// pods returns the immortald pods that are not being deleted.
+func (c *kindCluster) pods(ctx context.Context) ([]string, error) {
+	res, err := c.kubectlCtx(ctx, "get", "pods", "-l", "app.kubernetes.io/name=immortald",
+		"-o", `jsonpath={range .items[?(!@.metadata.deletionTimestamp)]}{.metadata.name}{"\n"}{end}`)
+	if err != nil {
+		return nil, err
+	}
+	return strings.Fields(res.Stdout), nil
+}
+
+// waitNewPods scales the Deployment and waits until the pods not in known
+// are want in number, and returns them.
+func (c *kindCluster) waitNewPods(ctx context.Context, known []string, want int) ([]string, error) {
+	var fresh []string
+	err := poll(3*time.Minute, 500*time.Millisecond, "new immortald pods", func() (bool, string, error) {
+		pods, err := c.pods(ctx)
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		fresh = fresh[:0]
+		for _, p := range pods {
+			if !slices.Contains(known, p) {
+				fresh = append(fresh, p)
+			}
+		}
+		return len(fresh) >= want, fmt.Sprintf("%d of %d", len(fresh), want), nil
+	})
+	return fresh, err
+}
+
+func (c *kindCluster) AddMembers(ctx context.Context, n int) ([]string, error) {
+	known, err := c.pods(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.replicas += n
+	replicas := c.replicas
+	c.mu.Unlock()
+	if _, err := c.kubectlCtx(ctx, "scale", "deployment/"+kindDeployment, "--replicas="+strconv.Itoa(replicas)); err != nil {
+		return nil, err
+	}
+	fresh, err := c.waitNewPods(ctx, known, n)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.members = append(c.members, fresh...)
+	c.mu.Unlock()
+	return fresh, nil
+}
+
+func (c *kindCluster) Members() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.members...)
+}
+
+func (c *kindCluster) Start(ctx context.Context, id string) (string, error) {
+	pods, err := c.pods(ctx)
+	if err != nil {
+		return "", err
+	}
+	if slices.Contains(pods, id) {
+		return id, nil // killed: its container restarts in place
+	}
+	// Deleted: the Deployment replaces it under a new name.
+	c.mu.Lock()
+	known := append([]string(nil), c.members...)
+	c.mu.Unlock()
+	fresh, err := c.waitNewPods(ctx, known, 1)
+	if err != nil {
+		return "", err
+	}
+	c.mu.Lock()
+	c.members = append(c.members, fresh[0])
+	c.mu.Unlock()
+	return fresh[0], nil
+}
+
+func (c *kindCluster) Stop(ctx context.Context, id string) error {
+	_, err := c.kubectlCtx(ctx, "delete", "pod", id, "--wait=true")
+	return err
+}
+
+// proc finds the node and host pid of a pod's first container.
+func (c *kindCluster) proc(ctx context.Context, pod string) (node string, pid string, err error) {
+	res, err := c.kubectlCtx(ctx, "get", "pod", pod, "-o",
+		`jsonpath={.spec.nodeName} {.status.containerStatuses[0].containerID}`)
+	if err != nil {
+		return "", "", err
+	}
+	f := strings.Fields(res.Stdout)
+	if len(f) != 2 {
+		return "", "", fmt.Errorf("pod %s has no running container yet", pod)
+	}
+	node, cid := f[0], strings.TrimPrefix(f[1], "containerd://")
+	res, err = run(ctx, "docker", "exec", node, "crictl", "inspect", "--output", "go-template", "--template", "{{.info.pid}}", cid)
+	if err != nil {
+		return "", "", err
+	}
+	return node, strings.TrimSpace(res.Stdout), nil
+}
+
+func (c *kindCluster) signal(ctx context.Context, pod, sig string) error {
+	node, pid, err := c.proc(ctx, pod)
+	if err != nil {
+		return err
+	}
+	_, err = run(ctx, "docker", "exec", node, "kill", "-"+sig, pid)
+	return err
+}
+
+func (c *kindCluster) Kill(ctx context.Context, id string) error   { return c.signal(ctx, id, "KILL") }
+func (c *kindCluster) Freeze(ctx context.Context, id string) error { return c.signal(ctx, id, "STOP") }
+func (c *kindCluster) Thaw(ctx context.Context, id string) error   { return c.signal(ctx, id, "CONT") }
+
+// iptables drops the pod's traffic to and from etcd's client port, in the
+// pod's own network namespace; /readyz stays reachable for the kubelet.
+func (c *kindCluster) iptables(ctx context.Context, id, op string) error {
+	node, pid, err := c.proc(ctx, id)
+	if err != nil {
+		return err
+	}
+	for _, rule := range [][]string{
+		{"OUTPUT", "-p", "tcp", "--dport", "2379", "-j", "DROP"},
+		{"INPUT", "-p", "tcp", "--sport", "2379", "-j", "DROP"},
+	} {
+		args := append([]string{"exec", node, "nsenter", "-t", pid, "-n", "iptables", op}, rule...)
+		if _, err := run(ctx, "docker", args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *kindCluster) Disconnect(ctx context.Context, id string) error {
+	return c.iptables(ctx, id, "-I")
+}
+func (c *kindCluster) Reconnect(ctx context.Context, id string) error {
+	return c.iptables(ctx, id, "-D")
+}
+
+func (c *kindCluster) Ready(ctx context.Context, id string) (bool, error) {
+	res, err := c.kubectlCtx(ctx, "get", "pod", id, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
+	if err != nil {
+		return false, err
+	}
+	if s := strings.TrimSpace(res.Stdout); s != "True" {
+		return false, fmt.Errorf("pod %s Ready=%q", id, s)
+	}
+	return true, nil
+}
+
+func (c *kindCluster) Metrics(ctx context.Context, id string) (string, error) {
+	res, err := run(ctx, "kubectl", "--context", "kind-"+c.name, "get", "--raw",
+		fmt.Sprintf("/api/v1/namespaces/%s/pods/%s:8080/proxy/metrics", c.ns, id))
+	return res.Stdout, err
+}
+
+func (c *kindCluster) Exec(ctx context.Context, id string, args ...string) (cmdResult, error) {
+	return c.kubectlCtx(ctx, append([]string{"exec", id, "--", "/immortald"}, args...)...)
+}
+
+func (c *kindCluster) Logs(ctx context.Context, id string) (string, error) {
+	res, err := c.kubectlCtx(ctx, "logs", id)
+	return res.Stdout, err
+}
+
+func (c *kindCluster) EtcdMembers() []string {
+	return []string{kindEtcdSet + "-0", kindEtcdSet + "-1", kindEtcdSet + "-2"}
+}
+
+func (c *kindCluster) EtcdEndpoint(name string) string {
+	return fmt.Sprintf("127.0.0.1:%d", c.ports[name])
+}
+
+func (c *kindCluster) EtcdStop(ctx context.Context, name string) error {
+	if err := c.signal(ctx, name, "STOP"); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.frozen[name] = true
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *kindCluster) EtcdKill(ctx context.Context, name string) error {
+	return c.signal(ctx, name, "KILL")
+}
+
+func (c *kindCluster) EtcdStart(ctx context.Context, name string) error {
+	c.mu.Lock()
+	frozen := c.frozen[name]
+	delete(c.frozen, name)
+	c.mu.Unlock()
+	if frozen {
+		return c.signal(ctx, name, "CONT")
+	}
+	// Killed: the kubelet restarts the container; wait for it to be ready.
+	return poll(3*time.Minute, time.Second, "etcd pod "+name+" ready", func() (bool, string, error) {
+		ok, err := c.Ready(ctx, name)
+		return ok, fmt.Sprint(err), nil
+	})
+}
+
+func (c *kindCluster) Etcdctl(ctx context.Context, args ...string) (cmdResult, error) {
+	c.mu.Lock()
+	var pod string
+	for _, e := range c.EtcdMembers() {
+		if !c.frozen[e] {
+			pod = e
+			break
+		}
+	}
+	c.mu.Unlock()
+	return c.kubectlCtx(ctx, append([]string{"exec", pod, "--", "/etcdctl", "--command-timeout", "10s"}, args...)...)
+}
