@@ -12,12 +12,12 @@ IMAGE         ?= immortald:dev
 ETCD_IMAGE    ?= immortald-etcd:dev
 E2E_TIMEOUT   ?= 20m
 # Extra flags for the e2e run, e.g. E2E_FLAGS='-run TestKill -v'.
-E2E_FLAGS     ?=
+E2E_FLAGS     ?= -v
 
 # Static binaries (no libc in a scratch image). Not exported: -race needs cgo.
 STATIC        := CGO_ENABLED=0
 
-.PHONY: all build etcd image etcd-image test lint unit e2e bench clean
+.PHONY: all build etcd image etcd-image test lint unit e2e bench bench-quick clean
 
 all: build
 
@@ -65,9 +65,14 @@ unit:
 e2e: image etcd-image
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) $(E2E_FLAGS) ./e2e/...
 
-## bench: placeholder for the benchmarks.
+## bench: the full benchmark (real etcd and immortald processes, and the
+## etcdctl-lock baseline); prints a table and, last, one JSON line.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) run ./cmd/immortalbench -out bin/bench.json
+
+## bench-quick: the same in about a minute.
+bench-quick:
+	$(GO) run ./cmd/immortalbench -quick -out bin/bench-quick.json
 
 clean:
 	rm -rf bin/ e2e/logs/

@@ -161,13 +161,22 @@ func (s *Session) watch(ctx context.Context) {
 	s.lose()
 }
 
+// renewalsInFlight bounds the renewals outstanding at once.
+const renewalsInFlight = 4
+
 // renew sends a keep-alive every TTL/4 and moves the safe deadline with each
-// acknowledgement.
+// acknowledgement. Renewals do not wait for each other: one stuck on an etcd
+// member that just died must not hold back the next until the safe deadline
+// has passed, and one that etcd answers slowly still counts, with its own
+// send time, when its answer comes.
 func (s *Session) renew(ctx context.Context) {
 	defer s.wg.Done()
 	every := s.cfg.TTL / 4
 	t := time.NewTicker(every)
 	defer t.Stop()
+	slots := make(chan struct{}, renewalsInFlight)
+	var inflight sync.WaitGroup
+	defer inflight.Wait()
 	for {
 		select {
 		case <-ctx.Done():
@@ -176,27 +185,37 @@ func (s *Session) renew(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		sent := s.cfg.Clock.Now()
-		// One renewal may not outlive the period: a request stuck on an
-		// etcd member that just died must not hold back the next one until
-		// the safe deadline has passed. Without a leader, fail at once.
-		rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), every)
-		resp, err := s.cli.KeepAliveOnce(rctx, s.Lease())
-		cancel()
-		switch {
-		case errors.Is(err, rpctypes.ErrLeaseNotFound):
-			s.cfg.Logger.Warn("lease is gone on the server", "lease", fmt.Sprintf("%x", int64(s.Lease())))
-			s.dl.expire()
-			return
-		case err != nil:
-			if ctx.Err() == nil {
-				s.cfg.Logger.Debug("lease renewal failed", "err", err)
-			}
-		case resp.TTL <= 0:
-			s.dl.expire()
-			return
+		select {
+		case slots <- struct{}{}:
 		default:
-			s.dl.renewed(sent, time.Duration(resp.TTL)*time.Second)
+			continue // etcd answers none of them: the deadline decides
 		}
+		inflight.Add(1)
+		go func(sent time.Time) {
+			defer func() { <-slots; inflight.Done() }()
+			s.renewOnce(ctx, sent)
+		}(s.cfg.Clock.Now())
+	}
+}
+
+// renewOnce sends one keep-alive, sent at sent. Without an etcd leader it
+// fails at once; it gives up when its answer could no longer move the
+// deadline.
+func (s *Session) renewOnce(ctx context.Context, sent time.Time) {
+	rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), s.cfg.TTL-s.cfg.Margin)
+	defer cancel()
+	resp, err := s.cli.KeepAliveOnce(rctx, s.Lease())
+	switch {
+	case errors.Is(err, rpctypes.ErrLeaseNotFound):
+		s.cfg.Logger.Warn("lease is gone on the server", "lease", fmt.Sprintf("%x", int64(s.Lease())))
+		s.dl.expire()
+	case err != nil:
+		if ctx.Err() == nil {
+			s.cfg.Logger.Debug("lease renewal failed", "err", err)
+		}
+	case resp.TTL <= 0:
+		s.dl.expire()
+	default:
+		s.dl.renewed(sent, time.Duration(resp.TTL)*time.Second)
 	}
 }

@@ -410,10 +410,12 @@ func (r *runner) handoff(el *concurrency.Election, h *heldLife, to string) bool 
 // finalCheckpoint writes the age of a life that was just stopped, fenced,
 // and returns the moment the age was taken.
 func (s *Supervisor) finalCheckpoint(h *heldLife) time.Time {
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
-	defer cancel()
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
+	// The deadline starts once the lock is ours: a checkpoint round of many
+	// lives may hold it for a while, and that must not use up this write's time.
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
 	now := time.Now()
 	if n, err := s.writeAges(ctx, []*heldLife{h}, now); err != nil || n != 1 {
 		s.log.Warn("final checkpoint failed; the next holder resumes from the previous one", "name", h.name, "err", err)

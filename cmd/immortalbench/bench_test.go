@@ -1,0 +1,256 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestPercentile(t *testing.T) {
+	xs := []float64{5, 1, 4, 2, 3} // unsorted on purpose
+	for _, tc := range []struct {
+		p    float64
+		want float64
+	}{
+		{0, 1}, {25, 2}, {50, 3}, {75, 4}, {100, 5},
+		{10, 1.4}, {99, 4.96}, {-5, 1}, {150, 5},
+	} {
+		if got := percentile(xs, tc.p); math.Abs(got-tc.want) > 1e-9 {
+			t.Errorf("percentile(%v, %v) = %v, want %v", xs, tc.p, got, tc.want)
+		}
+	}
+	if xs[0] != 5 {
+		t.Errorf("percentile sorted its input in place: %v", xs)
+	}
+	if got := percentile(nil, 50); !math.IsNaN(got) {
+		t.Errorf("percentile(nil) = %v, want NaN", got)
+	}
+	if got := percentile([]float64{7}, 99); got != 7 {
+		t.Errorf("percentile of one sample = %v, want 7", got)
+	}
+	even := []float64{10, 20, 30, 40}
+	if got := percentile(even, 50); got != 25 {
+		t.Errorf("median of %v = %v, want 25", even, got)
+	}
+	if got, want := maxOf(even), 40.0; got != want {
+		t.Errorf("maxOf = %v, want %v", got, want)
+	}
+	if got, want := minOf(even), 10.0; got != want {
+		t.Errorf("minOf = %v, want %v", got, want)
+	}
+	if !math.IsNaN(maxOf(nil)) || !math.IsNaN(minOf(nil)) || !math.IsNaN(mean(nil)) {
+		t.Error("maxOf, minOf and mean of nothing must be NaN")
+	}
+}
+
+func TestReportJSONShape(t *testing.T) {
+	r := newReport()
+	r.set("mode", "quick")
+	r.set("start_p50_ms", 12.34567)
+	r.set("failover_p99_s", math.NaN()) // unmeasured: null
+	r.set("lives", 10000)
+	r.set("extra_list", []string{"a<b", "c"})
+	r.set("extra_map", map[string]int{"m1": 3})
+	r.set("rss_bytes_per_life", 2048.0)
+	r.set("baseline_rss_bytes_per_life", 20480.0)
+	r.set("ratio_rss_per_life", ratio(r, "baseline_rss_bytes_per_life", "rss_bytes_per_life"))
+	r.set("ratio_failover_p99", ratio(r, "failover_p99_s", "baseline_failover_p99_s"))
+
+	js, err := r.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.ContainsAny(js, "\n\r") {
+		t.Fatalf("JSON spans more than one line: %s", js)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(js, &m); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, js)
+	}
+	for _, k := range requiredKeys {
+		if _, ok := m[k]; !ok {
+			t.Errorf("required key %q missing", k)
+		}
+	}
+	if m["mode"] != "quick" {
+		t.Errorf("mode = %v", m["mode"])
+	}
+	if m["start_p50_ms"] != 12.346 {
+		t.Errorf("start_p50_ms = %v, want rounded to 12.346", m["start_p50_ms"])
+	}
+	if m["failover_p99_s"] != nil || m["ratio_failover_p99"] != nil {
+		t.Errorf("unmeasured figures must be null: %v %v", m["failover_p99_s"], m["ratio_failover_p99"])
+	}
+	if m["ratio_rss_per_life"] != 10.0 {
+		t.Errorf("ratio_rss_per_life = %v, want 10", m["ratio_rss_per_life"])
+	}
+	if m["lives"] != 10000.0 {
+		t.Errorf("lives = %v", m["lives"])
+	}
+	if !strings.Contains(string(js), `"a<b"`) {
+		t.Errorf("HTML escaping is not wanted in the JSON: %s", js)
+	}
+	// Required keys come first, in their order, then the rest.
+	dec := json.NewDecoder(bytes.NewReader(js))
+	if _, err := dec.Token(); err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for dec.More() {
+		k, err := dec.Token()
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, k.(string))
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, k := range requiredKeys {
+		if keys[i] != k {
+			t.Fatalf("key %d = %q, want %q (order %v)", i, keys[i], k, keys)
+		}
+	}
+	if keys[len(keys)-1] != "extra_map" {
+		t.Errorf("extra keys out of order: %v", keys)
+	}
+
+	var table bytes.Buffer
+	r.printTable(&table)
+	for _, want := range []string{"start_p50_ms", "12.3 ms", "2048 B (2.0 KiB)", "10.000x", "extra_map"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
+	}
+}
+
+func TestHuman(t *testing.T) {
+	for _, tc := range []struct {
+		key  string
+		v    any
+		want string
+	}{
+		{"handoff_p50_ms", 3.21, "3.2 ms"},
+		{"failover_p99_s", 2.5, "2.500 s"},
+		{"cpu_per_1k_lives", 0.01234, "0.0123 cpu-s/s"},
+		{"etcd_txn_per_s", 800.0, "800.0 /s"},
+		{"mode", "full", "full"},
+		{"lives", 100000, "100000"},
+		{"anything", nil, "-"},
+	} {
+		if got := human(tc.key, tc.v); got != tc.want {
+			t.Errorf("human(%q, %v) = %q, want %q", tc.key, tc.v, got, tc.want)
+		}
+	}
+}
+
+func TestParseStatCPU(t *testing.T) {
+	// The command name may hold spaces and parentheses.
+	line := "1234 (im (mortal) d) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 12 0 100 1000 200 18446744073709551615"
+	got, err := parseStatCPU(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != 3.0 {
+		t.Errorf("cpu = %v s, want 3 (300 ticks)", got)
+	}
+	if _, err := parseStatCPU("garbage"); err == nil {
+		t.Error("no error for a malformed line")
+	}
+}
+
+func TestParseMetrics(t *testing.T) {
+	in := `# HELP etcd_mvcc_txn_total x
+# TYPE etcd_mvcc_txn_total counter
+etcd_mvcc_txn_total 1.234e+06
+etcd_server_proposals_committed_total 42
+etcd_disk_wal_fsync_duration_seconds_bucket{le="0.001"} 5
+`
+	m, err := parseMetrics(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m["etcd_mvcc_txn_total"] != 1234000 || m["etcd_server_proposals_committed_total"] != 42 {
+		t.Errorf("parsed %v", m)
+	}
+	if len(m) != 2 {
+		t.Errorf("labelled samples must be skipped: %v", m)
+	}
+	if d := delta(map[string]float64{"a": 1}, map[string]float64{"a": 4}, "a"); d != 3 {
+		t.Errorf("delta = %v", d)
+	}
+	if d := delta(nil, map[string]float64{"a": 4}, "a"); !math.IsNaN(d) {
+		t.Errorf("delta of a missing counter = %v, want NaN", d)
+	}
+}
+
+func TestRecordsAndNames(t *testing.T) {
+	v := []byte(`{"life_id":7,"age_ms":1500,"incarnation":2,"holder":"m2","holder_rev":9,"time":"2026-01-02T03:04:05Z"}`)
+	if h := holderOf(v); h != "m2" {
+		t.Errorf("holderOf = %q", h)
+	}
+	if h := holderOf([]byte("not json")); h != "" {
+		t.Errorf("holderOf(garbage) = %q", h)
+	}
+	if got := holderCounts(map[string]string{"a": "m1", "b": "m1", "c": "m2"}); got["m1"] != 2 || got["m2"] != 1 {
+		t.Errorf("holderCounts = %v", got)
+	}
+	if bulkName(42) != "b000042" {
+		t.Errorf("bulkName(42) = %q", bulkName(42))
+	}
+	if life, c, gen, ok := parseTag("b17.1.3"); !ok || life != 17 || c != 1 || gen != 3 {
+		t.Errorf("parseTag(b17.1.3) = %d %d %d %v", life, c, gen, ok)
+	}
+	for _, bad := range []string{"", "b17.1", "x17.1.3", "b17.x.3", "b.1.3"} {
+		if _, _, _, ok := parseTag(bad); ok {
+			t.Errorf("parseTag(%q) accepted", bad)
+		}
+	}
+	if kbField("VmRSS:	   20084 kB") != 20084*1024 {
+		t.Error("kbField")
+	}
+}
+
+func TestScanMemberLogs(t *testing.T) {
+	dir := t.TempDir()
+	log := `{"time":"t","level":"INFO","msg":"session opened"}
+{"time":"t","level":"WARN","msg":"checkpoints are failing"}
+{"time":"t","level":"WARN","msg":"checkpoints are failing"}
+panic: boom
+{"time":"t","level":"ERROR","msg":"cannot revoke the lease"}
+`
+	if err := os.WriteFile(filepath.Join(dir, "m1.1.log"), []byte(log), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "etcd.log"), []byte("not a member\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := scanMemberLogs(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 {
+		t.Fatalf("findings = %+v, want 3", got)
+	}
+	if got[0].Msg != "checkpoints are failing" || got[0].Count != 2 || !strings.HasSuffix(got[0].First, "m1.1.log:2") {
+		t.Errorf("first finding = %+v", got[0])
+	}
+	if got[1].Level != "NOT-JSON" || got[2].Level != "ERROR" {
+		t.Errorf("findings = %+v", got)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	q, f := defaults(true), defaults(false)
+	if !q.quick || q.lives != 10000 || q.baselineLives != 100 {
+		t.Errorf("quick defaults: %+v", q)
+	}
+	if f.quick || f.lives != 100000 || f.baselineLives != 1000 {
+		t.Errorf("full defaults: %+v", f)
+	}
+}
