@@ -44,12 +44,12 @@ func (s *Supervisor) checkpointLoop(ctx context.Context) {
 	}
 }
 
-// batchTimeout bounds one checkpoint Txn: the interval, at least 500ms. A
+// batchTimeout bounds one checkpoint Txn: two intervals, at least TTL/2. A
 // Txn stuck on an etcd member that died must not hold every checkpoint back
 // for long; a write applied after its Txn gave up is recognised as our own
 // at the next round.
 func (s *Supervisor) batchTimeout() time.Duration {
-	return max(s.cfg.CheckpointInterval, 500*time.Millisecond)
+	return max(2*s.cfg.CheckpointInterval, s.cfg.Lease.TTL/2)
 }
 
 // finalCheckpoints stops every held life and writes its last age.
@@ -90,7 +90,7 @@ func (s *Supervisor) writeAges(ctx context.Context, lives []*heldLife, now time.
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			bctx, cancel := context.WithTimeout(ctx, s.batchTimeout())
-			n, err := s.writeBatch(bctx, batch, now)
+			n, err := s.writeBatch(bctx, batch, now, false)
 			cancel()
 			mu.Lock()
 			applied += n
@@ -105,7 +105,9 @@ func (s *Supervisor) writeAges(ctx context.Context, lives []*heldLife, now time.
 	return applied, errors.Join(errs...)
 }
 
-func (s *Supervisor) writeBatch(ctx context.Context, batch []*heldLife, now time.Time) (int, error) {
+// writeBatch writes one batch. Lives whose own earlier write was applied
+// unseen are written once more at once (retried reports that second pass).
+func (s *Supervisor) writeBatch(ctx context.Context, batch []*heldLife, now time.Time, retried bool) (int, error) {
 	k := s.cfg.Keys
 	ops := make([]clientv3.Op, len(batch))
 	recs := make([]registry.AgeRecord, len(batch))
@@ -125,6 +127,7 @@ func (s *Supervisor) writeBatch(ctx context.Context, batch []*heldLife, now time
 		return 0, err
 	}
 	applied := 0
+	var again []*heldLife
 	for i, r := range resp.Responses {
 		h, sub := batch[i], r.GetResponseTxn()
 		if sub.GetSucceeded() {
@@ -139,9 +142,10 @@ func (s *Supervisor) writeBatch(ctx context.Context, batch []*heldLife, now time
 		}
 		if h.isOwn(age) {
 			// Our own earlier write, applied although its answer was lost
-			// (a timeout): adopt its revision; the next round writes again.
+			// (a timeout): adopt its revision and write again.
 			rec, _ := registry.ParseAgeRecord(age.Value)
 			h.wrote(age.ModRevision, max(h.lastAge, rec.AgeMS))
+			again = append(again, h)
 			continue
 		}
 		// We still hold the life, but someone else wrote its age record.
@@ -150,6 +154,10 @@ func (s *Supervisor) writeBatch(ctx context.Context, batch []*heldLife, now time
 		}
 	}
 	s.m.Checkpoints.Add(float64(applied))
+	if len(again) > 0 && !retried {
+		n, err := s.writeBatch(ctx, again, now, true)
+		return applied + n, err
+	}
 	return applied, nil
 }
 
