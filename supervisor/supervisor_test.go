@@ -195,31 +195,11 @@ func TestStaleHolderCannotWrite(t *testing.T) {
 // One stale life in a batch fails alone: the other lives' checkpoints of the
 // same Txn are applied.
 func TestBatchIsolatesFailedFence(t *testing.T) {
-	srv := etcdtest.MustStart(t)
-	cli := etcdtest.MustClient(t, srv.Endpoint())
-	sup, err := New(Config{ID: "m1", Client: cli, Keys: testKeys})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sup, cli := writerOnly(t)
 	ctx := context.Background()
-	grant, err := cli.Grant(ctx, 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Revoke(ctx, grant.ID)
-
 	var lives []*heldLife
 	for i := range 300 {
-		name := fmt.Sprintf("life-%03d", i)
-		lifeID := put(t, cli, testKeys.Life(name), "")
-		own := testKeys.Election(name) + "/own"
-		resp, err := cli.Put(ctx, own, "m1", clientv3.WithLease(grant.ID))
-		if err != nil {
-			t.Fatal(err)
-		}
-		h := &heldLife{name: name, lifeID: lifeID, ownKey: own, ownRev: resp.Header.Revision, holder: "m1", incarnate: 1,
-			started: time.Now(), lost: make(chan struct{})}
-		lives = append(lives, h)
+		lives = append(lives, fakeHolding(t, cli, fmt.Sprintf("life-%03d", i)))
 	}
 	stale := lives[200]
 	del(t, cli, stale.ownKey) // its holder lost the election key
@@ -532,26 +512,9 @@ func TestInvalidOptionsStopLifeAndKeepAge(t *testing.T) {
 // A checkpoint applied although its answer was lost (a timeout) is the
 // holder's own: the next round adopts it instead of quarantining it.
 func TestLostAnswerIsNotAForeignWrite(t *testing.T) {
-	srv := etcdtest.MustStart(t)
-	cli := etcdtest.MustClient(t, srv.Endpoint())
-	sup, err := New(Config{ID: "m1", Client: cli, Keys: testKeys})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sup, cli := writerOnly(t)
 	ctx := context.Background()
-	grant, err := cli.Grant(ctx, 10)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Revoke(ctx, grant.ID)
-	lifeID := put(t, cli, testKeys.Life("Adam"), "")
-	own := testKeys.Election("Adam") + "/own"
-	resp, err := cli.Put(ctx, own, "m1", clientv3.WithLease(grant.ID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &heldLife{name: "Adam", lifeID: lifeID, ownKey: own, ownRev: resp.Header.Revision, holder: "m1", incarnate: 1,
-		started: time.Now(), lost: make(chan struct{})}
+	h := fakeHolding(t, cli, "Adam")
 	lives := []*heldLife{h}
 	for round := range 4 {
 		if round == 2 {
@@ -575,4 +538,37 @@ func TestLostAnswerIsNotAForeignWrite(t *testing.T) {
 	if got := readCounter(sup.m.Checkpoints); got != 4 {
 		t.Fatalf("%v checkpoints applied in 4 rounds with one lost answer, want 4 (the lost one written again at once)", got)
 	}
+}
+
+// writerOnly returns a supervisor that is not running, to call its write
+// path directly, and a client of its etcd.
+func writerOnly(t *testing.T) (*Supervisor, *clientv3.Client) {
+	t.Helper()
+	srv := etcdtest.MustStart(t)
+	cli := etcdtest.MustClient(t, srv.Endpoint())
+	sup, err := New(Config{ID: "m1", Client: cli, Keys: testKeys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sup, cli
+}
+
+// fakeHolding requests a life and makes "m1" its holder by hand: an election
+// key on a fresh lease, and the heldLife the supervisor would have made.
+func fakeHolding(t *testing.T, cli *clientv3.Client, name string) *heldLife {
+	t.Helper()
+	ctx := context.Background()
+	grant, err := cli.Grant(ctx, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = cli.Revoke(context.Background(), grant.ID) })
+	lifeID := put(t, cli, testKeys.Life(name), "")
+	own := testKeys.Election(name) + "/own"
+	resp, err := cli.Put(ctx, own, "m1", clientv3.WithLease(grant.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &heldLife{name: name, lifeID: lifeID, ownKey: own, ownRev: resp.Header.Revision, holder: "m1", incarnate: 1,
+		started: time.Now(), lost: make(chan struct{})}
 }
