@@ -36,17 +36,7 @@ func TestLifeStartsAndAges(t *testing.T) {
 }
 
 func TestCrashFailoverKeepsAge(t *testing.T) {
-	srv := etcdtest.MustStart(t)
-	m1 := startMember(t, srv.Endpoint(), "m1")
-	m2 := startMember(t, srv.Endpoint(), "m2")
-	obs := etcdtest.MustClient(t, srv.Endpoint())
-	put(t, obs, testKeys.Life("Adam"), "")
-	old := holderOf(t, "Adam", m1, m2)
-	peer := m2
-	if old == m2 {
-		peer = m1
-	}
-	waitFor(t, 5*time.Second, "age >= 1s", func() bool { return old.sup.Held()["Adam"] >= 1000 })
+	old, peer, obs := adamOnOneOfTwo(t)
 
 	before := put(t, obs, "/test/mark", "")
 	ageAtCrash := old.sup.Held()["Adam"]
@@ -72,17 +62,7 @@ func TestCrashFailoverKeepsAge(t *testing.T) {
 }
 
 func TestGracefulHandoff(t *testing.T) {
-	srv := etcdtest.MustStart(t)
-	m1 := startMember(t, srv.Endpoint(), "m1")
-	m2 := startMember(t, srv.Endpoint(), "m2")
-	obs := etcdtest.MustClient(t, srv.Endpoint())
-	put(t, obs, testKeys.Life("Adam"), "")
-	old := holderOf(t, "Adam", m1, m2)
-	peer := m2
-	if old == m2 {
-		peer = m1
-	}
-	waitFor(t, 5*time.Second, "age >= 1s", func() bool { return old.sup.Held()["Adam"] >= 1000 })
+	old, peer, obs := adamOnOneOfTwo(t)
 
 	// Watch the age record through the handoff.
 	wctx, wcancel := context.WithCancel(context.Background())
@@ -571,4 +551,21 @@ func fakeHolding(t *testing.T, cli *clientv3.Client, name string) *heldLife {
 	}
 	return &heldLife{name: name, lifeID: lifeID, ownKey: own, ownRev: resp.Header.Revision, holder: "m1", incarnate: 1,
 		started: time.Now(), lost: make(chan struct{})}
+}
+
+// adamOnOneOfTwo runs two members, requests Adam, and returns once Adam is
+// at least 1 s old: the member that holds him, the other, and an observer.
+func adamOnOneOfTwo(t *testing.T) (holder, peer *member, obs *clientv3.Client) {
+	t.Helper()
+	srv := etcdtest.MustStart(t)
+	m1 := startMember(t, srv.Endpoint(), "m1")
+	m2 := startMember(t, srv.Endpoint(), "m2")
+	obs = etcdtest.MustClient(t, srv.Endpoint())
+	put(t, obs, testKeys.Life("Adam"), "")
+	holder, peer = holderOf(t, "Adam", m1, m2), m2
+	if holder == m2 {
+		peer = m1
+	}
+	waitFor(t, 5*time.Second, "age >= 1s", func() bool { return holder.sup.Held()["Adam"] >= 1000 })
+	return holder, peer, obs
 }
