@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"strconv"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -185,7 +186,7 @@ func watchFrom(ctx context.Context, cli *clientv3.Client, prefix string, h kvHan
 	wch := cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev))
 	for wr := range wch {
 		if wr.CompactRevision != 0 {
-			return "compacted at revision " + itoa(wr.CompactRevision)
+			return "compacted at revision " + strconv.FormatInt(wr.CompactRevision, 10)
 		}
 		if err := wr.Err(); err != nil {
 			return err.Error()

@@ -167,27 +167,43 @@ func (s *Supervisor) writeBatch(ctx context.Context, batch []*heldLife, now time
 // again. It reports whether the record was written.
 func (s *Supervisor) repairAge(ctx context.Context, h *heldLife, found *mvccpb.KeyValue, now time.Time) bool {
 	k := s.cfg.Keys
-	var seen int64
-	rec := h.nextRecord(now)
-	ops := []clientv3.Op{clientv3.OpPut(k.Age(h.name), string(rec.Marshal()))}
+	var (
+		seen int64
+		keep []byte
+	)
 	if found != nil {
-		seen = found.ModRevision
-		ops = append(ops, clientv3.OpPut(k.Quarantine(h.name), string(found.Value)))
+		seen, keep = found.ModRevision, found.Value
 		s.m.Quarantined.Inc()
 		s.log.Error("age record was overwritten by someone other than its holder; keeping those bytes in quarantine and the life's own age",
-			"name", h.name, "key", k.Age(h.name), "quarantine", k.Quarantine(h.name), "age", rec.AgeMS/1000)
+			"name", h.name, "key", k.Age(h.name), "quarantine", k.Quarantine(h.name), "age", h.nextRecord(now).AgeMS/1000)
 	} else {
-		s.log.Warn("age record was deleted by someone other than its holder; writing it again", "name", h.name, "age", rec.AgeMS/1000)
+		s.log.Warn("age record was deleted by someone other than its holder; writing it again", "name", h.name, "age", h.nextRecord(now).AgeMS/1000)
+	}
+	ok, err := s.writeOver(ctx, h, now, seen, keep)
+	return err == nil && ok // if not, tried again at the next checkpoint
+}
+
+// writeOver writes h's record, with the age at t, over the age record that
+// was last seen at revision seen (0: there was none). The Txn is fenced and
+// also guarded by that revision, so nobody else's write in between is lost;
+// keep, when not nil, is copied to quarantine/<name> in the same Txn. It
+// reports whether the write was applied.
+func (s *Supervisor) writeOver(ctx context.Context, h *heldLife, t time.Time, seen int64, keep []byte) (bool, error) {
+	k := s.cfg.Keys
+	rec := h.nextRecord(t)
+	ops := []clientv3.Op{clientv3.OpPut(k.Age(h.name), string(rec.Marshal()))}
+	if keep != nil {
+		ops = append(ops, clientv3.OpPut(k.Quarantine(h.name), string(keep)))
 	}
 	resp, err := s.cfg.Client.Txn(ctx).
 		If(append(h.fence(k), clientv3.Compare(clientv3.ModRevision(k.Age(h.name)), "=", seen))...).
 		Then(ops...).
 		Commit()
 	if err != nil || !resp.Succeeded {
-		return false // tried again at the next checkpoint
+		return false, err
 	}
 	h.wrote(resp.Header.Revision, rec.AgeMS)
-	return true
+	return true, nil
 }
 
 // firstKV is the first key of the i-th range response of a Txn, or nil.

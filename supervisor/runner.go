@@ -277,8 +277,8 @@ func (r *runner) hold(el *concurrency.Election) (outcome, *heldLife) {
 		lost:      make(chan struct{}),
 	}
 	var (
-		ops  []clientv3.Op
 		seen int64
+		keep []byte
 	)
 	if old != nil {
 		seen = old.ModRevision
@@ -288,34 +288,29 @@ func (r *runner) hold(el *concurrency.Election) (outcome, *heldLife) {
 			// Never resume, never silently overwrite: keep the bytes.
 			s.log.Error("age record does not parse; keeping its bytes in quarantine and starting the life at age 0",
 				"name", name, "key", k.Age(name), "quarantine", k.Quarantine(name), "err", err)
-			ops = append(ops, clientv3.OpPut(k.Quarantine(name), string(old.Value)))
+			keep = old.Value
 			s.m.Quarantined.Inc()
 		case rec.LifeID == r.life.ID:
 			h.base, h.incarnate = rec.AgeMS, rec.Incarnation+1
 		}
 	}
 	h.started = time.Now()
-	rec := h.record(h.started)
-	ops = append(ops, clientv3.OpPut(k.Age(name), string(rec.Marshal())))
-	w, err := s.cfg.Client.Txn(r.ctx).
-		If(append(h.fence(k), clientv3.Compare(clientv3.ModRevision(k.Age(name)), "=", seen))...).
-		Then(ops...).
-		Commit()
+	ok, err := s.writeOver(r.ctx, h, h.started, seen, keep)
 	switch {
 	case err != nil && r.ctx.Err() != nil:
 		return outStopped, nil
 	case err != nil:
 		return outError, nil
-	case !w.Succeeded:
+	case !ok:
 		return outFenced, nil
 	}
-	h.wrote(w.Header.Revision, rec.AgeMS)
+	age := h.lastAge
 
 	if !s.addHeld(r.ctx, h) {
 		return outStopped, nil
 	}
-	s.log.Info(fmt.Sprintf("New life spawned: %s (age %d, incarnation %d)", name, rec.AgeMS/1000, h.incarnate),
-		"name", name, "age", rec.AgeMS/1000, "incarnation", h.incarnate, "life_id", h.lifeID)
+	s.log.Info(fmt.Sprintf("New life spawned: %s (age %d, incarnation %d)", name, age/1000, h.incarnate),
+		"name", name, "age", age/1000, "incarnation", h.incarnate, "life_id", h.lifeID)
 
 	var recheck <-chan time.Time
 	if s.preferred(name) != s.cfg.ID {

@@ -209,11 +209,7 @@ func (s *Supervisor) startGeneration(sess *lease.Session) *generation {
 	s.openHeld()
 	s.mu.Lock()
 	s.gen = gen
-	for _, l := range s.wanted {
-		if l.Valid() && s.isCandidateLocked(l.Name) {
-			s.startRunnerLocked(l, nil)
-		}
-	}
+	s.reconcileLocked() // no runners yet: starts one per life this member is a candidate for
 	s.mu.Unlock()
 	gen.wg.Add(1)
 	go func() {
