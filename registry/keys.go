@@ -2,6 +2,7 @@ package registry
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -40,6 +41,12 @@ func (k Keys) Elections() string { return k.prefix + "elections/" }
 // Election is the election prefix of one life, without a trailing slash, as
 // concurrency.NewElection expects it.
 func (k Keys) Election(name string) string { return k.Elections() + name }
+
+// Candidacy is the election key of the member on lease in the election of
+// one life: the key concurrency.Election would create for that lease.
+func (k Keys) Candidacy(name string, lease int64) string {
+	return k.Election(name) + "/" + strconv.FormatInt(lease, 16)
+}
 
 // Ages is the prefix of every age record.
 func (k Keys) Ages() string { return k.prefix + "ages/" }

@@ -3,6 +3,7 @@ package registry_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -17,8 +18,8 @@ import (
 )
 
 // TestWatchMembers checks that the member set is delivered in full, sorted,
-// once per change of the set: a rewritten record of a known member is not a
-// change, an expired lease is.
+// once per change of the set or of a member's lease: a rewritten record of
+// a known member on the same lease is not a change, an expired lease is.
 func TestWatchMembers(t *testing.T) {
 	srv := etcdtest.MustStart(t)
 	cli := etcdtest.MustClient(t, srv.Endpoint())
@@ -33,9 +34,16 @@ func TestWatchMembers(t *testing.T) {
 	wctx, cancel := context.WithCancel(ctx)
 	errc := make(chan error, 1)
 	go func() {
-		errc <- registry.WatchMembers(wctx, cli, keys, func(ids []string) {
+		errc <- registry.WatchMembers(wctx, cli, keys, func(ms []registry.Member) {
 			mu.Lock()
 			defer mu.Unlock()
+			ids := make([]string, len(ms))
+			for i, m := range ms {
+				ids[i] = m.ID
+				if m.Lease != 0 {
+					ids[i] += fmt.Sprintf("@%x", m.Lease)
+				}
+			}
 			got = append(got, strings.Join(ids, ","))
 		}, slog.New(slog.DiscardHandler))
 	}()
@@ -83,11 +91,25 @@ func TestWatchMembers(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitDeliveries(5)
+	mustPut(t, cli, keys.Member("m2"), "{}", clientv3.WithLease(grantMinute(t, cli)))
+	waitDeliveries(6)
 
 	mu.Lock()
 	defer mu.Unlock()
-	want := []string{"m1", "m1,m2", "m2", "m0,m2", "m2"}
-	if !slices.Equal(got, want) {
+	m0 := fmt.Sprintf("m0@%x", grant.ID)
+	want := []string{"m1", "m1,m2", "m2", m0 + ",m2", "m2", got[len(got)-1]}
+	if !slices.Equal(got, want) || !strings.HasPrefix(got[5], "m2@") {
 		t.Fatalf("deliveries = %q, want %q", got, want)
 	}
+}
+
+// grantMinute grants a lease of a minute for a test and revokes it at cleanup.
+func grantMinute(t *testing.T, cli *clientv3.Client) clientv3.LeaseID {
+	t.Helper()
+	g, err := cli.Grant(context.Background(), 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = cli.Revoke(context.Background(), g.ID) })
+	return g.ID
 }

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -35,10 +36,17 @@ func Watch(ctx context.Context, cli *clientv3.Client, keys Keys, h Handler, log 
 	return watchPrefix(ctx, cli, keys.Lives(), livesAdapter{keys: keys, h: h}, log)
 }
 
-// WatchMembers delivers the ids of the live members (those with a record
-// under members/) to f, in full, every time the set changes, until ctx ends.
-// It returns ctx.Err().
-func WatchMembers(ctx context.Context, cli *clientv3.Client, keys Keys, f func(ids []string), log *slog.Logger) error {
+// Member is a live member as seen under members/: its id and the lease its
+// record (and every candidacy it holds) lives on.
+type Member struct {
+	ID    string
+	Lease int64
+}
+
+// WatchMembers delivers the live members (those with a record under
+// members/), sorted by id, to f, in full, every time the set or a member's
+// lease changes, until ctx ends. It returns ctx.Err().
+func WatchMembers(ctx context.Context, cli *clientv3.Client, keys Keys, f func(members []Member), log *slog.Logger) error {
 	return watchPrefix(ctx, cli, keys.Members(), &membersAdapter{keys: keys, f: f}, log)
 }
 
@@ -71,42 +79,42 @@ func (a livesAdapter) put(kv *mvccpb.KeyValue) { a.h.Put(a.life(kv)) }
 func (a livesAdapter) del(key string, rev int64) { a.h.Delete(NameOf(a.keys.Lives(), key), rev) }
 
 type membersAdapter struct {
-	keys Keys
-	f    func([]string)
-	ids  map[string]bool
+	keys   Keys
+	f      func([]Member)
+	leases map[string]int64 // by id
 }
 
 func (a *membersAdapter) sync(_ int64, kvs []*mvccpb.KeyValue) {
-	a.ids = make(map[string]bool, len(kvs))
+	a.leases = make(map[string]int64, len(kvs))
 	for _, kv := range kvs {
-		a.ids[NameOf(a.keys.Members(), string(kv.Key))] = true
+		a.leases[NameOf(a.keys.Members(), string(kv.Key))] = kv.Lease
 	}
 	a.deliver()
 }
 
 func (a *membersAdapter) put(kv *mvccpb.KeyValue) {
 	id := NameOf(a.keys.Members(), string(kv.Key))
-	if !a.ids[id] {
-		a.ids[id] = true
+	if l, ok := a.leases[id]; !ok || l != kv.Lease {
+		a.leases[id] = kv.Lease
 		a.deliver()
 	}
 }
 
 func (a *membersAdapter) del(key string, _ int64) {
 	id := NameOf(a.keys.Members(), key)
-	if a.ids[id] {
-		delete(a.ids, id)
+	if _, ok := a.leases[id]; ok {
+		delete(a.leases, id)
 		a.deliver()
 	}
 }
 
 func (a *membersAdapter) deliver() {
-	ids := make([]string, 0, len(a.ids))
-	for id := range a.ids {
-		ids = append(ids, id)
+	out := make([]Member, 0, len(a.leases))
+	for id, l := range a.leases {
+		out = append(out, Member{ID: id, Lease: l})
 	}
-	slices.Sort(ids)
-	a.f(ids)
+	slices.SortFunc(out, func(x, y Member) int { return strings.Compare(x.ID, y.ID) })
+	a.f(out)
 }
 
 // watchPrefix lists prefix and watches it from the next revision, listing

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,10 +30,8 @@ func (s *Supervisor) checkpointLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		s.writeMu.Lock()
 		lives := s.snapshotHeld()
-		_, err := s.writeAges(clientv3.WithRequireLeader(ctx), lives, time.Now())
-		s.writeMu.Unlock()
+		_, err := s.writeAges(clientv3.WithRequireLeader(ctx), lives, time.Now(), true)
 		switch {
 		case err != nil && !failing && ctx.Err() == nil:
 			failing = true
@@ -58,7 +57,7 @@ func (s *Supervisor) finalCheckpoints(ctx context.Context) (int, error) {
 	defer s.writeMu.Unlock()
 	lives := s.takeAllHeld()
 	now := time.Now()
-	applied, err := s.writeAges(ctx, lives, now)
+	applied, err := s.writeAges(ctx, lives, now, false)
 	for _, h := range lives {
 		s.log.Info("life handed off: "+h.name, "name", h.name, "age", h.ageAt(now)/1000, "incarnation", h.incarnate)
 	}
@@ -73,8 +72,10 @@ func (s *Supervisor) finalCheckpoints(ctx context.Context) (int, error) {
 // outer Txn per batch with one nested, separately guarded Txn per life, so a
 // life whose guard fails is stopped and the rest of the batch is applied. It
 // returns how many were applied. Each Txn is bounded by batchTimeout; after
-// one fails, no further batch of the round is sent. The caller holds writeMu.
-func (s *Supervisor) writeAges(ctx context.Context, lives []*heldLife, now time.Time) (int, error) {
+// one fails, no further batch of the round is sent. A periodic round
+// (periodic) holds writeMu shared for each batch and skips lives stopped
+// meanwhile; any other caller holds writeMu itself.
+func (s *Supervisor) writeAges(ctx context.Context, lives []*heldLife, now time.Time, periodic bool) (int, error) {
 	var (
 		mu      sync.Mutex
 		applied int
@@ -89,6 +90,11 @@ func (s *Supervisor) writeAges(ctx context.Context, lives []*heldLife, now time.
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
+			if periodic {
+				s.writeMu.RLock()
+				defer s.writeMu.RUnlock()
+				batch = slices.DeleteFunc(slices.Clone(batch), func(h *heldLife) bool { return h.stopped.Load() })
+			}
 			bctx, cancel := context.WithTimeout(ctx, s.batchTimeout())
 			n, err := s.writeBatch(bctx, batch, now, false)
 			cancel()
@@ -108,6 +114,9 @@ func (s *Supervisor) writeAges(ctx context.Context, lives []*heldLife, now time.
 // writeBatch writes one batch. Lives whose own earlier write was applied
 // unseen are written once more at once (retried reports that second pass).
 func (s *Supervisor) writeBatch(ctx context.Context, batch []*heldLife, now time.Time, retried bool) (int, error) {
+	if len(batch) == 0 {
+		return 0, nil
+	}
 	k := s.cfg.Keys
 	ops := make([]clientv3.Op, len(batch))
 	recs := make([]registry.AgeRecord, len(batch))
@@ -137,7 +146,7 @@ func (s *Supervisor) writeBatch(ctx context.Context, batch []*heldLife, now time
 		}
 		own, req, age := firstKV(sub, 0), firstKV(sub, 1), firstKV(sub, 2)
 		if !h.fenceHolds(own, req) {
-			h.markLost()
+			s.lose(h, "a fenced write failed")
 			continue
 		}
 		if h.isOwn(age) {

@@ -29,9 +29,10 @@ type Config struct {
 	// rendezvous hashing over the live members: the first runs it, the
 	// others wait to take over at once. Default 2.
 	Candidates int
-	// CampaignsPerSecond bounds how fast campaigns start, so that a member
-	// that sees 100k lives at once does not overload etcd. Default 2000.
-	CampaignsPerSecond float64
+	// InFlight bounds the election Txns (each for up to 124 lives) a member
+	// has in flight at once, so that a member that sees 100k lives at once
+	// paces itself by etcd's answers. Default 8.
+	InFlight int
 	// ShutdownTimeout bounds each step of a graceful stop. Default 5s.
 	ShutdownTimeout time.Duration
 	// Address is published in the member record (the HTTP address).
@@ -69,8 +70,8 @@ func (c *Config) setDefaults() {
 	if c.Candidates == 0 {
 		c.Candidates = 2
 	}
-	if c.CampaignsPerSecond == 0 {
-		c.CampaignsPerSecond = 2000
+	if c.InFlight == 0 {
+		c.InFlight = 8
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 5 * time.Second
@@ -109,8 +110,8 @@ func (c *Config) Validate() error {
 	if c.Candidates < 1 {
 		return fmt.Errorf("candidates per life (%d) must be at least 1", c.Candidates)
 	}
-	if c.CampaignsPerSecond < 1 {
-		return fmt.Errorf("campaigns per second (%g) must be at least 1", c.CampaignsPerSecond)
+	if c.InFlight < 1 {
+		return fmt.Errorf("election Txns in flight (%d) must be at least 1", c.InFlight)
 	}
 	return nil
 }

@@ -1,8 +1,6 @@
 package supervisor
 
 import (
-	"context"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,10 +22,10 @@ type heldLife struct {
 	base      int64     // age in ms when started
 	started   time.Time // monotonic
 
-	lastRev  atomic.Int64 // revision of the last applied write
-	lastAge  int64        // age of the last write; guarded by Supervisor.writeMu
-	lost     chan struct{}
-	lostOnce sync.Once
+	lastRev atomic.Int64 // revision of the last applied write (before the first: of the record read)
+	lastAge int64        // age of the last write; guarded by Supervisor.writeMu
+	keep    []byte       // bytes to quarantine with the first write; nil: none
+	stopped atomic.Bool  // taken out of Supervisor.held: periodic checkpoints skip it
 }
 
 func (h *heldLife) ageAt(t time.Time) int64 { return h.base + t.Sub(h.started).Milliseconds() }
@@ -52,7 +50,8 @@ func (h *heldLife) nextRecord(t time.Time) registry.AgeRecord {
 }
 
 // wrote records an applied write at revision rev. The caller holds writeMu
-// or owns h alone.
+// (shared for a periodic checkpoint, which is the only writer of h then), or
+// owns h alone.
 func (h *heldLife) wrote(rev, age int64) {
 	h.lastRev.Store(rev)
 	h.lastAge = age
@@ -83,22 +82,28 @@ func (h *heldLife) fence(k registry.Keys) []clientv3.Cmp {
 	}
 }
 
-// markLost signals the runner that a fenced write failed.
-func (h *heldLife) markLost() { h.lostOnce.Do(func() { close(h.lost) }) }
+// addHeld starts running h, unless every life was just taken away (session
+// lost, shutdown): then it reports false.
+func (s *Supervisor) addHeld(h *heldLife) bool {
+	if !s.restoreHeld(h) {
+		return false
+	}
+	s.m.Started.Inc()
+	return true
+}
 
-// addHeld starts running h, unless ctx has ended or every life was just
-// taken away (session lost, shutdown): then it reports false.
-func (s *Supervisor) addHeld(ctx context.Context, h *heldLife) bool {
+// restoreHeld runs h (again), unless every life was just taken away.
+func (s *Supervisor) restoreHeld(h *heldLife) bool {
 	s.heldMu.Lock()
-	if s.heldClosed || ctx.Err() != nil {
+	if s.heldClosed {
 		s.heldMu.Unlock()
 		return false
 	}
 	s.held[h.name] = h
+	h.stopped.Store(false)
 	n := len(s.held)
 	s.heldMu.Unlock()
 	s.m.Held.Set(float64(n))
-	s.m.Started.Inc()
 	return true
 }
 
@@ -115,6 +120,7 @@ func (s *Supervisor) removeHeld(h *heldLife) bool {
 	ok := s.held[h.name] == h
 	if ok {
 		delete(s.held, h.name)
+		h.stopped.Store(true)
 	}
 	n := len(s.held)
 	s.heldMu.Unlock()
@@ -129,6 +135,7 @@ func (s *Supervisor) takeAllHeld() []*heldLife {
 	s.heldClosed = true
 	out := make([]*heldLife, 0, len(s.held))
 	for _, h := range s.held {
+		h.stopped.Store(true)
 		out = append(out, h)
 	}
 	clear(s.held)
@@ -137,8 +144,7 @@ func (s *Supervisor) takeAllHeld() []*heldLife {
 	return out
 }
 
-// dropAllHeld stops every life without writing anything; their runners
-// exit when the generation's context ends.
+// dropAllHeld stops every life without writing anything.
 func (s *Supervisor) dropAllHeld(reason string) int {
 	lives := s.takeAllHeld()
 	s.m.Lost.WithLabelValues(reason).Add(float64(len(lives)))

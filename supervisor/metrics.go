@@ -16,6 +16,8 @@ type Metrics struct {
 	SessionLosses    prometheus.Counter
 	Quarantined      prometheus.Counter
 	Handoffs         prometheus.Counter
+	ElectionTxns     prometheus.Counter
+	ElectionErrors   prometheus.Counter
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -33,10 +35,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		SessionLosses:    prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_session_losses_total", Help: "Sessions lost before shutdown."}),
 		Quarantined:      prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_age_records_quarantined_total", Help: "Corrupt age records moved to quarantine/."}),
 		Handoffs:         prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_handoffs_total", Help: "Lives handed to their preferred member."}),
+		ElectionTxns:     prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_election_txns_total", Help: "Election batch transactions sent to etcd."}),
+		ElectionErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_election_txn_errors_total", Help: "Election batch transactions that failed to reach etcd."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Held, m.Wanted, m.Invalid, m.Started, m.Lost, m.Checkpoints, m.CheckpointTxns,
-			m.CheckpointErrors, m.Sessions, m.SessionLosses, m.Quarantined, m.Handoffs)
+			m.CheckpointErrors, m.Sessions, m.SessionLosses, m.Quarantined, m.Handoffs, m.ElectionTxns, m.ElectionErrors)
 	}
 	return m
 }

@@ -12,7 +12,6 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"golang.org/x/time/rate"
 
 	"github.com/immortald/immortald/lease"
 	"github.com/immortald/immortald/registry"
@@ -24,25 +23,33 @@ type Supervisor struct {
 	cfg     Config
 	log     *slog.Logger
 	m       *Metrics
-	limiter *rate.Limiter
 	started time.Time
 
-	mu       sync.Mutex
-	wanted   map[string]registry.Life // every request seen, valid or not
-	invalid  map[string]int64         // invalid requests already logged, by ModRevision
-	gen      *generation              // nil between sessions
-	runners  map[string]*runner       // of gen, by life name
-	members  []string                 // live members, sorted, as last seen under members/
-	synced   bool                     // registry listed at least once
-	stopping bool
+	// mu guards the wanted lives, the member view and the elections of the
+	// current generation. Lock order: writeMu, then mu, then heldMu.
+	mu         sync.Mutex
+	wanted     map[string]registry.Life // every request seen, valid or not
+	invalid    map[string]int64         // invalid requests already logged, by ModRevision
+	gen        *generation              // nil between sessions
+	cands      map[string]*cand         // of gen, by life name
+	q          queues                   // cands of gen that need an election step
+	electFails int                      // election batches failed in a row
+	members    []string                 // live members, sorted, as last seen under members/
+	leases     map[string]int64         // their session leases, by id
+	synced     bool                     // registry listed at least once
+	stopping   bool
 
 	heldMu     sync.Mutex
 	held       map[string]*heldLife
 	heldClosed bool // no life may be added: the session is lost or ending
 
-	// writeMu serialises age writes, so a member's writes for one life are
+	// writeMu orders age writes, so a member's writes for one life are
 	// applied in the order their ages were taken.
-	writeMu sync.Mutex
+	// Checkpoint batches hold it shared (a round writes each life once, so
+	// no two batches share a life); a write that stops a life (handoff,
+	// clean-up, final checkpoints) holds it alone, so it waits for the
+	// batches in flight, not for a whole round.
+	writeMu sync.RWMutex
 
 	// stale are leases of lost sessions that could not be revoked (etcd was
 	// unreachable). They are revoked once etcd answers again, so their
@@ -56,6 +63,7 @@ type generation struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	kick   chan struct{} // wakes electLoop; buffered, never blocks
 }
 
 var _ registry.Handler = (*Supervisor)(nil)
@@ -73,10 +81,10 @@ func New(cfg Config) (*Supervisor, error) {
 		cfg:     cfg,
 		log:     cfg.Logger,
 		m:       cfg.Metrics,
-		limiter: rate.NewLimiter(rate.Limit(cfg.CampaignsPerSecond), max(1, int(cfg.CampaignsPerSecond/10))),
 		wanted:  make(map[string]registry.Life),
 		invalid: make(map[string]int64),
-		runners: make(map[string]*runner),
+		cands:   make(map[string]*cand),
+		leases:  make(map[string]int64),
 		held:    make(map[string]*heldLife),
 	}, nil
 }
@@ -111,7 +119,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	wg.Add(4)
 	go func() {
 		defer wg.Done()
-		s.reconcile(bg)
+		s.sweep(bg)
 	}()
 	go func() {
 		defer wg.Done()
@@ -131,11 +139,11 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}()
 
 	for {
-		sess := s.openSession(ctx)
+		sess, rev := s.openSession(ctx)
 		if sess == nil {
 			return nil // ctx ended before a session could be had
 		}
-		gen := s.startGeneration(sess)
+		gen := s.startGeneration(sess, rev)
 		select {
 		case <-ctx.Done():
 			s.shutdown(gen)
@@ -147,8 +155,8 @@ func (s *Supervisor) Run(ctx context.Context) error {
 }
 
 // openSession grants a lease and registers the member on it, retrying until
-// it succeeds or ctx ends (nil).
-func (s *Supervisor) openSession(ctx context.Context) *lease.Session {
+// it succeeds or ctx ends (nil). It returns the revision of the registration.
+func (s *Supervisor) openSession(ctx context.Context) (*lease.Session, int64) {
 	retry := backoff.New(200*time.Millisecond, 5*time.Second)
 	for ctx.Err() == nil {
 		s.revokeStale(ctx)
@@ -160,7 +168,8 @@ func (s *Supervisor) openSession(ctx context.Context) *lease.Session {
 			retry.Wait(ctx)
 			continue
 		}
-		if err := s.register(ctx, sess); err != nil {
+		rev, err := s.register(ctx, sess)
+		if err != nil {
 			s.log.Warn("cannot register member; will retry", "id", s.cfg.ID, "err", err)
 			closeCtx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 			_ = sess.Close(closeCtx)
@@ -170,15 +179,15 @@ func (s *Supervisor) openSession(ctx context.Context) *lease.Session {
 		}
 		s.m.Sessions.Inc()
 		s.log.Info("session opened", "id", s.cfg.ID, "lease", fmt.Sprintf("%x", int64(sess.Lease())), "ttl", s.cfg.Lease.TTL)
-		return sess
+		return sess, rev
 	}
-	return nil
+	return nil, 0
 }
 
 // register writes members/<id> on the session's lease, unless a live
 // member with the same id holds it: two members with one id would be
-// indistinguishable in every record.
-func (s *Supervisor) register(ctx context.Context, sess *lease.Session) error {
+// indistinguishable in every record. It returns the revision of the write.
+func (s *Supervisor) register(ctx context.Context, sess *lease.Session) (int64, error) {
 	key := s.cfg.Keys.Member(s.cfg.ID)
 	resp, err := s.cfg.Client.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
@@ -186,35 +195,46 @@ func (s *Supervisor) register(ctx context.Context, sess *lease.Session) error {
 		Else(clientv3.OpGet(key)).
 		Commit()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if !resp.Succeeded {
 		other := resp.Responses[0].GetResponseRange().Kvs
 		if len(other) > 0 {
-			return fmt.Errorf("member id %q is in use by a live member (lease %x); waiting for it to go", s.cfg.ID, other[0].Lease)
+			return 0, fmt.Errorf("member id %q is in use by a live member (lease %x); waiting for it to go", s.cfg.ID, other[0].Lease)
 		}
-		return fmt.Errorf("member id %q is in use", s.cfg.ID)
+		return 0, fmt.Errorf("member id %q is in use", s.cfg.ID)
 	}
-	return nil
+	return resp.Header.Revision, nil
 }
 
 func (s *Supervisor) memberRecord(lives int) registry.MemberRecord {
 	return registry.MemberRecord{ID: s.cfg.ID, Address: s.cfg.Address, Version: s.cfg.Version, Started: s.started, Lives: lives}
 }
 
-// startGeneration starts a runner for every valid wanted life.
-func (s *Supervisor) startGeneration(sess *lease.Session) *generation {
+// startGeneration campaigns for every valid wanted life this member is a
+// candidate for. rev is the revision the session was registered at: the
+// election watch starts after it, before any candidacy of the generation.
+func (s *Supervisor) startGeneration(sess *lease.Session, rev int64) *generation {
 	ctx, cancel := context.WithCancel(context.Background())
-	gen := &generation{sess: sess, ctx: ctx, cancel: cancel}
+	gen := &generation{sess: sess, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1)}
 	s.openHeld()
 	s.mu.Lock()
 	s.gen = gen
-	s.reconcileLocked() // no runners yet: starts one per life this member is a candidate for
+	s.electFails = 0
+	s.reconcileLocked()
 	s.mu.Unlock()
-	gen.wg.Add(1)
+	gen.wg.Add(3)
 	go func() {
 		defer gen.wg.Done()
 		s.publishMember(gen)
+	}()
+	go func() {
+		defer gen.wg.Done()
+		s.watchElections(gen, rev+1)
+	}()
+	go func() {
+		defer gen.wg.Done()
+		s.electLoop(gen)
 	}()
 	return gen
 }
@@ -275,14 +295,15 @@ func (s *Supervisor) shutdown(gen *generation) {
 	s.log.Info("shut down: lives handed off", "lives", n, "took", time.Since(t0).Round(time.Millisecond))
 }
 
-// endGeneration stops every runner of gen and waits for them a bounded time:
-// a runner blocked on an unreachable etcd finishes on its own later.
+// endGeneration stops the elections of gen and waits for its goroutines a
+// bounded time: a Txn stuck on an unreachable etcd finishes on its own later.
 func (s *Supervisor) endGeneration(gen *generation) {
 	s.mu.Lock()
 	gen.cancel()
-	clear(s.runners)
 	if s.gen == gen {
 		s.gen = nil
+		s.cands = make(map[string]*cand)
+		s.clearQueuesLocked()
 	}
 	s.mu.Unlock()
 	done := make(chan struct{})
@@ -295,7 +316,7 @@ func (s *Supervisor) endGeneration(gen *generation) {
 	select {
 	case <-done:
 	case <-t.C:
-		s.log.Warn("some campaigns are still waiting on etcd; leaving them to finish on their own")
+		s.log.Warn("some election batches are still waiting on etcd; leaving them to finish on their own")
 	}
 }
 
@@ -354,51 +375,72 @@ func (s *Supervisor) Sync(_ int64, lives []registry.Life) {
 func (s *Supervisor) Put(l registry.Life) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	old, had := s.wanted[l.Name]
 	s.wanted[l.Name] = l
 	defer s.countLocked()
+	c := s.cands[l.Name]
 	if !l.Valid() {
 		if s.invalid[l.Name] != l.ModRevision {
 			s.invalid[l.Name] = l.ModRevision
 			s.log.Warn("invalid life request; not starting it", "name", l.Name, "err", l.Err)
 		}
-		if r := s.runners[l.Name]; r != nil {
-			s.stopRunnerLocked(r, stopInvalid) // keeps its age for when the request is fixed
+		if c != nil {
+			c.want = false
+			s.stopLocked(c, stopInvalid) // keeps its age for when the request is fixed
+			s.queueLocked(c)
 		}
 		return
 	}
 	delete(s.invalid, l.Name)
-	if had && old.Valid() && old.ID == l.ID {
-		return // same life; only options changed
-	}
 	if s.gen == nil {
-		return // started with the next session
+		return // campaigned for with the next session
 	}
-	var after <-chan struct{}
-	if r := s.runners[l.Name]; r != nil {
-		after = s.stopRunnerLocked(r, stopEnded) // another life under the same name
+	if c != nil && c.want && c.life.ID == l.ID {
+		c.life = l // same life; only options changed
+		return
 	}
-	if s.isCandidateLocked(l.Name) {
-		s.startRunnerLocked(l, after)
+	if c != nil && c.h != nil {
+		s.stopLocked(c, stopEnded) // another life under the same name
+	}
+	if c == nil && !s.isCandidateLocked(l.Name) {
+		return
+	}
+	c = s.candLocked(l.Name)
+	c.life, c.want = l, true
+	s.queueNewLocked(c)
+}
+
+// queueNewLocked queues the first campaign of c: at once on the preferred
+// member, a moment later on the others, so that a life starts where it
+// belongs instead of moving there a moment later.
+func (s *Supervisor) queueNewLocked(c *cand) {
+	if s.preferredLocked(c.name) == s.cfg.ID {
+		s.queueLocked(c)
+	} else {
+		s.queueAtLocked(c, time.Now().Add(deferToPreferred))
 	}
 }
 
 // setMembers takes a new view of the live members and moves lives to
-// match it: runners start where this member became a candidate, and every
-// runner is told to look again (a holder hands a life to its preferred
-// member once that member campaigns; a waiting runner that is no longer a
-// candidate withdraws).
-func (s *Supervisor) setMembers(ids []string) {
+// match it: this member campaigns where it became a candidate, withdraws
+// where it no longer is one, and offers held lives to their preferred
+// member.
+func (s *Supervisor) setMembers(ms []registry.Member) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.members = ids
+	s.members = make([]string, len(ms))
+	clear(s.leases)
+	for i, m := range ms {
+		s.members[i] = m.ID
+		s.leases[m.ID] = m.Lease
+	}
 	s.reconcileLocked()
 }
 
-// reconcile runs reconcileLocked every few seconds, for whatever a runner
-// that ended on its own (its life was replaced, it withdrew) left undone.
-func (s *Supervisor) reconcile(ctx context.Context) {
-	t := time.NewTicker(reconcileEvery)
+// sweep looks at every waiting candidacy again every sweepEvery: a safety
+// net under the election watch, which already wakes a candidate when a key
+// before it goes.
+func (s *Supervisor) sweep(ctx context.Context) {
+	t := time.NewTicker(sweepEvery)
 	defer t.Stop()
 	for {
 		select {
@@ -407,16 +449,31 @@ func (s *Supervisor) reconcile(ctx context.Context) {
 		case <-t.C:
 		}
 		s.mu.Lock()
+		for _, c := range s.cands {
+			if c.h == nil && !c.queued {
+				s.queueLocked(c)
+			}
+		}
 		s.reconcileLocked()
 		s.mu.Unlock()
 	}
 }
 
-// reconcileEvery is the period of reconcile.
-const reconcileEvery = 5 * time.Second
+// sweepEvery is the period of sweep.
+const sweepEvery = 30 * time.Second
 
-// reconcileLocked starts a runner for every valid wanted life this member
-// is a candidate for and has none, and nudges every other runner.
+// minHold is the least time a member runs a life before handing it to its
+// preferred member.
+const minHold = time.Second
+
+// deferToPreferred is how long a candidate that is not the preferred member
+// waits before its first campaign for a life.
+const deferToPreferred = 250 * time.Millisecond
+
+// reconcileLocked brings the elections in line with the wanted lives and
+// the member view: a candidacy for every valid wanted life this member is a
+// candidate for, a withdrawal where it is not, and a handoff look at every
+// held life whose preferred member is another.
 func (s *Supervisor) reconcileLocked() {
 	if s.gen == nil {
 		return
@@ -425,10 +482,20 @@ func (s *Supervisor) reconcileLocked() {
 		if !l.Valid() {
 			continue
 		}
-		if r := s.runners[name]; r != nil {
-			r.nudge()
-		} else if s.isCandidateLocked(name) {
-			s.startRunnerLocked(l, nil)
+		c := s.cands[name]
+		switch {
+		case c == nil:
+			if s.isCandidateLocked(name) {
+				c = s.candLocked(name)
+				c.life, c.want = l, true
+				s.queueNewLocked(c)
+			}
+		case c.held:
+			if s.preferredLocked(name) != s.cfg.ID {
+				s.queueLocked(c)
+			}
+		case c.h == nil && !s.isCandidateLocked(name):
+			s.queueLocked(c)
 		}
 	}
 }
@@ -447,16 +514,8 @@ func (s *Supervisor) isCandidateLocked(name string) bool {
 	return slices.Contains(s.placementLocked(name), s.cfg.ID)
 }
 
-func (s *Supervisor) isCandidate(name string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.isCandidateLocked(name)
-}
-
-// preferred returns the member that should run a life.
-func (s *Supervisor) preferred(name string) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// preferredLocked returns the member that should run a life.
+func (s *Supervisor) preferredLocked(name string) string {
 	return s.placementLocked(name)[0]
 }
 
@@ -469,8 +528,10 @@ func (s *Supervisor) Delete(name string, _ int64) {
 	}
 	delete(s.wanted, name)
 	delete(s.invalid, name)
-	if r := s.runners[name]; r != nil {
-		s.stopRunnerLocked(r, stopEnded)
+	if c := s.cands[name]; c != nil {
+		c.want = false
+		s.stopLocked(c, stopEnded)
+		s.queueLocked(c)
 	}
 	s.countLocked()
 }

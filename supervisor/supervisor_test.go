@@ -9,7 +9,6 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/immortald/immortald/internal/etcdtest"
 	"github.com/immortald/immortald/registry"
@@ -179,22 +178,24 @@ func TestBatchIsolatesFailedFence(t *testing.T) {
 	ctx := context.Background()
 	var lives []*heldLife
 	for i := range 300 {
-		lives = append(lives, fakeHolding(t, cli, fmt.Sprintf("life-%03d", i)))
+		lives = append(lives, fakeHolding(t, sup, cli, fmt.Sprintf("life-%03d", i)))
 	}
 	stale := lives[200]
 	del(t, cli, stale.ownKey) // its holder lost the election key
 
-	applied, err := sup.writeAges(ctx, lives, time.Now())
+	applied, err := sup.writeAges(ctx, lives, time.Now(), true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if applied != len(lives)-1 {
 		t.Fatalf("applied %d checkpoints, want %d", applied, len(lives)-1)
 	}
-	select {
-	case <-stale.lost:
-	default:
-		t.Fatal("the stale life was not told it is lost")
+	held := sup.Held()
+	if _, ok := held[stale.name]; ok {
+		t.Fatal("the stale life still runs")
+	}
+	if len(held) != len(lives)-1 {
+		t.Fatalf("%d lives run, want %d", len(held), len(lives)-1)
 	}
 	if _, ok := ageRecord(t, cli, stale.name); ok {
 		t.Fatal("the stale life's age was written")
@@ -327,48 +328,46 @@ func getValue(tb testing.TB, cli *clientv3.Client, key string) string {
 	return string(resp.Kvs[0].Value)
 }
 
-// etcd #11051: Campaign can return success after the campaigner's session
-// expired. readStart must refuse to start the life.
-func TestCampaignAfterSessionExpiredIsRefused(t *testing.T) {
-	srv := etcdtest.MustStart(t)
-	cli := etcdtest.MustClient(t, srv.Endpoint())
+// etcd #11051: a candidate can be told it leads after its session expired.
+// Here the waiting member's lease is revoked behind its back; when the
+// holder resigns, the waiting member must not run the life on the dead
+// lease's candidacy: its check cannot create or keep a key on that lease,
+// and every write it makes carries a candidacy of a live session.
+func TestCandidacyOfExpiredSessionNeverLeads(t *testing.T) {
+	holder, peer, obs := adamOnOneOfTwo(t)
 	ctx := context.Background()
-	life := registry.Life{Name: "Adam", ID: put(t, cli, testKeys.Life("Adam"), "")}
-
-	sa, err := concurrency.NewSession(cli, concurrency.WithTTL(10))
+	resp, err := obs.Get(ctx, testKeys.Election("Adam")+"/", clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sa.Close()
-	sb, err := concurrency.NewSession(cli, concurrency.WithTTL(10))
+	var dead *mvccpb.KeyValue
+	for _, kv := range resp.Kvs {
+		if string(kv.Value) == peer.id {
+			dead = kv
+		}
+	}
+	if dead == nil {
+		t.Fatalf("no candidacy of %s among %d keys", peer.id, len(resp.Kvs))
+	}
+	if _, err := obs.Revoke(ctx, clientv3.LeaseID(dead.Lease)); err != nil {
+		t.Fatal(err)
+	}
+	watchFrom := dead.ModRevision
+	holder.stop() // resigns: the dead candidacy would have been next
+	rec := firstRecordBy(t, obs, "Adam", watchFrom, peer.id)
+	if rec.HolderRev == dead.CreateRevision {
+		t.Fatalf("%s wrote Adam's age on the candidacy of its revoked lease (revision %d)", peer.id, rec.HolderRev)
+	}
+	own, err := obs.Get(ctx, testKeys.Election("Adam")+"/", clientv3.WithPrefix(), clientv3.WithRev(0))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sb.Close()
-	ea := concurrency.NewElection(sa, testKeys.Election("Adam"))
-	if err := ea.Campaign(ctx, "a"); err != nil {
-		t.Fatal(err)
+	found := false
+	for _, kv := range own.Kvs {
+		found = found || (kv.CreateRevision == rec.HolderRev && kv.Lease != dead.Lease)
 	}
-	eb := concurrency.NewElection(sb, testKeys.Election("Adam"))
-	won := make(chan error, 1)
-	go func() { won <- eb.Campaign(ctx, "b") }()
-	waitFor(t, 5*time.Second, "b's candidacy", func() bool { return countKeys(t, cli, testKeys.Election("Adam")+"/") == 2 })
-
-	if _, err := cli.Revoke(ctx, sb.Lease()); err != nil { // b's session expires while it waits
-		t.Fatal(err)
-	}
-	if err := ea.Resign(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-won; err != nil {
-		t.Fatalf("Campaign: %v (the etcd behaviour this test guards against has changed)", err)
-	}
-	_, out, err := readStart(ctx, cli, testKeys, eb, life)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out != outNotLeader {
-		t.Fatalf("readStart = %v after Campaign returned on an expired session, want outNotLeader", out)
+	if !found {
+		t.Fatalf("the record's holder_rev %d is not a live candidacy: %v", rec.HolderRev, own.Kvs)
 	}
 }
 
@@ -494,23 +493,21 @@ func TestInvalidOptionsStopLifeAndKeepAge(t *testing.T) {
 func TestLostAnswerIsNotAForeignWrite(t *testing.T) {
 	sup, cli := writerOnly(t)
 	ctx := context.Background()
-	h := fakeHolding(t, cli, "Adam")
+	h := fakeHolding(t, sup, cli, "Adam")
 	lives := []*heldLife{h}
 	for round := range 4 {
 		if round == 2 {
 			h.lastRev.Store(h.lastRev.Load() - 1) // as if round 1's answer never came
 		}
-		if _, err := sup.writeAges(ctx, lives, time.Now()); err != nil {
+		if _, err := sup.writeAges(ctx, lives, time.Now(), true); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if q := getValue(t, cli, testKeys.Quarantine("Adam")); q != "" {
 		t.Fatalf("the holder quarantined its own record: %s", q)
 	}
-	select {
-	case <-h.lost:
+	if _, ok := sup.Held()["Adam"]; !ok {
 		t.Fatal("the life was stopped")
-	default:
 	}
 	if rec, _ := ageRecord(t, cli, "Adam"); rec.Holder != "m1" {
 		t.Fatalf("record %+v", rec)
@@ -534,8 +531,9 @@ func writerOnly(t *testing.T) (*Supervisor, *clientv3.Client) {
 }
 
 // fakeHolding requests a life and makes "m1" its holder by hand: an election
-// key on a fresh lease, and the heldLife the supervisor would have made.
-func fakeHolding(t *testing.T, cli *clientv3.Client, name string) *heldLife {
+// key on a fresh lease, and the heldLife the supervisor would have made,
+// running in sup.
+func fakeHolding(t *testing.T, sup *Supervisor, cli *clientv3.Client, name string) *heldLife {
 	t.Helper()
 	ctx := context.Background()
 	grant, err := cli.Grant(ctx, 30)
@@ -549,8 +547,12 @@ func fakeHolding(t *testing.T, cli *clientv3.Client, name string) *heldLife {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &heldLife{name: name, lifeID: lifeID, ownKey: own, ownRev: resp.Header.Revision, holder: "m1", incarnate: 1,
-		started: time.Now(), lost: make(chan struct{})}
+	h := &heldLife{name: name, lifeID: lifeID, ownKey: own, ownRev: resp.Header.Revision, holder: "m1", incarnate: 1,
+		started: time.Now()}
+	if !sup.addHeld(h) {
+		t.Fatal("addHeld refused")
+	}
+	return h
 }
 
 // adamOnOneOfTwo runs two members, requests Adam, and returns once Adam is

@@ -1,0 +1,579 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/registry"
+)
+
+// The elections of many lives are run in batches: one Txn carries the
+// election step of up to electBatch lives, each in its own nested Txn. The
+// keys and the rule are concurrency.Election's: a candidate's key is
+// elections/<name>/<lease-hex> on its session lease, and the key with the
+// lowest create revision leads. What differs is the cost: one Txn for many
+// lives instead of a Txn, a Get and a Watch per candidate, and one watch of
+// deletions under elections/ for the whole member instead of one watch per
+// waiting candidate.
+
+// electWidth is the widest nested Txn of an election batch (a check reads
+// four keys; a handoff compares four).
+const electWidth = 4
+
+// electBatch is how many nested Txns go into one election Txn: etcd lets a
+// nested Txn use what its parent leaves of --max-txn-ops.
+const electBatch = maxTxnOps - electWidth
+
+// taskKind is the election step a task takes for one life.
+type taskKind int
+
+const (
+	taskCheck   taskKind = iota // create the candidacy if missing; read the leader, the request and the age
+	taskStart                   // the first, fenced write of a life just won
+	taskHandoff                 // final age and resignation in one Txn, if the preferred member is a candidate
+	taskClean                   // delete the candidacy; final age or dropped record for a stopped life
+)
+
+// task is one life's step in an election batch.
+type task struct {
+	c    *cand
+	kind taskKind
+	life registry.Life // check: the life campaigned for
+	h    *heldLife     // start, handoff
+	to   string        // handoff: the preferred member
+	toK  string        // handoff: its candidacy key
+	owe  *cleanup      // clean
+	rec  registry.AgeRecord
+	at   int // index of its first nested Txn in the batch sent
+	n    int // nested Txns it takes, at most
+}
+
+// locked reports whether the task writes the age of a life that ran, so
+// that it must be ordered with checkpoints (under writeMu).
+func (t *task) locked() bool {
+	return t.kind == taskHandoff || (t.kind == taskClean && t.owe.h != nil)
+}
+
+// electLoop sends election batches for gen until its context ends: as many
+// as InFlight at once, each of up to electBatch lives.
+func (s *Supervisor) electLoop(gen *generation) {
+	sem := make(chan struct{}, s.cfg.InFlight)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		next := s.promoteLocked(time.Now())
+		s.mu.Unlock()
+		for {
+			select {
+			case sem <- struct{}{}:
+			case <-gen.ctx.Done():
+				return
+			}
+			s.mu.Lock()
+			plain, locked := s.takeLocked(gen)
+			s.mu.Unlock()
+			var batches [][]*task
+			for _, b := range [][]*task{plain, locked} {
+				if len(b) > 0 {
+					batches = append(batches, b)
+				}
+			}
+			if len(batches) == 0 {
+				<-sem
+				break
+			}
+			for i, b := range batches {
+				if i > 0 { // the first took the slot above
+					select {
+					case sem <- struct{}{}:
+					case <-gen.ctx.Done():
+						return // the generation's cands are dropped with it
+					}
+				}
+				wg.Add(1)
+				go func() {
+					defer func() { <-sem; wg.Done() }()
+					s.sendBatch(gen, b)
+				}()
+			}
+		}
+		wait := time.Hour
+		if !next.IsZero() {
+			wait = max(time.Until(next), time.Millisecond)
+		}
+		timer.Reset(wait)
+		select {
+		case <-gen.ctx.Done():
+			return
+		case <-gen.kick:
+		case <-timer.C:
+		}
+	}
+}
+
+// takeLocked pops ready cands and returns their tasks in two batches: those
+// that must be ordered with checkpoints, and the rest. Each cand it returns
+// a task for is busy until its batch is handled.
+func (s *Supervisor) takeLocked(gen *generation) (plain, locked []*task) {
+	np, nl := 0, 0 // nested Txns in each; a task takes at most 2
+	i := 0
+	for ; i < len(s.q.ready) && np+2 <= electBatch && nl+2 <= electBatch; i++ {
+		c := s.q.ready[i]
+		s.q.ready[i] = nil
+		c.queued = false
+		if c.busy {
+			c.again = true
+			continue
+		}
+		t := s.nextLocked(gen, c)
+		if t == nil {
+			continue
+		}
+		c.busy = true
+		t.n = 1
+		if t.kind == taskClean && t.owe.h != nil && t.owe.rev != 0 {
+			t.n = 2
+		}
+		if t.locked() {
+			nl += t.n
+			locked = append(locked, t)
+		} else {
+			np += t.n
+			plain = append(plain, t)
+		}
+	}
+	s.q.ready = s.q.ready[i:]
+	if len(s.q.ready) == 0 {
+		s.q.ready = nil // let the backing array go
+	}
+	return plain, locked
+}
+
+// nextLocked decides the next step for c, or returns nil when it needs
+// none now (it may have deferred itself).
+func (s *Supervisor) nextLocked(gen *generation, c *cand) *task {
+	switch {
+	case c.owe != nil:
+		return &task{c: c, kind: taskClean, owe: c.owe}
+	case c.held:
+		if !c.want {
+			return nil
+		}
+		to := s.preferredLocked(c.name)
+		if to == s.cfg.ID {
+			return nil
+		}
+		if at := c.h.started.Add(minHold); time.Now().Before(at) {
+			// Give views of the member set time to agree before moving a
+			// life that just arrived: no flapping between two members.
+			s.queueAtLocked(c, at)
+			return nil
+		}
+		l, ok := s.leases[to]
+		if !ok {
+			return nil // queued again when the member set changes
+		}
+		return &task{c: c, kind: taskHandoff, h: c.h, to: to, toK: s.cfg.Keys.Candidacy(c.name, l)}
+	case c.h != nil:
+		return &task{c: c, kind: taskStart, h: c.h}
+	case c.want && s.isCandidateLocked(c.name):
+		return &task{c: c, kind: taskCheck, life: c.life}
+	case c.rev != 0:
+		c.owe = &cleanup{rev: c.rev} // withdraw
+		c.rev = 0
+		return &task{c: c, kind: taskClean, owe: c.owe}
+	default:
+		if s.cands[c.name] == c {
+			delete(s.cands, c.name)
+		}
+		return nil
+	}
+}
+
+// sendBatch builds, sends and handles one batch.
+func (s *Supervisor) sendBatch(gen *generation, b []*task) {
+	if b[0].locked() {
+		s.writeMu.Lock()
+		defer s.writeMu.Unlock()
+	}
+	now := time.Now()
+	s.mu.Lock()
+	ops := make([]clientv3.Op, 0, len(b)+1)
+	live := b[:0]
+	for _, t := range b {
+		if !s.prepareLocked(gen, t, now) {
+			s.doneLocked(t.c)
+			continue
+		}
+		t.at = len(ops)
+		ops = append(ops, s.opsOf(gen, t)...)
+		live = append(live, t)
+	}
+	s.mu.Unlock()
+	if len(live) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(gen.ctx), s.batchTimeout())
+	resp, err := s.cfg.Client.Txn(ctx).Then(ops...).Commit()
+	cancel()
+	s.m.ElectionTxns.Inc()
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gen != gen {
+		return // the generation ended: its cands are gone
+	}
+	if err != nil {
+		s.m.ElectionErrors.Inc()
+		s.electFails++
+		wait := min(100*time.Millisecond<<min(s.electFails, 5), 2*time.Second)
+		if s.electFails == 1 && gen.ctx.Err() == nil {
+			s.log.Warn("election batch failed; will retry", "lives", len(live), "err", err)
+		}
+		for _, t := range live {
+			if t.kind == taskHandoff {
+				s.reholdLocked(t.c, t.h)
+			}
+			s.doneLocked(t.c)
+			s.queueAtLocked(t.c, time.Now().Add(wait))
+		}
+		return
+	}
+	s.electFails = 0
+	for _, t := range live {
+		sub := resp.Responses[t.at].GetResponseTxn()
+		switch t.kind {
+		case taskCheck:
+			s.checkedLocked(gen, t, resp.Header.Revision, sub)
+		case taskStart:
+			s.startedLocked(t, resp.Header.Revision, sub)
+		case taskHandoff:
+			s.handedLocked(t, resp.Header.Revision, sub)
+		case taskClean:
+			if t.owe.h != nil && t.owe.final && sub.GetSucceeded() {
+				t.owe.h.wrote(resp.Header.Revision, t.rec.AgeMS)
+			}
+			if t.c.owe == t.owe {
+				t.c.owe = nil
+			}
+		}
+		s.doneLocked(t.c)
+	}
+}
+
+// doneLocked ends c's operation and looks at c again if something happened
+// meanwhile, or if its step left more to do.
+func (s *Supervisor) doneLocked(c *cand) {
+	c.busy = false
+	if c.again || c.owe != nil || (c.h != nil && !c.held) {
+		c.again = false
+		s.queueLocked(c)
+	}
+}
+
+// prepareLocked checks that t still applies and takes what it needs from
+// the cand at send time; a handoff stops its life here, before the Txn.
+func (s *Supervisor) prepareLocked(gen *generation, t *task, now time.Time) bool {
+	if s.gen != gen {
+		return false
+	}
+	c := t.c
+	switch t.kind {
+	case taskCheck:
+		return c.want && c.life.ID == t.life.ID && c.owe == nil && c.h == nil
+	case taskStart:
+		if c.h != t.h || c.held {
+			return false
+		}
+		// The life runs from its first write: it resumes at exactly the
+		// stored age.
+		t.h.started = now
+		t.rec = t.h.nextRecord(now)
+	case taskHandoff:
+		if c.h != t.h || !c.held || !s.removeHeld(t.h) {
+			return false
+		}
+		c.held = false
+		t.rec = t.h.nextRecord(now)
+	case taskClean:
+		if t.owe.h != nil && t.owe.final {
+			t.rec = t.owe.h.nextRecord(now)
+		}
+	}
+	return true
+}
+
+// opsOf returns the nested Txns of t.
+func (s *Supervisor) opsOf(gen *generation, t *task) []clientv3.Op {
+	k, name := s.cfg.Keys, t.c.name
+	own := k.Candidacy(name, int64(gen.sess.Lease()))
+	leader := clientv3.OpGet(k.Election(name)+"/", append([]clientv3.OpOption{clientv3.WithPrefix()}, clientv3.WithFirstCreate()...)...)
+	switch t.kind {
+	case taskCheck:
+		reads := []clientv3.Op{leader, clientv3.OpGet(k.Life(name)), clientv3.OpGet(k.Age(name))}
+		return []clientv3.Op{clientv3.OpTxn(
+			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(own), "=", 0)},
+			append([]clientv3.Op{clientv3.OpPut(own, s.cfg.ID, clientv3.WithLease(gen.sess.Lease()))}, reads...),
+			append([]clientv3.Op{clientv3.OpGet(own)}, reads...),
+		)}
+	case taskStart, taskHandoff:
+		h := t.h
+		age := k.Age(name)
+		cmps := append(h.fence(k), clientv3.Compare(clientv3.ModRevision(age), "=", h.lastRev.Load()))
+		then := []clientv3.Op{clientv3.OpPut(age, string(t.rec.Marshal()))}
+		orElse := []clientv3.Op{clientv3.OpGet(h.ownKey), clientv3.OpGet(k.Life(name)), clientv3.OpGet(age)}
+		if t.kind == taskStart && h.keep != nil {
+			then = append(then, clientv3.OpPut(k.Quarantine(name), string(h.keep)))
+		}
+		if t.kind == taskHandoff {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(t.toK), ">", 0))
+			then = append(then, clientv3.OpDelete(h.ownKey))
+			orElse = append(orElse, clientv3.OpGet(t.toK))
+		}
+		return []clientv3.Op{clientv3.OpTxn(cmps, then, orElse)}
+	default: // taskClean
+		o := t.owe
+		var ops []clientv3.Op
+		if o.h != nil {
+			age := k.Age(name)
+			switch {
+			case o.final:
+				ops = append(ops, clientv3.OpTxn(
+					append(o.h.fence(k), clientv3.Compare(clientv3.ModRevision(age), "=", o.h.lastRev.Load())),
+					[]clientv3.Op{clientv3.OpPut(age, string(t.rec.Marshal()))}, nil))
+			case o.dropAge:
+				ops = append(ops, clientv3.OpTxn(
+					[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(age), "=", o.h.lastRev.Load())},
+					[]clientv3.Op{clientv3.OpDelete(age)}, nil))
+			}
+		}
+		if o.rev != 0 {
+			ops = append(ops, clientv3.OpTxn(
+				[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(own), "=", o.rev)},
+				[]clientv3.Op{clientv3.OpDelete(own)}, nil))
+		}
+		if len(ops) == 0 {
+			// Nothing to undo: an empty nested Txn keeps the batch's shape.
+			ops = append(ops, clientv3.OpTxn(nil, nil, nil))
+		}
+		return ops
+	}
+}
+
+// checkedLocked handles the answer to a check: the member leads the
+// election (start the life), waits in it (the deletion watch looks again),
+// or the request is gone.
+func (s *Supervisor) checkedLocked(gen *generation, t *task, rev int64, sub *etcdserverpb.TxnResponse) {
+	c := t.c
+	mine := rev // the put of a new candidacy is at the Txn's revision
+	if !sub.GetSucceeded() {
+		own := firstKV(sub, 0)
+		if own == nil {
+			s.queueLocked(c)
+			return
+		}
+		mine = own.CreateRevision
+	}
+	c.rev = mine
+	first, req, age := firstKV(sub, 1), firstKV(sub, 2), firstKV(sub, 3)
+	switch {
+	case !c.want || c.life.ID != t.life.ID || c.owe != nil:
+		s.queueLocked(c) // it changed meanwhile: withdraw or campaign again
+		return
+	case req == nil || req.CreateRevision != t.life.ID:
+		return // the request is gone or replaced; the registry says so soon
+	case first == nil || first.CreateRevision != mine:
+		return // waiting: the deletion watch looks again
+	}
+	c.h = s.newHeld(gen, t.life, c.rev, age)
+}
+
+// newHeld prepares a life just won, from its age record as read in the
+// same snapshot as the election (nil: none).
+func (s *Supervisor) newHeld(gen *generation, life registry.Life, rev int64, old *mvccpb.KeyValue) *heldLife {
+	k, name := s.cfg.Keys, life.Name
+	h := &heldLife{
+		name:      name,
+		lifeID:    life.ID,
+		ownKey:    k.Candidacy(name, int64(gen.sess.Lease())),
+		ownRev:    rev,
+		holder:    s.cfg.ID,
+		incarnate: 1,
+	}
+	if old != nil {
+		h.lastRev.Store(old.ModRevision)
+		rec, err := registry.ParseAgeRecord(old.Value)
+		switch {
+		case err != nil:
+			// Never resume, never silently overwrite: keep the bytes.
+			s.log.Error("age record does not parse; keeping its bytes in quarantine and starting the life at age 0",
+				"name", name, "key", k.Age(name), "quarantine", k.Quarantine(name), "err", err)
+			h.keep = old.Value
+			s.m.Quarantined.Inc()
+		case rec.LifeID == life.ID:
+			h.base, h.incarnate = rec.AgeMS, rec.Incarnation+1
+		}
+	}
+	h.started = time.Now()
+	return h
+}
+
+// startedLocked handles the answer to the first write of a life.
+func (s *Supervisor) startedLocked(t *task, rev int64, sub *etcdserverpb.TxnResponse) {
+	c, h := t.c, t.h
+	if sub.GetSucceeded() {
+		h.wrote(rev, t.rec.AgeMS)
+		h.keep = nil
+		if c.h != h {
+			return // stopped meanwhile; its clean-up sees this write
+		}
+		if !s.addHeld(h) {
+			c.h = nil // the session is ending
+			return
+		}
+		c.held = true
+		name := h.name
+		s.log.Info(fmt.Sprintf("New life spawned: %s (age %d, incarnation %d)", name, t.rec.AgeMS/1000, h.incarnate),
+			"name", name, "age", t.rec.AgeMS/1000, "incarnation", h.incarnate, "life_id", h.lifeID)
+		if s.preferredLocked(name) != s.cfg.ID {
+			s.queueAtLocked(c, h.started.Add(minHold))
+		}
+		return
+	}
+	if c.h != h {
+		return
+	}
+	own, req, age := firstKV(sub, 0), firstKV(sub, 1), firstKV(sub, 2)
+	switch {
+	case !h.fenceHolds(own, req):
+		c.h, c.rev = nil, 0 // lost it already, or the request changed: check again
+	case h.isOwn(age):
+		// Our own earlier write, applied although its answer was lost.
+		rec, _ := registry.ParseAgeRecord(age.Value)
+		h.wrote(age.ModRevision, max(h.lastAge, rec.AgeMS))
+	case age != nil:
+		s.m.Quarantined.Inc()
+		s.log.Error("age record was written by someone other than its holder while the life started; keeping those bytes in quarantine",
+			"name", h.name, "key", s.cfg.Keys.Age(h.name), "quarantine", s.cfg.Keys.Quarantine(h.name))
+		h.lastRev.Store(age.ModRevision)
+		h.keep = age.Value
+	default:
+		h.lastRev.Store(0) // deleted meanwhile
+	}
+	// doneLocked queues it again: c.h is set and not held.
+}
+
+// handedLocked handles the answer to a handoff.
+func (s *Supervisor) handedLocked(t *task, rev int64, sub *etcdserverpb.TxnResponse) {
+	c, h := t.c, t.h
+	if sub.GetSucceeded() {
+		h.wrote(rev, t.rec.AgeMS)
+		s.m.Handoffs.Inc()
+		s.m.Lost.WithLabelValues("handoff").Inc()
+		s.log.Info(fmt.Sprintf("life handed off: %s to %s (age %d)", h.name, t.to, t.rec.AgeMS/1000), "name", h.name, "to", t.to)
+		if c.h == h {
+			c.h, c.rev = nil, 0
+			s.queueLocked(c) // campaign again as a waiting candidate, if still one
+		}
+		return
+	}
+	own, req, age, target := firstKV(sub, 0), firstKV(sub, 1), firstKV(sub, 2), firstKV(sub, 3)
+	switch {
+	case !h.fenceHolds(own, req):
+		s.m.Lost.WithLabelValues("fenced").Inc()
+		s.log.Warn("lost the life: a fenced write failed", "name", h.name)
+		if c.h == h {
+			c.h, c.rev = nil, 0
+			s.queueLocked(c)
+		}
+		return
+	case target == nil:
+		s.reholdLocked(c, h)
+		s.queueAtLocked(c, time.Now().Add(time.Second)) // it has not campaigned yet
+	case h.isOwn(age):
+		rec, _ := registry.ParseAgeRecord(age.Value)
+		h.wrote(age.ModRevision, max(h.lastAge, rec.AgeMS))
+		s.reholdLocked(c, h)
+		s.queueLocked(c)
+	default:
+		// Someone else wrote the record: the next checkpoint repairs it.
+		s.reholdLocked(c, h)
+		s.queueAtLocked(c, time.Now().Add(time.Second))
+	}
+}
+
+// reholdLocked runs h again after a handoff that did not happen.
+func (s *Supervisor) reholdLocked(c *cand, h *heldLife) {
+	if c.h != h || c.held {
+		return
+	}
+	if s.restoreHeld(h) {
+		c.held = true
+		return
+	}
+	c.h, c.rev = nil, 0 // the session is ending
+}
+
+// watchElections watches deletions under elections/ from rev for gen: a
+// deleted key may make a waiting candidate the leader (look again), and
+// the deletion of a held life's own key means the life is lost.
+func (s *Supervisor) watchElections(gen *generation, rev int64) {
+	k := s.cfg.Keys
+	for gen.ctx.Err() == nil {
+		wch := s.cfg.Client.Watch(clientv3.WithRequireLeader(gen.ctx), k.Elections(),
+			clientv3.WithPrefix(), clientv3.WithFilterPut(), clientv3.WithRev(rev))
+		for wr := range wch {
+			if err := wr.Err(); err != nil {
+				break
+			}
+			s.mu.Lock()
+			for _, ev := range wr.Events {
+				name, ok := k.ElectionName(string(ev.Kv.Key))
+				if !ok {
+					continue
+				}
+				c := s.cands[name]
+				switch {
+				case c == nil:
+				case c.held && string(ev.Kv.Key) == c.h.ownKey:
+					s.loseLocked(c, c.h, "its election key was deleted")
+				case c.h == nil:
+					s.queueLocked(c)
+				}
+			}
+			rev = wr.Header.Revision + 1
+			s.mu.Unlock()
+		}
+		if gen.ctx.Err() != nil {
+			return
+		}
+		// The watch broke (compaction, lost leader): look at every waiting
+		// candidacy again, then watch from now on.
+		s.log.Warn("election watch ended; checking every candidacy again")
+		s.mu.Lock()
+		for _, c := range s.cands {
+			if c.h == nil {
+				s.queueLocked(c)
+			}
+		}
+		s.mu.Unlock()
+		resp, err := s.cfg.Client.Get(gen.ctx, k.Elections(), clientv3.WithCountOnly())
+		if err != nil {
+			select {
+			case <-gen.ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		rev = resp.Header.Revision + 1
+	}
+}
