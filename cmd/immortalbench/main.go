@@ -2,13 +2,14 @@
 // loopback, and the do-it-yourself baseline (one `etcdctl lock` process per
 // life) against the same etcd, in one run.
 //
-//	go run ./cmd/immortalbench [-quick] [-out FILE]
+//	go run ./cmd/immortalbench [-quick] [-check] [-out FILE]
 //
 // It builds immortald, etcd and etcdctl (or takes them from -immortald,
 // -etcd, -etcdctl), starts one etcd and immortald members as processes,
 // drives them as a user would (etcd puts, SIGTERM, SIGKILL) and observes
 // them only through etcd. It prints a table and, as its last line, one JSON
-// object with every figure. Every process it starts is in its own process
+// object with every figure; before it, each target with its figure (-check
+// makes a missed one exit 1). Every process it starts is in its own process
 // group and is killed on exit and on Ctrl-C; the processes' logs are kept.
 package main
 
@@ -39,7 +40,7 @@ type config struct {
 	only    string
 	bins    binaries
 
-	lives, baselineLives                       int
+	lives, baselineLives, scaleLives           int
 	baselineLivesForced                        bool // -baseline-lives given: no CPU cap
 	startTrials, handoffTrials, failoverTrials int
 	baselineStartTrials, baselineFailovers     int
@@ -50,14 +51,15 @@ type config struct {
 	compaction                                 string
 	leaseTTL                                   string        // of the members
 	budget                                     time.Duration // whole run, after the build
-	latencyBudget, baselineBudget              time.Duration // the bulk phase gets the rest
+	latencyBudget, baselineBudget, scaleBudget time.Duration // the bulk phase gets the rest
+	flapWindow                                 time.Duration // watched after the scale-out balanced
 }
 
 // defaults returns the sizes of a quick or a full run.
 func defaults(quick bool) config {
 	if quick {
 		return config{
-			quick: true, lives: 10000, baselineLives: 100,
+			quick: true, lives: 10000, baselineLives: 100, scaleLives: 10000,
 			startTrials: 10, handoffTrials: 2, failoverTrials: 2,
 			baselineStartTrials: 10, baselineFailovers: 20, baselineRound: 20,
 			window: 3 * time.Second, baselineWindow: 2 * time.Second,
@@ -65,11 +67,12 @@ func defaults(quick bool) config {
 			pollEvery:    100 * time.Millisecond,
 			placeTimeout: 10 * time.Second, settleTimeout: 4 * time.Second, moveTimeout: 8 * time.Second,
 			compaction: "10s", leaseTTL: "2s",
-			budget: 47 * time.Second, latencyBudget: 17 * time.Second, baselineBudget: 16 * time.Second,
+			budget: 58 * time.Second, latencyBudget: 15 * time.Second, baselineBudget: 12 * time.Second,
+			scaleBudget: 16 * time.Second, flapWindow: 2 * time.Second,
 		}
 	}
 	return config{
-		lives: 100000, baselineLives: 1000,
+		lives: 100000, baselineLives: 1000, scaleLives: 10000,
 		startTrials: 100, handoffTrials: 20, failoverTrials: 10,
 		baselineStartTrials: 100, baselineFailovers: 200, baselineRound: 50,
 		window: 10 * time.Second, baselineWindow: 10 * time.Second,
@@ -78,6 +81,7 @@ func defaults(quick bool) config {
 		placeTimeout: 5 * time.Minute, settleTimeout: 60 * time.Second, moveTimeout: 2 * time.Minute,
 		compaction: "10s", leaseTTL: "2s",
 		budget: 14*time.Minute + 30*time.Second, latencyBudget: 3 * time.Minute, baselineBudget: 3*time.Minute + 30*time.Second,
+		scaleBudget: 2 * time.Minute, flapWindow: 10 * time.Second,
 	}
 }
 
@@ -93,10 +97,11 @@ func run(args []string) int {
 	binDir := fs.String("bindir", filepath.Join(os.TempDir(), "immortalbench-bin"), "where to build the binaries (kept, so later builds are fast)")
 	lives := fs.Int("lives", 0, "lives of the bulk phase (default 10000 quick, 100000 full)")
 	blLives := fs.Int("baseline-lives", 0, "lives of the baseline (default 100 quick, 1000 full)")
-	only := fs.String("only", "", "run only these phases, comma-separated: latency,baseline,bulk")
-	budget := fs.Duration("budget", 0, "time limit of the run after the build (default 47s quick, 14m30s full); each phase reports what it measured by then")
+	only := fs.String("only", "", "run only these phases, comma-separated: latency,baseline,scale,bulk")
+	budget := fs.Duration("budget", 0, "time limit of the run after the build (default 58s quick, 14m30s full); each phase reports what it measured by then")
 	leaseTTL := fs.String("lease-ttl", "2s", "the members' --lease-ttl (the failover figures are defined at 2s)")
 	keep := fs.Bool("keep", false, "keep etcd's data directory too (logs are always kept)")
+	check := fs.Bool("check", false, "exit 1 unless every target (the == targets section) is met")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -113,6 +118,7 @@ func run(args []string) int {
 		cfg.budget = *budget
 		cfg.latencyBudget = time.Duration(float64(cfg.latencyBudget) * scale)
 		cfg.baselineBudget = time.Duration(float64(cfg.baselineBudget) * scale)
+		cfg.scaleBudget = time.Duration(float64(cfg.scaleBudget) * scale)
 	}
 	if *lives > 0 {
 		cfg.lives = *lives
@@ -163,6 +169,12 @@ func run(args []string) int {
 				took = fmt.Sprintf(" (longest %.0f ms)", x.MaxTook)
 			}
 			fmt.Printf("  %5d x %-5s %s%s, first at %s\n", x.Count, x.Level, x.Msg, took, x.First)
+		}
+	}
+	if failed := checkBars(os.Stdout, rep, bars(cfg)); len(failed) > 0 {
+		rep.set("targets_failed", failed)
+		if *check && code == 0 {
+			code = 1
 		}
 	}
 	js, err := rep.JSON()
@@ -266,6 +278,7 @@ func measure(ctx context.Context, cfg config, ps *procSet, rep *report) int {
 	}{
 		{"latency", b.phaseLatency, cfg.latencyBudget},
 		{"baseline", b.phaseBaseline, cfg.baselineBudget},
+		{"scale", b.phaseScale, cfg.scaleBudget},
 		{"bulk", b.phaseBulk, 0},
 	}
 	var skipped []string

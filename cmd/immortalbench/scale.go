@@ -1,0 +1,251 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// phaseScale measures placement as members come and go, with
+// cfg.scaleLives lives:
+//  1. one member runs them all;
+//  2. a second member starts, and the first gets SIGTERM: every life is
+//     handed off gracefully at once (handoff_one_member_ms);
+//  3. the first comes back: the lives spread over two members;
+//  4. two more members start (scale-out 2 -> 4): how long until every member
+//     holds its fair share within 10%, how many lives moved (the minimum is
+//     about half), whether any age was lost, whether any life moved twice.
+func (b *bench) phaseScale(ctx context.Context) error {
+	n := b.cfg.scaleLives
+	b.rep.set("scale_lives", n)
+	if _, err := b.startMember(ctx, "s1"); err != nil {
+		return err
+	}
+	tr, err := startTracker(ctx, b.cli)
+	if err != nil {
+		return err
+	}
+	defer tr.stop()
+
+	// 1. One member runs every life.
+	t0 := time.Now()
+	if err := bulkPut(ctx, b.cli, n); err != nil {
+		return err
+	}
+	if err := tr.waitFor(ctx, b.cfg.placeTimeout, func() bool { return tr.placedOn(n, "s1") }); err != nil {
+		return fmt.Errorf("placing %d lives on one member: %w", n, err)
+	}
+	b.rep.set("scale_place_one_member_s", time.Since(t0).Seconds())
+
+	// 2. SIGTERM of the member that holds them all, with a ready peer.
+	if _, err := b.startMember(ctx, "s2"); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	s1 := b.members["s1"]
+	b.mu.Unlock()
+	tr.resetMoves()
+	t0 = time.Now()
+	if err := s1.p.signal(syscall.SIGTERM); err != nil {
+		return err
+	}
+	if err := tr.waitFor(ctx, b.cfg.moveTimeout, func() bool { return tr.placedOn(n, "s2") }); err != nil {
+		return fmt.Errorf("handing %d lives from s1 to s2: %w", n, err)
+	}
+	b.rep.set("handoff_one_member_ms", ms(time.Since(t0)))
+	b.rep.set("handoff_one_member_lives", n)
+	mv := tr.moveStats()
+	b.rep.set("handoff_one_member_age_lost_ms_max", mv.lostMax)
+	fmt.Fprintf(logw, "  scale: SIGTERM of the member holding all %d lives: all on its peer in %s\n", n, time.Since(t0).Round(time.Millisecond))
+	if !s1.p.wait(30 * time.Second) {
+		return fmt.Errorf("s1 still runs 30s after SIGTERM")
+	}
+
+	// 3. It comes back: two members share the lives.
+	t0 = time.Now()
+	if _, err := b.startMember(ctx, "s1"); err != nil {
+		return err
+	}
+	two := []string{"s1", "s2"}
+	if err := tr.waitFor(ctx, b.cfg.moveTimeout, func() bool { return tr.balanced(n, two, 0.10) }); err != nil {
+		return fmt.Errorf("balancing over 2 members: %w (holders %v)", err, tr.holders())
+	}
+	b.rep.set("scaleout_1_to_2_s", time.Since(t0).Seconds())
+	if err := sleepCtx(ctx, b.cfg.settleExtra); err != nil {
+		return err
+	}
+
+	// 4. Scale-out from 2 to 4.
+	four := []string{"s1", "s2", "s3", "s4"}
+	tr.resetMoves()
+	t0 = time.Now()
+	if _, err := b.startMembers(ctx, "s3", "s4"); err != nil {
+		return err
+	}
+	if err := tr.waitFor(ctx, b.cfg.moveTimeout, func() bool { return tr.balanced(n, four, 0.10) }); err != nil {
+		return fmt.Errorf("balancing over 4 members: %w (holders %v)", err, tr.holders())
+	}
+	b.rep.set("scaleout_2_to_4_s", time.Since(t0).Seconds())
+	// Then watch a while longer: a life that moves again is flapping.
+	if err := sleepCtx(ctx, b.cfg.flapWindow); err != nil {
+		return err
+	}
+	mv = tr.moveStats()
+	b.rep.set("scaleout_2_to_4_moves", mv.moves)
+	b.rep.set("scaleout_2_to_4_moves_min", n/2)
+	b.rep.set("scaleout_2_to_4_lives_moved_twice", mv.twice)
+	b.rep.set("scaleout_2_to_4_age_lost_ms_max", mv.lostMax)
+	b.rep.set("scaleout_2_to_4_holders", tr.holders())
+	b.rep.set("scaleout_2_to_4_share_dev_max", tr.shareDev(n, four))
+	fmt.Fprintf(logw, "  scale: 2 -> 4 members with %d lives: balanced within 10%% in %.2fs, %d moves (minimum about %d), %d lives moved twice\n",
+		n, b.rep.vals["scaleout_2_to_4_s"], mv.moves, n/2, mv.twice)
+	return nil
+}
+
+// tracker follows ages/ with one watch: the last record of every life, and
+// the moves since resetMoves (a record of a new incarnation by another
+// holder), with the age each move resumed at against the record before it.
+type tracker struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu      sync.Mutex
+	last    map[string]ageRecord
+	moved   map[string]int // moves per life since resetMoves
+	moves   int
+	lostMax float64 // ms: the largest (last age of the old holder - resumed age)
+}
+
+type moveStats struct {
+	moves, twice int
+	lostMax      float64
+}
+
+func startTracker(ctx context.Context, cli *clientv3.Client) (*tracker, error) {
+	resp, err := cli.Get(ctx, agesPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	t := &tracker{cancel: cancel, done: make(chan struct{}), last: make(map[string]ageRecord), moved: make(map[string]int)}
+	for _, kv := range resp.Kvs {
+		t.add(kv)
+	}
+	wch := cli.Watch(wctx, agesPrefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+	go func() {
+		defer close(t.done)
+		for wr := range wch {
+			for _, ev := range wr.Events {
+				if ev.Type == mvccpb.PUT {
+					t.add(ev.Kv)
+				}
+			}
+		}
+	}()
+	return t, nil
+}
+
+func (t *tracker) stop() {
+	t.cancel()
+	<-t.done
+}
+
+func (t *tracker) add(kv *mvccpb.KeyValue) {
+	var rec ageRecord
+	if json.Unmarshal(kv.Value, &rec) != nil {
+		return
+	}
+	name := strings.TrimPrefix(string(kv.Key), agesPrefix)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if prev, ok := t.last[name]; ok && rec.Incarnation > prev.Incarnation && rec.Holder != prev.Holder {
+		t.moves++
+		t.moved[name]++
+		t.lostMax = math.Max(t.lostMax, float64(prev.AgeMS-rec.AgeMS))
+	}
+	t.last[name] = rec
+}
+
+func (t *tracker) resetMoves() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.moves, t.lostMax = 0, 0
+	clear(t.moved)
+}
+
+func (t *tracker) moveStats() moveStats {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s := moveStats{moves: t.moves, lostMax: t.lostMax}
+	for _, k := range t.moved {
+		if k > 1 {
+			s.twice++
+		}
+	}
+	return s
+}
+
+// holders counts the lives by the holder of their last record.
+func (t *tracker) holders() map[string]int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[string]int)
+	for _, r := range t.last {
+		out[r.Holder]++
+	}
+	return out
+}
+
+// placedOn reports whether n lives have a record, all by holder.
+func (t *tracker) placedOn(n int, holder string) bool {
+	h := t.holders()
+	return h[holder] == n
+}
+
+// shareDev is the largest relative distance of a member's count from its
+// fair share n/len(ids).
+func (t *tracker) shareDev(n int, ids []string) float64 {
+	h := t.holders()
+	fair := float64(n) / float64(len(ids))
+	dev := 0.0
+	for _, id := range ids {
+		dev = math.Max(dev, math.Abs(float64(h[id])-fair)/fair)
+	}
+	return round(dev, 4)
+}
+
+// balanced reports whether the n lives are all held by members of ids, each
+// within tol of its fair share.
+func (t *tracker) balanced(n int, ids []string, tol float64) bool {
+	h := t.holders()
+	total := 0
+	for id, c := range h {
+		if slices.Contains(ids, id) {
+			total += c
+		}
+	}
+	return total == n && t.shareDev(n, ids) <= tol
+}
+
+// waitFor polls cond until it holds, timeout passes or ctx ends.
+func (t *tracker) waitFor(ctx context.Context, timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not within %s", timeout)
+		}
+		if err := sleepCtx(ctx, 20*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	return nil
+}
