@@ -47,8 +47,11 @@ const (
 )
 
 // queues holds the cands that need an operation: ready ones in order, and
-// deferred ones by due time.
+// deferred ones by due time. Lives just won (first write pending) go to
+// first, ahead of every campaign: a member that sees 10k lives fall to it
+// starts the first of them before it has checked the last.
 type queues struct {
+	first    []*cand
 	ready    []*cand
 	deferred deferHeap
 }
@@ -77,7 +80,11 @@ func (s *Supervisor) queueLocked(c *cand) {
 		heap.Remove(&s.q.deferred, c.index)
 	}
 	c.queued = true
-	s.q.ready = append(s.q.ready, c)
+	if c.h != nil && !c.held {
+		s.q.first = append(s.q.first, c)
+	} else {
+		s.q.ready = append(s.q.ready, c)
+	}
 	s.wakeLocked()
 }
 

@@ -16,7 +16,8 @@ import (
 	"github.com/immortald/immortald/registry"
 )
 
-// batchesInFlight bounds concurrent checkpoint Txns of one round.
+// batchesInFlight bounds concurrent checkpoint Txns of one periodic round;
+// final checkpoints, which a successor waits for, may use twice as many.
 const batchesInFlight = 4
 
 // checkpointLoop writes every held life's age each CheckpointInterval.
@@ -51,7 +52,9 @@ func (s *Supervisor) batchTimeout() time.Duration {
 	return max(2*s.cfg.CheckpointInterval, s.cfg.Lease.TTL/2)
 }
 
-// finalCheckpoints stops every held life and writes its last age.
+// finalCheckpoints stops every held life and writes its last age. (Resigning
+// each life in the same Txn lets successors start earlier but measured slower
+// as a whole: their campaigns then compete with the final writes.)
 func (s *Supervisor) finalCheckpoints(ctx context.Context) (int, error) {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
@@ -83,6 +86,9 @@ func (s *Supervisor) writeAges(ctx context.Context, lives []*heldLife, now time.
 		wg      sync.WaitGroup
 		sem     = make(chan struct{}, batchesInFlight)
 	)
+	if !periodic {
+		sem = make(chan struct{}, 2*batchesInFlight)
+	}
 	var failed atomic.Bool
 	for start := 0; start < len(lives) && !failed.Load(); start += batchSize {
 		batch := lives[start:min(start+batchSize, len(lives))]

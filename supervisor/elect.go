@@ -125,10 +125,11 @@ func (s *Supervisor) electLoop(gen *generation) {
 // a task for is busy until its batch is handled.
 func (s *Supervisor) takeLocked(gen *generation) (plain, locked []*task) {
 	np, nl := 0, 0 // nested Txns in each; a task takes at most 2
-	i := 0
-	for ; i < len(s.q.ready) && np+2 <= electBatch && nl+2 <= electBatch; i++ {
-		c := s.q.ready[i]
-		s.q.ready[i] = nil
+	for np+2 <= electBatch && nl+2 <= electBatch {
+		c := s.popReadyLocked()
+		if c == nil {
+			break
+		}
 		c.queued = false
 		if c.busy {
 			c.again = true
@@ -151,11 +152,25 @@ func (s *Supervisor) takeLocked(gen *generation) (plain, locked []*task) {
 			plain = append(plain, t)
 		}
 	}
-	s.q.ready = s.q.ready[i:]
-	if len(s.q.ready) == 0 {
-		s.q.ready = nil // let the backing array go
-	}
 	return plain, locked
+}
+
+// popReadyLocked takes the next ready cand, lives just won first; nil when
+// none is ready.
+func (s *Supervisor) popReadyLocked() *cand {
+	for _, q := range []*[]*cand{&s.q.first, &s.q.ready} {
+		if len(*q) == 0 {
+			continue
+		}
+		c := (*q)[0]
+		(*q)[0] = nil
+		*q = (*q)[1:]
+		if len(*q) == 0 {
+			*q = nil // let the backing array go
+		}
+		return c
+	}
+	return nil
 }
 
 // nextLocked decides the next step for c, or returns nil when it needs
@@ -172,9 +187,10 @@ func (s *Supervisor) nextLocked(gen *generation, c *cand) *task {
 		if to == s.cfg.ID {
 			return nil
 		}
-		if at := c.h.started.Add(minHold); time.Now().Before(at) {
-			// Give views of the member set time to agree before moving a
-			// life that just arrived: no flapping between two members.
+		// Give views of the member set time to agree before moving a life
+		// that just arrived or whose preferred member just changed: no
+		// flapping between members.
+		if at := later(c.h.started.Add(minHold), s.viewAt.Add(viewSettle)); time.Now().Before(at) {
 			s.queueAtLocked(c, at)
 			return nil
 		}
@@ -576,4 +592,12 @@ func (s *Supervisor) watchElections(gen *generation, rev int64) {
 		}
 		rev = resp.Header.Revision + 1
 	}
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

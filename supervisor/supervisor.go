@@ -36,6 +36,7 @@ type Supervisor struct {
 	electFails int                      // election batches failed in a row
 	members    []string                 // live members, sorted, as last seen under members/
 	leases     map[string]int64         // their session leases, by id
+	viewAt     time.Time                // when members last changed
 	synced     bool                     // registry listed at least once
 	stopping   bool
 
@@ -427,11 +428,14 @@ func (s *Supervisor) queueNewLocked(c *cand) {
 func (s *Supervisor) setMembers(ms []registry.Member) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.members = make([]string, len(ms))
+	ids := make([]string, len(ms))
 	clear(s.leases)
 	for i, m := range ms {
-		s.members[i] = m.ID
+		ids[i] = m.ID
 		s.leases[m.ID] = m.Lease
+	}
+	if !slices.Equal(ids, s.members) {
+		s.members, s.viewAt = ids, time.Now()
 	}
 	s.reconcileLocked()
 }
@@ -465,6 +469,12 @@ const sweepEvery = 30 * time.Second
 // minHold is the least time a member runs a life before handing it to its
 // preferred member.
 const minHold = time.Second
+
+// viewSettle is how long the member set must stay the same before a holder
+// hands a life to its preferred member: members that join one after the
+// other (a scale-out, a rolling update) move each life once, to where it
+// belongs in the end, not once per member.
+const viewSettle = time.Second
 
 // deferToPreferred is how long a candidate that is not the preferred member
 // waits before its first campaign for a life.

@@ -80,8 +80,9 @@ func (b *bench) phaseScale(ctx context.Context) error {
 		return fmt.Errorf("balancing over 2 members: %w (holders %v)", err, tr.holders())
 	}
 	b.rep.set("scaleout_1_to_2_s", time.Since(t0).Seconds())
-	if err := sleepCtx(ctx, b.cfg.settleExtra); err != nil {
-		return err
+	// The last few moves of this step must not count against the next.
+	if err := tr.waitFor(ctx, b.cfg.moveTimeout, func() bool { return tr.quietFor(b.cfg.settleQuiet) }); err != nil {
+		return fmt.Errorf("waiting for moves to end: %w", err)
 	}
 
 	// 4. Scale-out from 2 to 4.
@@ -119,6 +120,7 @@ type tracker struct {
 	done   chan struct{}
 
 	mu      sync.Mutex
+	lastMv  time.Time // when the last move was seen
 	last    map[string]ageRecord
 	moved   map[string]int // moves per life since resetMoves
 	moves   int
@@ -170,6 +172,7 @@ func (t *tracker) add(kv *mvccpb.KeyValue) {
 	if prev, ok := t.last[name]; ok && rec.Incarnation > prev.Incarnation && rec.Holder != prev.Holder {
 		t.moves++
 		t.moved[name]++
+		t.lastMv = time.Now()
 		t.lostMax = math.Max(t.lostMax, float64(prev.AgeMS-rec.AgeMS))
 	}
 	t.last[name] = rec
@@ -192,6 +195,13 @@ func (t *tracker) moveStats() moveStats {
 		}
 	}
 	return s
+}
+
+// quietFor reports whether no life has moved for d.
+func (t *tracker) quietFor(d time.Duration) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return time.Since(t.lastMv) >= d
 }
 
 // holders counts the lives by the holder of their last record.
