@@ -17,7 +17,7 @@ E2E_FLAGS     ?= -v
 # Static binaries (no libc in a scratch image). Not exported: -race needs cgo.
 STATIC        := CGO_ENABLED=0
 
-.PHONY: all build etcd image etcd-image test lint unit e2e bench bench-quick clean
+.PHONY: all build etcd image etcd-image test lint unit e2e bench bench-quick bench-check clean
 
 all: build
 
@@ -45,9 +45,9 @@ etcd-image:
 	$(STATIC) GOOS=linux $(GO) build -trimpath -ldflags '-s -w' -o bin/etcd-image/etcdctl go.etcd.io/etcd/etcdctl/v3
 	$(DOCKER) build -q -t $(ETCD_IMAGE) -f Dockerfile.etcd bin/etcd-image
 
-## test: what CI runs: lint, unit and integration tests (-race), then the
-## end-to-end suite on Docker.
-test: lint unit e2e
+## test: what CI runs: lint, unit and integration tests (-race), the
+## end-to-end suite on Docker, then the quick benchmark against its bars.
+test: lint unit e2e bench-check
 
 ## lint: gofmt and go vet (the e2e files too).
 lint:
@@ -73,6 +73,11 @@ bench:
 ## bench-quick: the same in about a minute.
 bench-quick:
 	$(GO) run ./cmd/immortalbench -quick -out bin/bench-quick.json
+
+## bench-check: the quick benchmark; fails when a figure misses its bar (CI's
+## regression check: the bars are printed under "== targets").
+bench-check:
+	$(GO) run ./cmd/immortalbench -quick -check -out bin/bench-quick.json
 
 clean:
 	rm -rf bin/ e2e/logs/

@@ -20,6 +20,7 @@ type cand struct {
 	h    *heldLife     // the life while it starts (first write pending) and while it runs
 	held bool          // h runs: it is in Supervisor.held
 	owe  *cleanup      // clean-up due before anything else
+	plan *handPlan     // what the last probe found for handing h off
 
 	busy   bool      // an operation is in flight
 	again  bool      // something happened while busy: look again when it ends

@@ -22,9 +22,14 @@ import (
 // deletions under elections/ for the whole member instead of one watch per
 // waiting candidate.
 
-// electWidth is the widest nested Txn of an election batch (a check reads
-// four keys; a handoff compares four).
-const electWidth = 4
+// electWidth is the widest nested Txn of an election batch: a handoff
+// compares its fence, the age record, the successor's candidacy and up to
+// maxAhead candidacies in front of it.
+const electWidth = 4 + maxAhead
+
+// maxAhead is how many candidacies in front of the preferred member a
+// handoff moves to the back of the line.
+const maxAhead = 4
 
 // electBatch is how many nested Txns go into one election Txn: etcd lets a
 // nested Txn use what its parent leaves of --max-txn-ops.
@@ -36,7 +41,8 @@ type taskKind int
 const (
 	taskCheck   taskKind = iota // create the candidacy if missing; read the leader, the request and the age
 	taskStart                   // the first, fenced write of a life just won
-	taskHandoff                 // final age and resignation in one Txn, if the preferred member is a candidate
+	taskProbe                   // read a held life's candidacies: who would take it if its holder let go
+	taskHandoff                 // final age and resignation in one Txn, if the preferred member is next in line
 	taskClean                   // delete the candidacy; final age or dropped record for a stopped life
 )
 
@@ -46,8 +52,9 @@ type task struct {
 	kind taskKind
 	life registry.Life // check: the life campaigned for
 	h    *heldLife     // start, handoff
-	to   string        // handoff: the preferred member
-	toK  string        // handoff: its candidacy key
+	to   string        // probe, handoff: the preferred member
+	toK  string        // probe, handoff: its candidacy key
+	plan *handPlan     // handoff
 	owe  *cleanup      // clean
 	rec  registry.AgeRecord
 	at   int // index of its first nested Txn in the batch sent
@@ -198,7 +205,11 @@ func (s *Supervisor) nextLocked(gen *generation, c *cand) *task {
 		if !ok {
 			return nil // queued again when the member set changes
 		}
-		return &task{c: c, kind: taskHandoff, h: c.h, to: to, toK: s.cfg.Keys.Candidacy(c.name, l)}
+		toK := s.cfg.Keys.Candidacy(c.name, l)
+		if p := c.plan; p != nil && p.h == c.h && p.toKey == toK {
+			return &task{c: c, kind: taskHandoff, h: c.h, to: to, toK: toK, plan: p}
+		}
+		return &task{c: c, kind: taskProbe, h: c.h, to: to, toK: toK}
 	case c.h != nil:
 		return &task{c: c, kind: taskStart, h: c.h}
 	case c.want && s.isCandidateLocked(c.name):
@@ -272,6 +283,8 @@ func (s *Supervisor) sendBatch(gen *generation, b []*task) {
 			s.checkedLocked(gen, t, resp.Header.Revision, sub)
 		case taskStart:
 			s.startedLocked(t, resp.Header.Revision, sub)
+		case taskProbe:
+			s.probedLocked(t, sub)
 		case taskHandoff:
 			s.handedLocked(t, resp.Header.Revision, sub)
 		case taskClean:
@@ -306,6 +319,8 @@ func (s *Supervisor) prepareLocked(gen *generation, t *task, now time.Time) bool
 	switch t.kind {
 	case taskCheck:
 		return c.want && c.life.ID == t.life.ID && c.owe == nil && c.h == nil
+	case taskProbe:
+		return c.h == t.h && c.held
 	case taskStart:
 		if c.h != t.h || c.held {
 			return false
@@ -341,6 +356,9 @@ func (s *Supervisor) opsOf(gen *generation, t *task) []clientv3.Op {
 			append([]clientv3.Op{clientv3.OpPut(own, s.cfg.ID, clientv3.WithLease(gen.sess.Lease()))}, reads...),
 			append([]clientv3.Op{clientv3.OpGet(own)}, reads...),
 		)}
+	case taskProbe:
+		return []clientv3.Op{clientv3.OpTxn(nil, []clientv3.Op{clientv3.OpGet(k.Election(name)+"/",
+			clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))}, nil)}
 	case taskStart, taskHandoff:
 		h := t.h
 		age := k.Age(name)
@@ -351,7 +369,14 @@ func (s *Supervisor) opsOf(gen *generation, t *task) []clientv3.Op {
 			then = append(then, clientv3.OpPut(k.Quarantine(name), string(h.keep)))
 		}
 		if t.kind == taskHandoff {
-			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(t.toK), ">", 0))
+			// The successor is the preferred member only if no other
+			// candidacy is in front of it: those go to the back of the
+			// line (their members campaign again when they see them go).
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(t.toK), "=", t.plan.toRev))
+			for _, a := range t.plan.ahead {
+				cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(a.key), "=", a.rev))
+				then = append(then, clientv3.OpDelete(a.key))
+			}
 			then = append(then, clientv3.OpDelete(h.ownKey))
 			orElse = append(orElse, clientv3.OpGet(t.toK))
 		}
@@ -488,6 +513,50 @@ func (s *Supervisor) startedLocked(t *task, rev int64, sub *etcdserverpb.TxnResp
 	// doneLocked queues it again: c.h is set and not held.
 }
 
+// handPlan is what a probe found for the handoff of h: the preferred
+// member's candidacy, and the candidacies in front of it.
+type handPlan struct {
+	h     *heldLife
+	toKey string
+	toRev int64
+	ahead []revKey
+}
+
+type revKey struct {
+	key string
+	rev int64
+}
+
+// probedLocked handles the answer to a probe: a plan for the handoff when
+// the preferred member is a candidate, else a look again in a second.
+func (s *Supervisor) probedLocked(t *task, sub *etcdserverpb.TxnResponse) {
+	c := t.c
+	if c.h != t.h || !c.held {
+		return
+	}
+	var kvs []*mvccpb.KeyValue
+	if rs := sub.GetResponses(); len(rs) > 0 {
+		kvs = rs[0].GetResponseRange().GetKvs()
+	}
+	p := &handPlan{h: t.h, toKey: t.toK}
+	for _, kv := range kvs {
+		if string(kv.Key) == t.toK {
+			p.toRev = kv.CreateRevision
+			break
+		}
+		if string(kv.Key) != t.h.ownKey && len(p.ahead) < maxAhead {
+			p.ahead = append(p.ahead, revKey{key: string(kv.Key), rev: kv.CreateRevision})
+		}
+	}
+	if p.toRev == 0 {
+		c.plan = nil
+		s.queueAtLocked(c, time.Now().Add(time.Second)) // it has not campaigned yet
+		return
+	}
+	c.plan = p
+	s.queueLocked(c)
+}
+
 // handedLocked handles the answer to a handoff.
 func (s *Supervisor) handedLocked(t *task, rev int64, sub *etcdserverpb.TxnResponse) {
 	c, h := t.c, t.h
@@ -513,8 +582,13 @@ func (s *Supervisor) handedLocked(t *task, rev int64, sub *etcdserverpb.TxnRespo
 		}
 		return
 	case target == nil:
+		c.plan = nil
 		s.reholdLocked(c, h)
-		s.queueAtLocked(c, time.Now().Add(time.Second)) // it has not campaigned yet
+		s.queueAtLocked(c, time.Now().Add(time.Second)) // it has gone
+	case target.CreateRevision != t.plan.toRev || (age != nil && age.ModRevision == h.lastRev.Load()):
+		c.plan = nil // the line changed: look again
+		s.reholdLocked(c, h)
+		s.queueAtLocked(c, time.Now().Add(100*time.Millisecond))
 	case h.isOwn(age):
 		rec, _ := registry.ParseAgeRecord(age.Value)
 		h.wrote(age.ModRevision, max(h.lastAge, rec.AgeMS))

@@ -72,7 +72,9 @@ func TestCandidatesBalanceAndMinimalMoves(t *testing.T) {
 }
 
 // Scale-out: lives move to a joining member by graceful handoff, each life
-// resumes at its final checkpoint, and the placement ends balanced.
+// resumes at its final checkpoint, no life moves twice (members join one
+// after the other, and a non-preferred candidate may be ahead of the
+// preferred one in the line), and the placement ends balanced.
 func TestScaleOutHandsLivesToNewMember(t *testing.T) {
 	srv := etcdtest.MustStart(t)
 	m1 := startMember(t, srv.Endpoint(), "m1")
@@ -121,6 +123,7 @@ func TestScaleOutHandsLivesToNewMember(t *testing.T) {
 	defer cancel()
 	prev := map[string]registry.AgeRecord{}
 	moves := 0
+	movesOf := map[string]int{}
 	for wr := range obs.Watch(ctx, testKeys.Ages(), clientv3.WithPrefix(), clientv3.WithRev(start.Header.Revision+1)) {
 		for _, ev := range wr.Events {
 			if ev.Type != mvccpb.PUT {
@@ -133,6 +136,9 @@ func TestScaleOutHandsLivesToNewMember(t *testing.T) {
 			key := string(ev.Kv.Key)
 			if p, ok := prev[key]; ok && rec.Incarnation > p.Incarnation {
 				moves++
+				if movesOf[key]++; movesOf[key] == 2 {
+					t.Errorf("%s moved twice (now incarnation %d on %s)", key, rec.Incarnation, rec.Holder)
+				}
 				if rec.AgeMS != p.AgeMS {
 					t.Errorf("%s: incarnation %d on %s resumed at %dms, the last record of %s says %dms",
 						key, rec.Incarnation, rec.Holder, rec.AgeMS, p.Holder, p.AgeMS)
