@@ -5,7 +5,7 @@
 // Keyspace, under a prefix P (default "/immortals/"):
 //
 //	P lives/<name>                  requested by a user; empty or a JSON options object
-//	P elections/<name>/<lease-hex>  concurrency.Election candidates; value = member id
+//	P elections/<name>/<lease-hex>  candidates (concurrency.Election's layout); value = member id
 //	P ages/<name>                   AgeRecord, written only by the fenced holder
 //	P quarantine/<name>             bytes of an ages/<name> value that did not parse
 //	P members/<id>                  MemberRecord, on the member's session lease

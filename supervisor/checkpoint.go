@@ -20,11 +20,14 @@ import (
 // final checkpoints, which a successor waits for, may use twice as many.
 const batchesInFlight = 4
 
-// checkpointLoop writes every held life's age each CheckpointInterval.
+// checkpointLoop writes every held life's age each CheckpointInterval. When
+// etcd cannot apply a round within the interval, rounds run back to back and
+// a crash can lose up to a round's time: the round's duration is a metric, and
+// the member says so in its log.
 func (s *Supervisor) checkpointLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.CheckpointInterval)
 	defer t.Stop()
-	failing := false
+	failing, slow := false, false
 	for {
 		select {
 		case <-ctx.Done():
@@ -32,7 +35,19 @@ func (s *Supervisor) checkpointLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		lives := s.snapshotHeld()
-		_, err := s.writeAges(clientv3.WithRequireLeader(ctx), lives, time.Now(), true)
+		t0 := time.Now()
+		_, err := s.writeAges(clientv3.WithRequireLeader(ctx), lives, t0, true)
+		took := time.Since(t0)
+		s.m.CheckpointRound.Set(took.Seconds())
+		switch {
+		case err == nil && !slow && took > s.cfg.CheckpointInterval:
+			slow = true
+			s.log.Warn("a checkpoint round takes longer than the interval: etcd cannot keep up, and a crash can lose up to a round",
+				"lives", len(lives), "round", took.Round(time.Millisecond), "interval", s.cfg.CheckpointInterval)
+		case slow && took <= s.cfg.CheckpointInterval:
+			slow = false
+			s.log.Info("checkpoint rounds fit the interval again", "lives", len(lives), "round", took.Round(time.Millisecond))
+		}
 		switch {
 		case err != nil && !failing && ctx.Err() == nil:
 			failing = true

@@ -18,6 +18,7 @@ type Metrics struct {
 	Handoffs         prometheus.Counter
 	ElectionTxns     prometheus.Counter
 	ElectionErrors   prometheus.Counter
+	CheckpointRound  prometheus.Gauge
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -37,10 +38,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Handoffs:         prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_handoffs_total", Help: "Lives handed to their preferred member."}),
 		ElectionTxns:     prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_election_txns_total", Help: "Election batch transactions sent to etcd."}),
 		ElectionErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_election_txn_errors_total", Help: "Election batch transactions that failed to reach etcd."}),
+		CheckpointRound:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "immortald_checkpoint_round_seconds", Help: "How long the last checkpoint round of every held life took; above the interval, etcd cannot keep up."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Held, m.Wanted, m.Invalid, m.Started, m.Lost, m.Checkpoints, m.CheckpointTxns,
-			m.CheckpointErrors, m.Sessions, m.SessionLosses, m.Quarantined, m.Handoffs, m.ElectionTxns, m.ElectionErrors)
+			m.CheckpointErrors, m.Sessions, m.SessionLosses, m.Quarantined, m.Handoffs, m.ElectionTxns, m.ElectionErrors, m.CheckpointRound)
 	}
 	return m
 }
