@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os/exec"
 	"sort"
 	"strings"
@@ -202,6 +203,16 @@ func (b *bench) killTrial(ctx context.Context, al *ageLog, probes []string, sig 
 	al.mu.Unlock()
 
 	res.victim = victim.id
+	if sig == syscall.SIGKILL {
+		// settle returns just after a checkpoint, and a member's checkpoints
+		// and lease renewals tick from the same start: a kill at once would
+		// always fall at the same point of the renewal cycle (and so always
+		// just after a renewal). Crashes come at any time: wait a random part
+		// of a checkpoint interval (which spans 2 renewal periods at TTL 2 s).
+		if err := sleepCtx(ctx, rand.N(time.Second)); err != nil {
+			return res, err
+		}
+	}
 	res.killAt = time.Now()
 	if err := victim.p.signal(sig); err != nil {
 		return res, err

@@ -171,7 +171,7 @@ func run(args []string) int {
 			fmt.Printf("  %5d x %-5s %s%s, first at %s\n", x.Count, x.Level, x.Msg, took, x.First)
 		}
 	}
-	if failed := checkBars(os.Stdout, rep, bars(cfg)); len(failed) > 0 {
+	if failed := checkBars(os.Stdout, rep, bars(cfg), cfg.only != ""); len(failed) > 0 {
 		rep.set("targets_failed", failed)
 		if *check && code == 0 {
 			code = 1

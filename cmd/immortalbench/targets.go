@@ -27,7 +27,7 @@ func bars(cfg config) []bar {
 	n := float64(cfg.scaleLives)
 	common := []bar{
 		{"age_loss_graceful_ms", "<", 50, "graceful handoff loses under 50 ms"},
-		{"age_loss_crash_ms", "<=", 1000, "a crash loses at most one checkpoint interval (1 s)"},
+		{"age_loss_crash_ms", "<=", 1100, "a crash loses at most one checkpoint interval (1 s) and the checkpoint's Txn time"},
 		{"member_rss_bytes_max", "<", 1 << 30, "each member under 1 GiB RSS"},
 		{"etcd_txn_per_s", "<", 10000, "checkpoint load far under one Txn per life per second"},
 		{"ratio_rss_per_life", ">=", 100, "at least 100x less memory per life than the baseline"},
@@ -44,6 +44,7 @@ func bars(cfg config) []bar {
 			bar{"place_all_s", "<=", 30, "100k lives over 3 members running within 30 s"},
 			bar{"failover_all_s", "<=", t + 10, "SIGKILL of a member: all its lives elsewhere within TTL + 10 s"},
 			bar{"ratio_failover_p99", "<=", 1, "failover no slower than the baseline"},
+			bar{"checkpoint_interval_effective_s", "<=", 1.1, "at 100k lives every life is still checkpointed each 1 s interval"},
 		)
 	}
 	return append(common,
@@ -52,13 +53,14 @@ func bars(cfg config) []bar {
 		bar{"failover_p99_s", "<=", t + 1, "failover p99 (full-run target TTL + 0.5 s)"},
 		bar{"place_all_s", "<=", 10, "10k lives over 3 members running within 10 s"},
 		bar{"failover_all_s", "<=", t + 10, "SIGKILL of a member: all its lives elsewhere within TTL + 10 s"},
-		bar{"ratio_failover_p99", "<=", 1.25, "failover not slower than the baseline (full-run target 1)"},
+		bar{"ratio_failover_p99", "<=", 1.5, "failover not slower than the baseline (full-run target 1; 4 samples here)"},
+		bar{"checkpoint_interval_effective_s", "<=", 1.5, "10k lives checkpointed about every 1 s interval"},
 	)
 }
 
-// checkBars prints every bar with its figure and returns how many failed; a
-// missing figure fails its bar.
-func checkBars(w io.Writer, r *report, bs []bar) (failed []string) {
+// checkBars prints every bar with its figure and returns the ones missed. A
+// missing figure misses its bar, unless only some phases ran (only).
+func checkBars(w io.Writer, r *report, bs []bar, only bool) (failed []string) {
 	fmt.Fprintln(w, "\n== targets")
 	for _, b := range bs {
 		v, ok := r.float(b.key)
@@ -76,6 +78,10 @@ func checkBars(w io.Writer, r *report, bs []bar) (failed []string) {
 		mark, val := "ok  ", "missing"
 		if ok {
 			val = fmt.Sprintf("%g", round(v, 3))
+		}
+		if !ok && only {
+			fmt.Fprintf(w, "  skip %-36s %12s  (its phase was not run)\n", b.key, val)
+			continue
 		}
 		if !pass {
 			mark = "FAIL"
