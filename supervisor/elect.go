@@ -51,6 +51,7 @@ type task struct {
 	c    *cand
 	kind taskKind
 	life registry.Life // check: the life campaigned for
+	rev  int64         // check: the candidacy's revision as known (0: create it if missing)
 	h    *heldLife     // start, handoff
 	to   string        // probe, handoff: the preferred member
 	toK  string        // probe, handoff: its candidacy key
@@ -213,7 +214,7 @@ func (s *Supervisor) nextLocked(gen *generation, c *cand) *task {
 	case c.h != nil:
 		return &task{c: c, kind: taskStart, h: c.h}
 	case c.want && s.isCandidateLocked(c.name):
-		return &task{c: c, kind: taskCheck, life: c.life}
+		return &task{c: c, kind: taskCheck, life: c.life, rev: c.rev}
 	case c.rev != 0:
 		c.owe = &cleanup{rev: c.rev} // withdraw
 		c.rev = 0
@@ -351,6 +352,12 @@ func (s *Supervisor) opsOf(gen *generation, t *task) []clientv3.Op {
 	switch t.kind {
 	case taskCheck:
 		reads := []clientv3.Op{leader, clientv3.OpGet(k.Life(name)), clientv3.OpGet(k.Age(name))}
+		if t.rev != 0 {
+			// A waiting candidate looks again: reads only, so a batch of
+			// them is a read-only Txn that etcd serves without a raft
+			// entry (what a member does when a peer's lives fall to it).
+			return []clientv3.Op{clientv3.OpTxn(nil, append([]clientv3.Op{clientv3.OpGet(own)}, reads...), nil)}
+		}
 		return []clientv3.Op{clientv3.OpTxn(
 			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(own), "=", 0)},
 			append([]clientv3.Op{clientv3.OpPut(own, s.cfg.ID, clientv3.WithLease(gen.sess.Lease()))}, reads...),
@@ -416,9 +423,11 @@ func (s *Supervisor) opsOf(gen *generation, t *task) []clientv3.Op {
 func (s *Supervisor) checkedLocked(gen *generation, t *task, rev int64, sub *etcdserverpb.TxnResponse) {
 	c := t.c
 	mine := rev // the put of a new candidacy is at the Txn's revision
-	if !sub.GetSucceeded() {
+	if t.rev != 0 || !sub.GetSucceeded() {
+		// The candidacy existed: read back in the same snapshot.
 		own := firstKV(sub, 0)
 		if own == nil {
+			c.rev = 0 // gone (moved back in line by a handoff, or deleted): create it again
 			s.queueLocked(c)
 			return
 		}

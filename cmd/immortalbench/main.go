@@ -67,7 +67,7 @@ func defaults(quick bool) config {
 			pollEvery:    100 * time.Millisecond,
 			placeTimeout: 10 * time.Second, settleTimeout: 4 * time.Second, moveTimeout: 8 * time.Second,
 			compaction: "10s", leaseTTL: "2s",
-			budget: 58 * time.Second, latencyBudget: 15 * time.Second, baselineBudget: 12 * time.Second,
+			budget: 60 * time.Second, latencyBudget: 18 * time.Second, baselineBudget: 12 * time.Second,
 			scaleBudget: 16 * time.Second, flapWindow: 2 * time.Second,
 		}
 	}
@@ -98,7 +98,7 @@ func run(args []string) int {
 	lives := fs.Int("lives", 0, "lives of the bulk phase (default 10000 quick, 100000 full)")
 	blLives := fs.Int("baseline-lives", 0, "lives of the baseline (default 100 quick, 1000 full)")
 	only := fs.String("only", "", "run only these phases, comma-separated: latency,baseline,scale,bulk")
-	budget := fs.Duration("budget", 0, "time limit of the run after the build (default 58s quick, 14m30s full); each phase reports what it measured by then")
+	budget := fs.Duration("budget", 0, "time limit of the run after the build (default 60s quick, 14m30s full); each phase reports what it measured by then")
 	leaseTTL := fs.String("lease-ttl", "2s", "the members' --lease-ttl (the failover figures are defined at 2s)")
 	keep := fs.Bool("keep", false, "keep etcd's data directory too (logs are always kept)")
 	check := fs.Bool("check", false, "exit 1 unless every target (the == targets section) is met")
