@@ -271,7 +271,8 @@ func (s *Supervisor) sendBatch(gen *generation, b []*task) {
 			if t.kind == taskHandoff {
 				s.reholdLocked(t.c, t.h)
 			}
-			s.doneLocked(t.c)
+			// Every step is tried again after the backoff, whatever it was.
+			t.c.busy, t.c.again = false, false
 			s.queueAtLocked(t.c, time.Now().Add(wait))
 		}
 		return
