@@ -97,7 +97,7 @@ func run(args []string) int {
 	binDir := fs.String("bindir", filepath.Join(os.TempDir(), "immortalbench-bin"), "where to build the binaries (kept, so later builds are fast)")
 	lives := fs.Int("lives", 0, "lives of the bulk phase (default 10000 quick, 100000 full)")
 	blLives := fs.Int("baseline-lives", 0, "lives of the baseline (default 100 quick, 1000 full)")
-	only := fs.String("only", "", "run only these phases, comma-separated: latency,baseline,scale,bulk")
+	only := fs.String("only", "", "run only these phases, comma-separated: latency,baseline,scale,bulk,etcd (etcd: the full run only, unless named)")
 	budget := fs.Duration("budget", 0, "time limit of the run after the build (default 60s quick, 14m30s full); each phase reports what it measured by then")
 	leaseTTL := fs.String("lease-ttl", "2s", "the members' --lease-ttl (the failover figures are defined at 2s)")
 	keep := fs.Bool("keep", false, "keep etcd's data directory too (logs are always kept)")
@@ -272,18 +272,23 @@ func measure(ctx context.Context, cfg config, ps *procSet, rep *report) int {
 		return 1
 	}
 	phases := []struct {
-		name   string
-		fn     func(context.Context) error
-		budget time.Duration // 0: the rest of the run's
+		name     string
+		fn       func(context.Context) error
+		budget   time.Duration // 0: the rest of the run's
+		fullOnly bool          // skipped by a quick run unless named in -only
 	}{
-		{"latency", b.phaseLatency, cfg.latencyBudget},
-		{"baseline", b.phaseBaseline, cfg.baselineBudget},
-		{"scale", b.phaseScale, cfg.scaleBudget},
-		{"bulk", b.phaseBulk, 0},
+		{"latency", b.phaseLatency, cfg.latencyBudget, false},
+		{"baseline", b.phaseBaseline, cfg.baselineBudget, false},
+		{"scale", b.phaseScale, cfg.scaleBudget, false},
+		{"bulk", b.phaseBulk, 0, false},
+		{"etcd", b.phaseEtcd, 0, true},
 	}
 	var skipped []string
 	for _, ph := range phases {
 		if cfg.only != "" && !strings.Contains(","+cfg.only+",", ","+ph.name+",") {
+			continue
+		}
+		if cfg.only == "" && cfg.quick && ph.fullOnly {
 			continue
 		}
 		if ctx.Err() != nil {

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// capPrefix holds the keys of the etcd capacity phase; the phase deletes it.
+const capPrefix = "/bench/cap/"
+
+// phaseEtcd measures what the etcd process alone applies on this machine,
+// with as many lives' keys as the bulk phase: Txns shaped like immortald's
+// checkpoints (125 nested Txns of 3 compares and a put, 8 in flight), and
+// plain puts in Txns of 125. The other phases' etcd figures read against it.
+func (b *bench) phaseEtcd(ctx context.Context) error {
+	n := b.cfg.lives - b.cfg.lives%125
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		_, _ = b.cli.Delete(dctx, capPrefix, clientv3.WithPrefix())
+	}()
+	key := func(kind string, i int) string { return fmt.Sprintf("%s%s/%06d", capPrefix, kind, i) }
+	// Each life: an election key, a request key and an age record.
+	revs := make([]int64, n)
+	const per = 40 // 3 puts each: 120 ops, under --max-txn-ops
+	if err := parallel(ctx, n/per, 8, func(j int) error {
+		var ops []clientv3.Op
+		for i := j * per; i < (j+1)*per && i < n; i++ {
+			ops = append(ops, clientv3.OpPut(key("e", i), "m"), clientv3.OpPut(key("l", i), ""), clientv3.OpPut(key("a", i), "{}"))
+		}
+		r, err := b.cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			return err
+		}
+		for i := j * per; i < (j+1)*per && i < n; i++ {
+			revs[i] = r.Header.Revision
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("setting up %d lives' keys: %w", n, err)
+	}
+	rec := `{"life_id":1234567,"age_ms":1234567,"incarnation":3,"holder":"m1","holder_rev":1234567,"time":"2026-11-25T21:00:00.123456Z"}`
+	for _, shape := range []string{"fenced", "plain"} {
+		var applied atomic.Int64
+		end := time.Now().Add(b.cfg.window)
+		err := parallel(ctx, 8, 8, func(w int) error {
+			for batch := w; time.Now().Before(end); batch = (batch + 8) % (n / 125) {
+				ops := make([]clientv3.Op, 0, 125)
+				for i := batch * 125; i < (batch+1)*125; i++ {
+					put := clientv3.OpPut(key("a", i), rec)
+					if shape == "plain" {
+						ops = append(ops, put)
+						continue
+					}
+					ops = append(ops, clientv3.OpTxn(
+						[]clientv3.Cmp{
+							clientv3.Compare(clientv3.CreateRevision(key("e", i)), "=", revs[i]),
+							clientv3.Compare(clientv3.CreateRevision(key("l", i)), "=", revs[i]),
+							clientv3.Compare(clientv3.ModRevision(key("a", i)), ">", 0),
+						},
+						[]clientv3.Op{put},
+						[]clientv3.Op{clientv3.OpGet(key("e", i)), clientv3.OpGet(key("l", i)), clientv3.OpGet(key("a", i))},
+					))
+				}
+				if _, err := b.cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+					return err
+				}
+				applied.Add(125)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("%s writes: %w", shape, err)
+		}
+		rate := float64(applied.Load()) / b.cfg.window.Seconds()
+		b.rep.set("etcd_alone_"+shape+"_puts_per_s", rate)
+		fmt.Fprintf(logw, "  etcd alone, %d lives' keys: %.0f %s checkpoint writes/s\n", n, rate, shape)
+	}
+	return nil
+}
+
+// parallel runs f(0..n-1) with at most k at once and returns the first error.
+func parallel(ctx context.Context, n, k int, f func(i int) error) error {
+	sem := make(chan struct{}, k)
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		errs []error
+	)
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := f(i); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
