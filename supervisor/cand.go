@@ -47,6 +47,14 @@ const (
 	stopInvalid                   // the request became invalid
 )
 
+// String is the reason as the stopped-lives metric and the log name it.
+func (r stopReason) String() string {
+	if r == stopInvalid {
+		return "invalid"
+	}
+	return "ended"
+}
+
 // queues holds the cands that need an operation: ready ones in order, and
 // deferred ones by due time. Lives just won (first write pending) go to
 // first, ahead of every campaign: a member that sees 10k lives fall to it
@@ -151,7 +159,7 @@ func (s *Supervisor) stopLocked(c *cand, why stopReason) {
 		return
 	}
 	if c.held && s.removeHeld(h) {
-		reason := map[stopReason]string{stopEnded: "ended", stopInvalid: "invalid"}[why]
+		reason := why.String()
 		s.m.Lost.WithLabelValues(reason).Inc()
 		s.log.Info("life stopped: "+h.name, "name", h.name, "age", h.ageAt(time.Now())/1000, "reason", reason)
 	}

@@ -143,12 +143,7 @@ func (s *Supervisor) writeBatch(ctx context.Context, batch []*heldLife, now time
 	recs := make([]registry.AgeRecord, len(batch))
 	for i, h := range batch {
 		recs[i] = h.nextRecord(now)
-		age := k.Age(h.name)
-		ops[i] = clientv3.OpTxn(
-			append(h.fence(k), clientv3.Compare(clientv3.ModRevision(age), "=", h.lastRev.Load())),
-			[]clientv3.Op{clientv3.OpPut(age, string(recs[i].Marshal()))},
-			[]clientv3.Op{clientv3.OpGet(h.ownKey), clientv3.OpGet(k.Life(h.name)), clientv3.OpGet(age)},
-		)
+		ops[i] = clientv3.OpTxn(h.ageWrite(k, recs[i]))
 	}
 	s.m.CheckpointTxns.Inc()
 	resp, err := s.cfg.Client.Txn(ctx).Then(ops...).Commit()
@@ -173,8 +168,7 @@ func (s *Supervisor) writeBatch(ctx context.Context, batch []*heldLife, now time
 		if h.isOwn(age) {
 			// Our own earlier write, applied although its answer was lost
 			// (a timeout): adopt its revision and write again.
-			rec, _ := registry.ParseAgeRecord(age.Value)
-			h.wrote(age.ModRevision, max(h.lastAge, rec.AgeMS))
+			h.adopt(age)
 			again = append(again, h)
 			continue
 		}

@@ -369,10 +369,7 @@ func (s *Supervisor) opsOf(gen *generation, t *task) []clientv3.Op {
 			clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))}, nil)}
 	case taskStart, taskHandoff:
 		h := t.h
-		age := k.Age(name)
-		cmps := append(h.fence(k), clientv3.Compare(clientv3.ModRevision(age), "=", h.lastRev.Load()))
-		then := []clientv3.Op{clientv3.OpPut(age, string(t.rec.Marshal()))}
-		orElse := []clientv3.Op{clientv3.OpGet(h.ownKey), clientv3.OpGet(k.Life(name)), clientv3.OpGet(age)}
+		cmps, then, orElse := h.ageWrite(k, t.rec)
 		if t.kind == taskStart && h.keep != nil {
 			then = append(then, clientv3.OpPut(k.Quarantine(name), string(h.keep)))
 		}
@@ -396,9 +393,8 @@ func (s *Supervisor) opsOf(gen *generation, t *task) []clientv3.Op {
 			age := k.Age(name)
 			switch {
 			case o.final:
-				ops = append(ops, clientv3.OpTxn(
-					append(o.h.fence(k), clientv3.Compare(clientv3.ModRevision(age), "=", o.h.lastRev.Load())),
-					[]clientv3.Op{clientv3.OpPut(age, string(t.rec.Marshal()))}, nil))
+				cmps, then, _ := o.h.ageWrite(k, t.rec)
+				ops = append(ops, clientv3.OpTxn(cmps, then, nil))
 			case o.dropAge:
 				ops = append(ops, clientv3.OpTxn(
 					[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(age), "=", o.h.lastRev.Load())},
@@ -509,8 +505,7 @@ func (s *Supervisor) startedLocked(t *task, rev int64, sub *etcdserverpb.TxnResp
 		c.h, c.rev = nil, 0 // lost it already, or the request changed: check again
 	case h.isOwn(age):
 		// Our own earlier write, applied although its answer was lost.
-		rec, _ := registry.ParseAgeRecord(age.Value)
-		h.wrote(age.ModRevision, max(h.lastAge, rec.AgeMS))
+		h.adopt(age)
 	case age != nil:
 		s.m.Quarantined.Inc()
 		s.log.Error("age record was written by someone other than its holder while the life started; keeping those bytes in quarantine",
@@ -600,8 +595,7 @@ func (s *Supervisor) handedLocked(t *task, rev int64, sub *etcdserverpb.TxnRespo
 		s.reholdLocked(c, h)
 		s.queueAtLocked(c, time.Now().Add(100*time.Millisecond))
 	case h.isOwn(age):
-		rec, _ := registry.ParseAgeRecord(age.Value)
-		h.wrote(age.ModRevision, max(h.lastAge, rec.AgeMS))
+		h.adopt(age)
 		s.reholdLocked(c, h)
 		s.queueLocked(c)
 	default:

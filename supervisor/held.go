@@ -73,6 +73,24 @@ func (h *heldLife) isOwn(kv *mvccpb.KeyValue) bool {
 	return err == nil && rec.LifeID == h.lifeID && rec.Holder == h.holder && rec.HolderRev == h.ownRev
 }
 
+// ageWrite is the fenced write of rec over the record h last wrote (or
+// read): the fence, the record's revision, the put, and on failure the reads
+// that say why (own election key, request, age record, in that order).
+func (h *heldLife) ageWrite(k registry.Keys, rec registry.AgeRecord) (cmps []clientv3.Cmp, then, orElse []clientv3.Op) {
+	age := k.Age(h.name)
+	cmps = append(h.fence(k), clientv3.Compare(clientv3.ModRevision(age), "=", h.lastRev.Load()))
+	then = []clientv3.Op{clientv3.OpPut(age, string(rec.Marshal()))}
+	orElse = []clientv3.Op{clientv3.OpGet(h.ownKey), clientv3.OpGet(k.Life(h.name)), clientv3.OpGet(age)}
+	return cmps, then, orElse
+}
+
+// adopt takes kv, a record isOwn says h wrote although the answer was lost
+// (a timeout), as h's last write.
+func (h *heldLife) adopt(kv *mvccpb.KeyValue) {
+	rec, _ := registry.ParseAgeRecord(kv.Value)
+	h.wrote(kv.ModRevision, max(h.lastAge, rec.AgeMS))
+}
+
 // fence is the guard of every write: we still hold the election key we won,
 // and the request key is still this life.
 func (h *heldLife) fence(k registry.Keys) []clientv3.Cmp {
