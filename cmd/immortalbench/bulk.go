@@ -7,7 +7,7 @@ import (
 	"math"
 	"sort"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -159,43 +159,31 @@ func (b *bench) phaseBulk(ctx context.Context) error {
 // --max-txn-ops), 4 at a time.
 func bulkPut(ctx context.Context, cli *clientv3.Client, n int) error {
 	const per = 128
-	sem := make(chan struct{}, 4)
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-	)
-	for start := 0; start < n; start += per {
+	var failed atomic.Int64
+	err := parallel(ctx, (n+per-1)/per, 4, func(j int) error {
 		ops := make([]clientv3.Op, 0, per)
-		for i := start; i < min(start+per, n); i++ {
+		for i := j * per; i < min((j+1)*per, n); i++ {
 			ops = append(ops, clientv3.OpPut(livesPrefix+bulkName(i), ""))
 		}
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			// A user retries what etcd refuses for its own backpressure
-			// ("too many requests": its apply lags its commit by 5000).
-			var err error
-			for try := 0; try < 20 && ctx.Err() == nil; try++ {
-				tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				_, err = cli.Txn(tctx).Then(ops...).Commit()
-				cancel()
-				if err == nil || !errors.Is(err, rpctypes.ErrTooManyRequests) {
-					break
-				}
-				_ = sleepCtx(ctx, time.Duration(100*(try+1))*time.Millisecond)
+		// A user retries what etcd refuses for its own backpressure
+		// ("too many requests": its apply lags its commit by 5000).
+		var err error
+		for try := 0; try < 20 && ctx.Err() == nil; try++ {
+			tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			_, err = cli.Txn(tctx).Then(ops...).Commit()
+			cancel()
+			if err == nil || !errors.Is(err, rpctypes.ErrTooManyRequests) {
+				break
 			}
-			if err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	if len(errs) > 0 {
-		return fmt.Errorf("bulk put: %d txns failed, first: %w", len(errs), errs[0])
+			_ = sleepCtx(ctx, time.Duration(100*(try+1))*time.Millisecond)
+		}
+		if err != nil {
+			failed.Add(1)
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("bulk put: %d txns failed: %w", failed.Load(), err)
 	}
 	return nil
 }
