@@ -7,6 +7,7 @@
 //	P lives/<name>                  requested by a user; empty or a JSON options object
 //	P elections/<name>/<lease-hex>  candidates (concurrency.Election's layout); value = member id
 //	P ages/<name>                   AgeRecord, written only by the fenced holder
+//	P heartbeats/<lease-hex>        Heartbeat of the member on that lease; no lease, so it outlives it
 //	P quarantine/<name>             bytes of an ages/<name> value that did not parse
 //	P members/<id>                  MemberRecord, on the member's session lease
 //

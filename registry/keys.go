@@ -54,6 +54,25 @@ func (k Keys) Ages() string { return k.prefix + "ages/" }
 // Age is the age record key of one life.
 func (k Keys) Age(name string) string { return k.Ages() + name }
 
+// Heartbeats is the prefix of every member heartbeat.
+func (k Keys) Heartbeats() string { return k.prefix + "heartbeats/" }
+
+// Heartbeat is the heartbeat key of the member on lease.
+func (k Keys) Heartbeat(lease int64) string {
+	return k.Heartbeats() + strconv.FormatInt(lease, 16)
+}
+
+// HeartbeatLease returns the lease of a heartbeat key; ok is false when key
+// is not one.
+func (k Keys) HeartbeatLease(key string) (lease int64, ok bool) {
+	rest, found := strings.CutPrefix(key, k.Heartbeats())
+	if !found || rest == "" {
+		return 0, false
+	}
+	l, err := strconv.ParseInt(rest, 16, 64)
+	return l, err == nil && l > 0
+}
+
 // Quarantines is the prefix of every quarantined record.
 func (k Keys) Quarantines() string { return k.prefix + "quarantine/" }
 

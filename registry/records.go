@@ -9,7 +9,11 @@ import (
 
 // AgeRecord is the checkpoint of one life, stored at ages/<name>. Only the
 // life's holder writes it, in a Txn fenced by the holder's election key and
-// the life id.
+// the life id: when the life starts, when it is handed off, and when it
+// stops. In between, the record does not change: a running life's age is
+// carried forward by its holder's heartbeat (see Heartbeat and At), so that
+// the checkpoint load on etcd is one write per member per interval, not one
+// per life.
 type AgeRecord struct {
 	// LifeID is the CreateRevision of the life's request key. A record whose
 	// LifeID is not the current life's is from an earlier life and is ignored.
@@ -24,6 +28,68 @@ type AgeRecord struct {
 	HolderRev int64 `json:"holder_rev"`
 	// Time is the holder's wall clock when the age was taken.
 	Time time.Time `json:"time"`
+	// Lease is the holder's session lease while the life runs, and 0 once
+	// it has stopped (handed off, ended, or invalid): then AgeMS is final.
+	Lease int64 `json:"lease,omitempty"`
+	// ClockMS is the holder's heartbeat clock when AgeMS was taken; it is
+	// only meaningful with Lease.
+	ClockMS int64 `json:"clock_ms,omitempty"`
+}
+
+// Running reports whether the record is of a life that runs on Lease: its
+// age grows with that lease's heartbeat.
+func (r AgeRecord) Running() bool { return r.Lease != 0 }
+
+// At returns the record carried forward to the heartbeat b of its holder's
+// lease (nil: none): the age the life had when b was written. A stopped
+// record, or a beat older than the record, leaves it as it is.
+func (r AgeRecord) At(b *Heartbeat) AgeRecord {
+	if !r.Running() || b == nil || b.ClockMS <= r.ClockMS {
+		return r
+	}
+	r.AgeMS += b.ClockMS - r.ClockMS
+	r.ClockMS = b.ClockMS
+	r.Time = b.Time
+	return r
+}
+
+// Heartbeat is a member's checkpoint of every life it runs, stored at
+// heartbeats/<lease-hex> without a lease, so that it outlives the member:
+// a successor needs it to know how long the lives ran. Each member writes
+// its own every checkpoint interval, in a Txn guarded by its member record
+// being on that lease, so a member whose lease has expired can no longer
+// make its lives older.
+type Heartbeat struct {
+	// Member is the member id that writes it.
+	Member string `json:"member"`
+	// ClockMS is the member's monotonic clock when it was written: the
+	// time since the member started, in milliseconds. Only its differences
+	// from an AgeRecord's ClockMS of the same lease mean anything.
+	ClockMS int64 `json:"clock_ms"`
+	// Time is the member's wall clock when it was written.
+	Time time.Time `json:"time"`
+}
+
+// Marshal encodes b.
+func (b Heartbeat) Marshal() []byte {
+	out, _ := json.Marshal(b) // cannot fail: only plain fields
+	return out
+}
+
+// ParseHeartbeat decodes a heartbeats/<lease-hex> value; anything that is
+// not a JSON object with a member and a non-negative clock is ErrCorrupt.
+func ParseHeartbeat(v []byte) (Heartbeat, error) {
+	var b Heartbeat
+	if err := json.Unmarshal(v, &b); err != nil {
+		return Heartbeat{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	switch {
+	case b.Member == "":
+		return Heartbeat{}, fmt.Errorf("%w: heartbeat without a member", ErrCorrupt)
+	case b.ClockMS < 0:
+		return Heartbeat{}, fmt.Errorf("%w: clock_ms %d is negative", ErrCorrupt, b.ClockMS)
+	}
+	return b, nil
 }
 
 // ErrCorrupt marks a stored value that does not parse as its record type.
@@ -50,6 +116,8 @@ func ParseAgeRecord(b []byte) (AgeRecord, error) {
 		return AgeRecord{}, fmt.Errorf("%w: incarnation %d is not positive", ErrCorrupt, r.Incarnation)
 	case r.AgeMS < 0:
 		return AgeRecord{}, fmt.Errorf("%w: age_ms %d is negative", ErrCorrupt, r.AgeMS)
+	case r.Lease < 0 || r.ClockMS < 0:
+		return AgeRecord{}, fmt.Errorf("%w: lease %d or clock_ms %d is negative", ErrCorrupt, r.Lease, r.ClockMS)
 	}
 	return r, nil
 }

@@ -47,6 +47,7 @@ func GetStatus(ctx context.Context, cli *clientv3.Client, keys Keys, name string
 		clientv3.OpGet(keys.Election(name)+"/", clientv3.WithFirstCreate()...),
 		clientv3.OpGet(keys.Age(name)),
 		clientv3.OpGet(keys.Quarantine(name)),
+		clientv3.OpGet(keys.Heartbeats(), clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
 		return Status{}, err
@@ -62,7 +63,7 @@ func GetStatus(ctx context.Context, cli *clientv3.Client, keys Keys, name string
 	if req == nil {
 		return Status{}, fmt.Errorf("%w: %q", ErrNoLife, name)
 	}
-	return buildStatus(keys, name, req, first(1), first(2), first(3)), nil
+	return buildStatus(keys, name, req, first(1), first(2), first(3), resp.Responses[4].GetResponseRange().Kvs), nil
 }
 
 // ListStatus reads every life's status at one revision, sorted by name.
@@ -90,6 +91,10 @@ func ListStatus(ctx context.Context, cli *clientv3.Client, keys Keys) ([]Status,
 	if err != nil {
 		return nil, err
 	}
+	_, beats, err := RangeAll(ctx, cli, keys.Heartbeats(), rev)
+	if err != nil {
+		return nil, err
+	}
 	_, cands, err := RangeAll(ctx, cli, keys.Elections(), rev)
 	if err != nil {
 		return nil, err
@@ -107,7 +112,7 @@ func ListStatus(ctx context.Context, cli *clientv3.Client, keys Keys) ([]Status,
 	out := make([]Status, 0, len(reqs))
 	for _, req := range reqs {
 		name := NameOf(keys.Lives(), string(req.Key))
-		out = append(out, buildStatus(keys, name, req, leaders[name], ages[name], quarantined[name]))
+		out = append(out, buildStatus(keys, name, req, leaders[name], ages[name], quarantined[name], beats))
 	}
 	slices.SortFunc(out, func(a, b Status) int {
 		switch {
@@ -122,8 +127,8 @@ func ListStatus(ctx context.Context, cli *clientv3.Client, keys Keys) ([]Status,
 }
 
 // buildStatus derives a status from the keys of one life; leader, age and
-// quarantine may be nil.
-func buildStatus(keys Keys, name string, req, leader, age, quarantine *mvccpb.KeyValue) Status {
+// quarantine may be nil. beats are the heartbeats/ keys read with them.
+func buildStatus(keys Keys, name string, req, leader, age, quarantine *mvccpb.KeyValue, beats []*mvccpb.KeyValue) Status {
 	life := ParseLife(name, req.CreateRevision, req.ModRevision, req.Value)
 	st := Status{Name: name, LifeID: life.ID, State: StateWaiting, Labels: life.Options.Labels}
 	if !life.Valid() {
@@ -138,6 +143,7 @@ func buildStatus(keys Keys, name string, req, leader, age, quarantine *mvccpb.Ke
 		case err != nil:
 			problems = append(problems, fmt.Sprintf("age record at %s does not parse: %v", keys.Age(name), err))
 		case rec.LifeID == life.ID:
+			rec = rec.At(beatOf(keys, beats, rec))
 			st.AgeMS, st.Age, st.Incarnation = rec.AgeMS, rec.AgeMS/1000, rec.Incarnation
 			t := rec.Time
 			st.CheckpointTime = &t

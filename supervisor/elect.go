@@ -133,7 +133,8 @@ func (s *Supervisor) electLoop(gen *generation) {
 // a task for is busy until its batch is handled.
 func (s *Supervisor) takeLocked(gen *generation) (plain, locked []*task) {
 	np, nl := 0, 0 // nested Txns in each; a task takes at most 2
-	for np+2 <= electBatch && nl+2 <= electBatch {
+	// A batch with checks also reads the heartbeats: one op less for lives.
+	for np+2 <= electBatch-1 && nl+2 <= electBatch {
 		c := s.popReadyLocked()
 		if c == nil {
 			break
@@ -237,6 +238,7 @@ func (s *Supervisor) sendBatch(gen *generation, b []*task) {
 	s.mu.Lock()
 	ops := make([]clientv3.Op, 0, len(b)+1)
 	live := b[:0]
+	checks := false
 	for _, t := range b {
 		if !s.prepareLocked(gen, t, now) {
 			s.doneLocked(t.c)
@@ -245,10 +247,18 @@ func (s *Supervisor) sendBatch(gen *generation, b []*task) {
 		t.at = len(ops)
 		ops = append(ops, s.opsOf(gen, t)...)
 		live = append(live, t)
+		checks = checks || t.kind == taskCheck
 	}
 	s.mu.Unlock()
 	if len(live) == 0 {
 		return
+	}
+	beatsAt := -1
+	if checks {
+		// A life just won resumes from its record carried forward to its
+		// old holder's heartbeat, read in the same snapshot.
+		beatsAt = len(ops)
+		ops = append(ops, clientv3.OpGet(s.cfg.Keys.Heartbeats(), clientv3.WithPrefix()))
 	}
 	ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(gen.ctx), s.batchTimeout())
 	resp, err := s.cfg.Client.Txn(ctx).Then(ops...).Commit()
@@ -278,11 +288,15 @@ func (s *Supervisor) sendBatch(gen *generation, b []*task) {
 		return
 	}
 	s.electFails = 0
+	var beats []*mvccpb.KeyValue
+	if beatsAt >= 0 {
+		beats = resp.Responses[beatsAt].GetResponseRange().GetKvs()
+	}
 	for _, t := range live {
 		sub := resp.Responses[t.at].GetResponseTxn()
 		switch t.kind {
 		case taskCheck:
-			s.checkedLocked(gen, t, resp.Header.Revision, sub)
+			s.checkedLocked(gen, t, resp.Header.Revision, sub, beats)
 		case taskStart:
 			s.startedLocked(t, resp.Header.Revision, sub)
 		case taskProbe:
@@ -329,17 +343,17 @@ func (s *Supervisor) prepareLocked(gen *generation, t *task, now time.Time) bool
 		}
 		// The life runs from its first write: it resumes at exactly the
 		// stored age.
-		t.h.started = now
-		t.rec = t.h.nextRecord(now)
+		t.h.started, t.h.clockMS = now, s.clockMS(now)
+		t.rec = t.h.runningRecord()
 	case taskHandoff:
 		if c.h != t.h || !c.held || !s.removeHeld(t.h) {
 			return false
 		}
 		c.held = false
-		t.rec = t.h.nextRecord(now)
+		t.rec = t.h.finalRecord(now)
 	case taskClean:
 		if t.owe.h != nil && t.owe.final {
-			t.rec = t.owe.h.nextRecord(now)
+			t.rec = t.owe.h.finalRecord(now)
 		}
 	}
 	return true
@@ -370,8 +384,12 @@ func (s *Supervisor) opsOf(gen *generation, t *task) []clientv3.Op {
 	case taskStart, taskHandoff:
 		h := t.h
 		cmps, then, orElse := h.ageWrite(k, t.rec)
-		if t.kind == taskStart && h.keep != nil {
-			then = append(then, clientv3.OpPut(k.Quarantine(name), string(h.keep)))
+		if t.kind == taskStart && h.prev != nil && h.prev.Running() {
+			// The age it resumes at counts the old holder's heartbeat as
+			// read: it must not have moved since.
+			bk := k.Heartbeat(h.prev.Lease)
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(bk), "=", h.beatRev))
+			orElse = append(orElse, clientv3.OpGet(bk))
 		}
 		if t.kind == taskHandoff {
 			// The successor is the preferred member only if no other
@@ -417,7 +435,7 @@ func (s *Supervisor) opsOf(gen *generation, t *task) []clientv3.Op {
 // checkedLocked handles the answer to a check: the member leads the
 // election (start the life), waits in it (the deletion watch looks again),
 // or the request is gone.
-func (s *Supervisor) checkedLocked(gen *generation, t *task, rev int64, sub *etcdserverpb.TxnResponse) {
+func (s *Supervisor) checkedLocked(gen *generation, t *task, rev int64, sub *etcdserverpb.TxnResponse, beats []*mvccpb.KeyValue) {
 	c := t.c
 	mine := rev // the put of a new candidacy is at the Txn's revision
 	if t.rev != 0 || !sub.GetSucceeded() {
@@ -441,12 +459,12 @@ func (s *Supervisor) checkedLocked(gen *generation, t *task, rev int64, sub *etc
 	case first == nil || first.CreateRevision != mine:
 		return // waiting: the deletion watch looks again
 	}
-	c.h = s.newHeld(gen, t.life, c.rev, age)
+	c.h = s.newHeld(gen, t.life, c.rev, age, beats)
 }
 
-// newHeld prepares a life just won, from its age record as read in the
-// same snapshot as the election (nil: none).
-func (s *Supervisor) newHeld(gen *generation, life registry.Life, rev int64, old *mvccpb.KeyValue) *heldLife {
+// newHeld prepares a life just won, from its age record and the heartbeats
+// as read in the same snapshot as the election (old nil: no record).
+func (s *Supervisor) newHeld(gen *generation, life registry.Life, rev int64, old *mvccpb.KeyValue, beats []*mvccpb.KeyValue) *heldLife {
 	k, name := s.cfg.Keys, life.Name
 	h := &heldLife{
 		name:      name,
@@ -454,6 +472,7 @@ func (s *Supervisor) newHeld(gen *generation, life registry.Life, rev int64, old
 		ownKey:    k.Candidacy(name, int64(gen.sess.Lease())),
 		ownRev:    rev,
 		holder:    s.cfg.ID,
+		lease:     int64(gen.sess.Lease()),
 		incarnate: 1,
 	}
 	if old != nil {
@@ -467,7 +486,23 @@ func (s *Supervisor) newHeld(gen *generation, life registry.Life, rev int64, old
 			h.keep = old.Value
 			s.m.Quarantined.Inc()
 		case rec.LifeID == life.ID:
-			h.base, h.incarnate = rec.AgeMS, rec.Incarnation+1
+			h.prev = &rec
+			if rec.Running() {
+				bk := k.Heartbeat(rec.Lease)
+				for _, kv := range beats {
+					if string(kv.Key) != bk {
+						continue
+					}
+					h.beatRev = kv.ModRevision
+					if b, err := registry.ParseHeartbeat(kv.Value); err == nil {
+						h.beat = &b
+					} else {
+						s.log.Error("heartbeat does not parse; resuming the life from its age record alone",
+							"name", name, "key", bk, "err", err)
+					}
+				}
+			}
+			h.base, h.incarnate = h.resumeAge(), rec.Incarnation+1
 		}
 	}
 	h.started = time.Now()
@@ -506,6 +541,11 @@ func (s *Supervisor) startedLocked(t *task, rev int64, sub *etcdserverpb.TxnResp
 	case h.isOwn(age):
 		// Our own earlier write, applied although its answer was lost.
 		h.adopt(age)
+	case age != nil && age.ModRevision == h.lastRev.Load():
+		// The record is as read, so the old holder's heartbeat moved: its
+		// lease still lives. Check again, which reads both anew.
+		c.h = nil
+		s.queueLocked(c)
 	case age != nil:
 		s.m.Quarantined.Inc()
 		s.log.Error("age record was written by someone other than its holder while the life started; keeping those bytes in quarantine",
@@ -599,7 +639,16 @@ func (s *Supervisor) handedLocked(t *task, rev int64, sub *etcdserverpb.TxnRespo
 		s.reholdLocked(c, h)
 		s.queueLocked(c)
 	default:
-		// Someone else wrote the record: the next checkpoint repairs it.
+		// Someone else wrote or deleted the record: the next try writes
+		// over it, keeping foreign bytes in quarantine.
+		var seen int64
+		if age != nil {
+			seen, h.keep = age.ModRevision, age.Value
+			s.m.Quarantined.Inc()
+			s.log.Error("age record was written by someone other than its holder; keeping those bytes in quarantine",
+				"name", h.name, "key", s.cfg.Keys.Age(h.name), "quarantine", s.cfg.Keys.Quarantine(h.name))
+		}
+		h.lastRev.Store(seen)
 		s.reholdLocked(c, h)
 		s.queueAtLocked(c, time.Now().Add(time.Second))
 	}

@@ -135,21 +135,15 @@ func del(tb testing.TB, cli *clientv3.Client, key string) {
 	}
 }
 
-// ageRecord reads ages/<name>; ok is false when there is none.
+// ageRecord reads ages/<name>, carried forward to its holder's last
+// heartbeat; ok is false when there is none.
 func ageRecord(tb testing.TB, cli *clientv3.Client, name string) (registry.AgeRecord, bool) {
 	tb.Helper()
-	resp, err := cli.Get(context.Background(), testKeys.Age(name))
-	if err != nil {
-		tb.Fatalf("get age: %v", err)
-	}
-	if len(resp.Kvs) == 0 {
-		return registry.AgeRecord{}, false
-	}
-	rec, err := registry.ParseAgeRecord(resp.Kvs[0].Value)
+	rec, ok, err := registry.ReadAge(context.Background(), cli, testKeys, name)
 	if err != nil {
 		tb.Fatalf("age record of %s: %v", name, err)
 	}
-	return rec, true
+	return rec, ok
 }
 
 func status(tb testing.TB, cli *clientv3.Client, name string) registry.Status {

@@ -11,50 +11,78 @@ import (
 )
 
 // heldLife is a life this member runs. Its age is base plus the time since
-// started: it ticks in memory and costs nothing between checkpoints.
+// started: it ticks in memory. Its age record is written when it starts
+// (running on the member's lease from the member's clock at started) and
+// when it stops; in between, the member's heartbeat carries it forward.
 type heldLife struct {
 	name      string
 	lifeID    int64
 	ownKey    string
 	ownRev    int64
 	holder    string
+	lease     int64 // the session lease it runs on
 	incarnate int64
 	base      int64     // age in ms when started
 	started   time.Time // monotonic
+	clockMS   int64     // the member's heartbeat clock at started
+
+	// prev is the record it resumes from, as read when the election was
+	// won; beat is the heartbeat of prev's holder read with it, and
+	// beatRev that heartbeat's revision (0: none), which the first write
+	// requires unchanged.
+	prev    *registry.AgeRecord
+	beat    *registry.Heartbeat
+	beatRev int64
 
 	lastRev atomic.Int64 // revision of the last applied write (before the first: of the record read)
 	lastAge int64        // age of the last write; guarded by Supervisor.writeMu
-	keep    []byte       // bytes to quarantine with the first write; nil: none
-	stopped atomic.Bool  // taken out of Supervisor.held: periodic checkpoints skip it
+	keep    []byte       // bytes to quarantine with the next write; nil: none
+	stopped atomic.Bool  // taken out of Supervisor.held
 }
 
 func (h *heldLife) ageAt(t time.Time) int64 { return h.base + t.Sub(h.started).Milliseconds() }
 
-func (h *heldLife) record(t time.Time) registry.AgeRecord {
+// resumeAge is the age the life resumes at: the record it was won with,
+// carried forward to its old holder's last heartbeat.
+func (h *heldLife) resumeAge() int64 {
+	if h.prev == nil {
+		return 0
+	}
+	return h.prev.At(h.beat).AgeMS
+}
+
+// runningRecord is the record written when the life starts: its age at
+// started, running on h.lease from clockMS.
+func (h *heldLife) runningRecord() registry.AgeRecord {
 	return registry.AgeRecord{
 		LifeID:      h.lifeID,
-		AgeMS:       h.ageAt(t),
+		AgeMS:       h.base,
 		Incarnation: h.incarnate,
 		Holder:      h.holder,
 		HolderRev:   h.ownRev,
-		Time:        t.UTC().Round(0),
+		Time:        h.started.UTC().Round(0),
+		Lease:       h.lease,
+		ClockMS:     h.clockMS,
 	}
 }
 
-// nextRecord is the record of the age at t; it never holds a smaller age
-// than the last write, whatever the clock did.
-func (h *heldLife) nextRecord(t time.Time) registry.AgeRecord {
-	rec := h.record(t)
-	rec.AgeMS = max(rec.AgeMS, h.lastAge)
+// finalRecord is the record of the life stopped at t: its age then, which
+// no heartbeat changes any more. It never holds a smaller age than the last
+// write, whatever the clock did.
+func (h *heldLife) finalRecord(t time.Time) registry.AgeRecord {
+	rec := h.runningRecord()
+	rec.AgeMS = max(h.ageAt(t), h.lastAge)
+	rec.Time = t.UTC().Round(0)
+	rec.Lease, rec.ClockMS = 0, 0
 	return rec
 }
 
 // wrote records an applied write at revision rev. The caller holds writeMu
-// (shared for a periodic checkpoint, which is the only writer of h then), or
-// owns h alone.
+// or owns h alone.
 func (h *heldLife) wrote(rev, age int64) {
 	h.lastRev.Store(rev)
 	h.lastAge = age
+	h.keep = nil
 }
 
 // fenceHolds reports whether own and req, read from etcd, show that the
@@ -74,12 +102,16 @@ func (h *heldLife) isOwn(kv *mvccpb.KeyValue) bool {
 }
 
 // ageWrite is the fenced write of rec over the record h last wrote (or
-// read): the fence, the record's revision, the put, and on failure the reads
-// that say why (own election key, request, age record, in that order).
+// read): the fence, the record's revision, the put (and the quarantine of
+// foreign bytes found in its place), and on failure the reads that say why
+// (own election key, request, age record, in that order).
 func (h *heldLife) ageWrite(k registry.Keys, rec registry.AgeRecord) (cmps []clientv3.Cmp, then, orElse []clientv3.Op) {
 	age := k.Age(h.name)
 	cmps = append(h.fence(k), clientv3.Compare(clientv3.ModRevision(age), "=", h.lastRev.Load()))
 	then = []clientv3.Op{clientv3.OpPut(age, string(rec.Marshal()))}
+	if h.keep != nil {
+		then = append(then, clientv3.OpPut(k.Quarantine(h.name), string(h.keep)))
+	}
 	orElse = []clientv3.Op{clientv3.OpGet(h.ownKey), clientv3.OpGet(k.Life(h.name)), clientv3.OpGet(age)}
 	return cmps, then, orElse
 }

@@ -9,16 +9,15 @@ type Metrics struct {
 	Invalid          prometheus.Gauge
 	Started          prometheus.Counter
 	Lost             *prometheus.CounterVec
-	Checkpoints      prometheus.Counter
-	CheckpointTxns   prometheus.Counter
-	CheckpointErrors prometheus.Counter
+	Heartbeats       prometheus.Counter
+	HeartbeatErrors  prometheus.Counter
 	Sessions         prometheus.Counter
 	SessionLosses    prometheus.Counter
 	Quarantined      prometheus.Counter
 	Handoffs         prometheus.Counter
 	ElectionTxns     prometheus.Counter
 	ElectionErrors   prometheus.Counter
-	CheckpointRound  prometheus.Gauge
+	HeartbeatSeconds prometheus.Gauge
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -29,20 +28,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Invalid:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "immortald_lives_invalid", Help: "Life requests with a bad name or options."}),
 		Started:          prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_lives_started_total", Help: "Lives this member started."}),
 		Lost:             prometheus.NewCounterVec(prometheus.CounterOpts{Name: "immortald_lives_stopped_total", Help: "Lives this member stopped, by reason."}, []string{"reason"}),
-		Checkpoints:      prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_checkpoints_total", Help: "Age checkpoints applied."}),
-		CheckpointTxns:   prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_checkpoint_txns_total", Help: "Checkpoint transactions sent to etcd."}),
-		CheckpointErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_checkpoint_txn_errors_total", Help: "Checkpoint transactions that failed to reach etcd."}),
+		Heartbeats:       prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_heartbeats_total", Help: "Heartbeats applied: each checkpoints the age of every life the member runs."}),
+		HeartbeatErrors:  prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_heartbeat_errors_total", Help: "Heartbeat transactions that failed to reach etcd."}),
 		Sessions:         prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_sessions_total", Help: "Sessions (leases) opened."}),
 		SessionLosses:    prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_session_losses_total", Help: "Sessions lost before shutdown."}),
 		Quarantined:      prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_age_records_quarantined_total", Help: "Corrupt age records moved to quarantine/."}),
 		Handoffs:         prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_handoffs_total", Help: "Lives handed to their preferred member."}),
 		ElectionTxns:     prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_election_txns_total", Help: "Election batch transactions sent to etcd."}),
 		ElectionErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_election_txn_errors_total", Help: "Election batch transactions that failed to reach etcd."}),
-		CheckpointRound:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "immortald_checkpoint_round_seconds", Help: "How long the last checkpoint round of every held life took; above the interval, etcd cannot keep up."}),
+		HeartbeatSeconds: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immortald_heartbeat_seconds", Help: "How long the last heartbeat took; above the checkpoint interval, a crash can lose more than an interval."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Held, m.Wanted, m.Invalid, m.Started, m.Lost, m.Checkpoints, m.CheckpointTxns,
-			m.CheckpointErrors, m.Sessions, m.SessionLosses, m.Quarantined, m.Handoffs, m.ElectionTxns, m.ElectionErrors, m.CheckpointRound)
+		reg.MustRegister(m.Held, m.Wanted, m.Invalid, m.Started, m.Lost, m.Heartbeats, m.HeartbeatErrors, m.Sessions, m.SessionLosses, m.Quarantined, m.Handoffs, m.ElectionTxns, m.ElectionErrors, m.HeartbeatSeconds)
 	}
 	return m
 }

@@ -24,6 +24,7 @@ type Supervisor struct {
 	log     *slog.Logger
 	m       *Metrics
 	started time.Time
+	epoch   time.Time // the heartbeat clock counts from here (monotonic)
 
 	// mu guards the wanted lives, the member view and the elections of the
 	// current generation. Lock order: writeMu, then mu, then heldMu.
@@ -44,13 +45,11 @@ type Supervisor struct {
 	held       map[string]*heldLife
 	heldClosed bool // no life may be added: the session is lost or ending
 
-	// writeMu orders age writes, so a member's writes for one life are
-	// applied in the order their ages were taken.
-	// Checkpoint batches hold it shared (a round writes each life once, so
-	// no two batches share a life); a write that stops a life (handoff,
-	// clean-up, final checkpoints) holds it alone, so it waits for the
-	// batches in flight, not for a whole round.
-	writeMu sync.RWMutex
+	// writeMu orders the age writes of a life that runs (a handoff, the
+	// clean-up of a stopped life, a repair, the final heartbeat), so a
+	// member's writes for one life are applied in the order their ages were
+	// taken.
+	writeMu sync.Mutex
 
 	// stale are leases of lost sessions that could not be revoked (etcd was
 	// unreachable). They are revoked once etcd answers again, so their
@@ -65,6 +64,10 @@ type generation struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	kick   chan struct{} // wakes electLoop; buffered, never blocks
+
+	beatMu    sync.Mutex // one heartbeat at a time
+	beatRev   int64      // revision of the last heartbeat applied (0: none yet)
+	beatClock int64      // its clock
 }
 
 var _ registry.Handler = (*Supervisor)(nil)
@@ -87,6 +90,7 @@ func New(cfg Config) (*Supervisor, error) {
 		cands:   make(map[string]*cand),
 		leases:  make(map[string]int64),
 		held:    make(map[string]*heldLife),
+		epoch:   time.Now(),
 	}, nil
 }
 
@@ -111,13 +115,13 @@ func (s *Supervisor) Held() map[string]int64 {
 }
 
 // Run runs the member until ctx ends, then shuts down gracefully: it stops
-// every life, writes the final checkpoints and revokes the lease, each step
+// every life, writes the final heartbeat and revokes the lease, each step
 // bounded by ShutdownTimeout. It returns nil after a graceful stop.
 func (s *Supervisor) Run(ctx context.Context) error {
 	s.started = time.Now()
 	bg, stopBg := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(4)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		s.sweep(bg)
@@ -129,10 +133,6 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		_ = registry.WatchMembers(bg, s.cfg.Client, s.cfg.Keys, s.setMembers, s.log)
-	}()
-	go func() {
-		defer wg.Done()
-		s.checkpointLoop(bg)
 	}()
 	defer func() {
 		stopBg()
@@ -224,10 +224,14 @@ func (s *Supervisor) startGeneration(sess *lease.Session, rev int64) *generation
 	s.electFails = 0
 	s.reconcileLocked()
 	s.mu.Unlock()
-	gen.wg.Add(3)
+	gen.wg.Add(4)
 	go func() {
 		defer gen.wg.Done()
 		s.publishMember(gen)
+	}()
+	go func() {
+		defer gen.wg.Done()
+		s.heartbeatLoop(gen)
 	}()
 	go func() {
 		defer gen.wg.Done()
@@ -273,7 +277,8 @@ func (s *Supervisor) revokeStale(ctx context.Context) {
 	s.stale = left
 }
 
-// shutdown is the graceful stop: readiness off, final checkpoints, revoke.
+// shutdown is the graceful stop: readiness off, every life stopped and one
+// last heartbeat (the final checkpoint of them all), revoke.
 func (s *Supervisor) shutdown(gen *generation) {
 	s.mu.Lock()
 	s.stopping = true
@@ -281,10 +286,10 @@ func (s *Supervisor) shutdown(gen *generation) {
 	t0 := time.Now()
 
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
-	n, err := s.finalCheckpoints(ctx)
+	n, err := s.finalCheckpoints(ctx, gen)
 	cancel()
 	if err != nil {
-		s.log.Error("final checkpoints failed; peers resume from the previous ones", "err", err)
+		s.log.Error("the final heartbeat failed; peers resume from the previous one", "err", err)
 	}
 	s.endGeneration(gen)
 
@@ -442,7 +447,8 @@ func (s *Supervisor) setMembers(ms []registry.Member) {
 
 // sweep looks at every waiting candidacy again every sweepEvery: a safety
 // net under the election watch, which already wakes a candidate when a key
-// before it goes.
+// before it goes. It also checks the age records of held lives
+// (verifyAges) and deletes the heartbeats no record needs (collectBeats).
 func (s *Supervisor) sweep(ctx context.Context) {
 	t := time.NewTicker(sweepEvery)
 	defer t.Stop()
@@ -460,6 +466,8 @@ func (s *Supervisor) sweep(ctx context.Context) {
 		}
 		s.reconcileLocked()
 		s.mu.Unlock()
+		s.verifyAges(ctx)
+		s.collectBeats(ctx)
 	}
 }
 

@@ -63,11 +63,17 @@ func TestCrashFailoverKeepsAge(t *testing.T) {
 func TestGracefulHandoff(t *testing.T) {
 	old, peer, obs := adamOnOneOfTwo(t)
 
-	// Watch the age record through the handoff.
+	// Watch the age record and the heartbeats through the handoff.
 	wctx, wcancel := context.WithCancel(context.Background())
 	defer wcancel()
 	start, _ := obs.Get(wctx, "x")
-	wch := obs.Watch(wctx, testKeys.Age("Adam"), clientv3.WithRev(start.Header.Revision+1))
+	view := registry.NewAgeView(testKeys)
+	if _, kvs, err := registry.RangeAll(wctx, obs, testKeys.Prefix(), start.Header.Revision); err != nil {
+		t.Fatal(err)
+	} else if err := view.Load(kvs); err != nil {
+		t.Fatal(err)
+	}
+	wch := obs.Watch(wctx, testKeys.Prefix(), clientv3.WithPrefix(), clientv3.WithRev(start.Header.Revision+1))
 
 	old.stop() // SIGTERM: the parent context is cancelled before the lease is revoked
 	if n := countKeysWithValue(t, obs, testKeys.Elections(), old.id); n != 0 {
@@ -75,19 +81,25 @@ func TestGracefulHandoff(t *testing.T) {
 	}
 	waitFor(t, 2*time.Second, "handoff to "+peer.id, func() bool { return peer.holds("Adam") })
 
-	var final, first registry.AgeRecord
+	final, _ := view.Get("Adam")
+	var first registry.AgeRecord
 	for first.Holder != peer.id {
 		select {
 		case wr := <-wch:
 			for _, ev := range wr.Events {
-				rec, err := registry.ParseAgeRecord(ev.Kv.Value)
+				changes, err := view.Apply(ev)
 				if err != nil {
 					t.Fatalf("bad record: %v", err)
 				}
-				if rec.Holder == old.id {
-					final = rec
-				} else if first.Holder == "" {
-					first = rec
+				for _, c := range changes {
+					if c.Name != "Adam" || c.Deleted {
+						continue
+					}
+					if c.Rec.Holder == old.id {
+						final = c.Rec
+					} else if first.Holder == "" {
+						first = c.Rec
+					}
 				}
 			}
 		case <-time.After(5 * time.Second):
@@ -144,6 +156,7 @@ func TestStaleHolderCannotWrite(t *testing.T) {
 	wctx, wcancel := context.WithCancel(context.Background())
 	defer wcancel()
 	wch := obs.Watch(wctx, testKeys.Age("Adam"), clientv3.WithRev(revoked.Header.Revision+1))
+	beats := obs.Watch(wctx, testKeys.Heartbeat(own.Kvs[0].Lease), clientv3.WithRev(revoked.Header.Revision+1))
 
 	waitFor(t, testTTL+2*time.Second, "m1 to stop Adam", func() bool { return !m1.holds("Adam") })
 	// m1 campaigns again on a new session and takes Adam back; every write
@@ -165,43 +178,49 @@ func TestStaleHolderCannotWrite(t *testing.T) {
 					t.Fatalf("a write of the revoked holder (holder_rev %d) was applied at revision %d", r.HolderRev, ev.Kv.ModRevision)
 				}
 			}
+		case wr := <-beats:
+			for _, ev := range wr.Events {
+				if ev.Type == mvccpb.PUT {
+					t.Fatalf("a heartbeat on the revoked lease was applied at revision %d: %s", ev.Kv.ModRevision, ev.Kv.Value)
+				}
+			}
 		case <-deadline:
 			return
 		}
 	}
 }
 
-// One stale life in a batch fails alone: the other lives' checkpoints of the
-// same Txn are applied.
-func TestBatchIsolatesFailedFence(t *testing.T) {
-	sup, cli := writerOnly(t)
-	ctx := context.Background()
-	var lives []*heldLife
-	for i := range 300 {
-		lives = append(lives, fakeHolding(t, sup, cli, fmt.Sprintf("life-%03d", i)))
+// A life whose election key is taken away stops alone: the member's other
+// lives keep running and keep being checkpointed by its heartbeat.
+func TestLostLifeStopsAlone(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	m1 := startMember(t, srv.Endpoint(), "m1")
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	const n = 50
+	for i := range n {
+		put(t, obs, testKeys.Life(fmt.Sprintf("life-%02d", i)), "")
 	}
-	stale := lives[200]
-	del(t, cli, stale.ownKey) // its holder lost the election key
-
-	applied, err := sup.writeAges(ctx, lives, time.Now(), true)
-	if err != nil {
-		t.Fatal(err)
+	waitFor(t, 10*time.Second, "all lives on m1", func() bool { return len(m1.sup.Held()) == n })
+	stale := "life-20"
+	before, _ := ageRecord(t, obs, "life-07")
+	stolen, err := obs.Delete(context.Background(), testKeys.Election(stale)+"/", clientv3.WithPrefix())
+	if err != nil || stolen.Deleted != 1 {
+		t.Fatalf("delete the election key of %s: %v, %v", stale, stolen, err)
 	}
-	if applied != len(lives)-1 {
-		t.Fatalf("applied %d checkpoints, want %d", applied, len(lives)-1)
-	}
-	held := sup.Held()
-	if _, ok := held[stale.name]; ok {
-		t.Fatal("the stale life still runs")
-	}
-	if len(held) != len(lives)-1 {
-		t.Fatalf("%d lives run, want %d", len(held), len(lives)-1)
-	}
-	if _, ok := ageRecord(t, cli, stale.name); ok {
-		t.Fatal("the stale life's age was written")
-	}
-	if n := countKeys(t, cli, testKeys.Ages()); n != int64(len(lives)-1) {
-		t.Fatalf("%d age records, want %d", n, len(lives)-1)
+	waitFor(t, 5*time.Second, stale+" stopped or taken anew", func() bool {
+		return readCounter(m1.sup.m.Lost.WithLabelValues("fenced")) == 1
+	})
+	waitFor(t, 5*time.Second, "the other lives checkpointed on", func() bool {
+		rec, _ := ageRecord(t, obs, "life-07")
+		return rec.AgeMS >= before.AgeMS+2*testInterval.Milliseconds()
+	})
+	held := m1.sup.Held()
+	for i := range n {
+		if name := fmt.Sprintf("life-%02d", i); name != stale {
+			if _, ok := held[name]; !ok {
+				t.Errorf("%s stopped with the stale life", name)
+			}
+		}
 	}
 }
 
@@ -294,19 +313,16 @@ func TestCorruptAgeRecordIsQuarantined(t *testing.T) {
 	}
 
 	// Garbage written under a running life: the holder notices at its next
-	// checkpoint, keeps the bytes, and keeps its own age.
+	// sweep (called here at once), keeps the bytes, and keeps its own age.
 	waitFor(t, 5*time.Second, "Adam age >= 600ms", func() bool { return m1.sup.Held()["Adam"] >= 600 })
 	put(t, obs, testKeys.Age("Adam"), "{not an age")
+	m1.sup.verifyAges(context.Background())
 	waitFor(t, 5*time.Second, "Adam's garbage quarantined", func() bool {
 		return getValue(t, obs, testKeys.Quarantine("Adam")) == "{not an age"
 	})
 	waitFor(t, 5*time.Second, "Adam's record rewritten", func() bool {
-		resp, _ := obs.Get(context.Background(), testKeys.Age("Adam"))
-		if len(resp.Kvs) == 0 {
-			return false
-		}
-		rec, err := registry.ParseAgeRecord(resp.Kvs[0].Value)
-		return err == nil && rec.AgeMS >= 600
+		rec, ok, err := registry.ReadAge(context.Background(), obs, testKeys, "Adam")
+		return err == nil && ok && rec.AgeMS >= 600
 	})
 	if !m1.holds("Adam") || !m1.holds("Eve") {
 		t.Fatal("a life stopped because of a corrupt record")
@@ -412,7 +428,7 @@ func TestCutOffMemberStopsBeforePeerTakesOver(t *testing.T) {
 }
 
 // Many lives over two members all run, each on exactly one member, and
-// checkpoints go in batches rather than one Txn per life.
+// the checkpoint load is one heartbeat per member, not a write per life.
 func TestManyLivesRunOnceInBatches(t *testing.T) {
 	srv := etcdtest.MustStart(t)
 	m1 := startMember(t, srv.Endpoint(), "m1")
@@ -430,14 +446,28 @@ func TestManyLivesRunOnceInBatches(t *testing.T) {
 			t.Fatalf("%s runs on both members", name)
 		}
 	}
-	before := readCounter(m1.sup.m.CheckpointTxns) + readCounter(m2.sup.m.CheckpointTxns)
-	time.Sleep(5 * testInterval)
-	txns := readCounter(m1.sup.m.CheckpointTxns) + readCounter(m2.sup.m.CheckpointTxns) - before
-	// 5 rounds of at most ceil(held/batchSize) Txns per member (+1 round of slack).
-	if limit := 6.0 * (float64(len(h1)/batchSize+1) + float64(len(h2)/batchSize+1)); txns > limit {
-		t.Fatalf("%v checkpoint Txns for %d lives in 5 intervals, want at most %v", txns, n, limit)
+	mark, err := obs.Get(context.Background(), "x")
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("%d lives: m1 holds %d, m2 holds %d; %v checkpoint Txns in 5 intervals", n, len(h1), len(h2), txns)
+	before := readCounter(m1.sup.m.Heartbeats) + readCounter(m2.sup.m.Heartbeats)
+	time.Sleep(5 * testInterval)
+	beats := readCounter(m1.sup.m.Heartbeats) + readCounter(m2.sup.m.Heartbeats) - before
+	// The checkpoint load does not grow with the lives: one heartbeat per
+	// member per interval, and no age record written in the steady state.
+	if beats < 2 || beats > 2*6 {
+		t.Fatalf("%v heartbeats of 2 members in 5 intervals, want 2 to 12", beats)
+	}
+	// (Count is taken before the revision filter; the keys are after it.)
+	written, err := obs.Get(context.Background(), testKeys.Ages(), clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+		clientv3.WithMinModRev(mark.Header.Revision+1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(written.Kvs) != 0 {
+		t.Fatalf("%d age records written in the steady state, want 0", len(written.Kvs))
+	}
+	t.Logf("%d lives: m1 holds %d, m2 holds %d; %v heartbeats in 5 intervals", n, len(h1), len(h2), beats)
 }
 
 // settled waits until no member has handed a life off for a while.
@@ -488,32 +518,31 @@ func TestInvalidOptionsStopLifeAndKeepAge(t *testing.T) {
 	}
 }
 
-// A checkpoint applied although its answer was lost (a timeout) is the
-// holder's own: the next round adopts it instead of quarantining it.
+// A write applied although its answer was lost (a timeout) is the holder's
+// own: the sweep adopts it instead of quarantining it.
 func TestLostAnswerIsNotAForeignWrite(t *testing.T) {
 	sup, cli := writerOnly(t)
 	ctx := context.Background()
 	h := fakeHolding(t, sup, cli, "Adam")
-	lives := []*heldLife{h}
-	for round := range 4 {
-		if round == 2 {
-			h.lastRev.Store(h.lastRev.Load() - 1) // as if round 1's answer never came
-		}
-		if _, err := sup.writeAges(ctx, lives, time.Now(), true); err != nil {
-			t.Fatal(err)
-		}
+	sup.repairAge(ctx, h, nil) // the record was missing: written
+	written := h.lastRev.Load()
+	if written == 0 {
+		t.Fatal("the record was not written")
 	}
+	h.lastRev.Store(written - 1) // as if the answer never came
+	sup.verifyAges(ctx)
 	if q := getValue(t, cli, testKeys.Quarantine("Adam")); q != "" {
 		t.Fatalf("the holder quarantined its own record: %s", q)
 	}
+	if h.lastRev.Load() != written {
+		t.Fatalf("last revision %d, want the write's %d adopted", h.lastRev.Load(), written)
+	}
+	resp, err := cli.Get(ctx, testKeys.Age("Adam"))
+	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].ModRevision != written {
+		t.Fatalf("the record was written again: %v, %v", resp, err)
+	}
 	if _, ok := sup.Held()["Adam"]; !ok {
 		t.Fatal("the life was stopped")
-	}
-	if rec, _ := ageRecord(t, cli, "Adam"); rec.Holder != "m1" {
-		t.Fatalf("record %+v", rec)
-	}
-	if got := readCounter(sup.m.Checkpoints); got != 4 {
-		t.Fatalf("%v checkpoints applied in 4 rounds with one lost answer, want 4 (the lost one written again at once)", got)
 	}
 }
 
@@ -548,7 +577,7 @@ func fakeHolding(t *testing.T, sup *Supervisor, cli *clientv3.Client, name strin
 		t.Fatal(err)
 	}
 	h := &heldLife{name: name, lifeID: lifeID, ownKey: own, ownRev: resp.Header.Revision, holder: "m1", incarnate: 1,
-		started: time.Now()}
+		lease: int64(grant.ID), started: time.Now()}
 	if !sup.addHeld(h) {
 		t.Fatal("addHeld refused")
 	}

@@ -1,0 +1,292 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/registry"
+)
+
+// A member checkpoints every life it runs with one write per interval: its
+// heartbeat, heartbeats/<lease-hex>, holds the member's clock. A life's age
+// record is written when the life starts (its age then, the lease it runs
+// on and the member's clock then), and when it stops; in between its age is
+// the record's age plus the time from the record's clock to the heartbeat's
+// (registry.AgeRecord.At). So the load on etcd is one write per member per
+// interval whatever the number of lives, and a crash loses at most the time
+// since the last heartbeat, as it did with one write per life.
+
+// clockMS is the member's heartbeat clock at t: monotonic milliseconds since
+// the supervisor was created.
+func (s *Supervisor) clockMS(t time.Time) int64 { return t.Sub(s.epoch).Milliseconds() }
+
+// batchTimeout bounds one Txn of a heartbeat or an election batch: two
+// intervals, at least TTL/2. A Txn stuck on an etcd member that died must
+// not hold the next ones back for long.
+func (s *Supervisor) batchTimeout() time.Duration {
+	return max(2*s.cfg.CheckpointInterval, s.cfg.Lease.TTL/2)
+}
+
+// heartbeatLoop writes gen's heartbeat every CheckpointInterval while the
+// member runs lives on gen's session.
+func (s *Supervisor) heartbeatLoop(gen *generation) {
+	t := time.NewTicker(s.cfg.CheckpointInterval)
+	defer t.Stop()
+	failing, slow := false, false
+	for {
+		select {
+		case <-gen.ctx.Done():
+			return
+		case <-t.C:
+		}
+		clock, ok := s.beatClock()
+		if !ok {
+			continue // every life was taken away: nothing may grow older
+		}
+		ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(gen.ctx), s.batchTimeout())
+		t0 := time.Now()
+		err := s.beat(ctx, gen, clock)
+		cancel()
+		took := time.Since(t0)
+		s.m.HeartbeatSeconds.Set(took.Seconds())
+		switch {
+		case err == nil && !slow && took > s.cfg.CheckpointInterval:
+			slow = true
+			s.log.Warn("a heartbeat takes longer than the checkpoint interval: etcd is slow, and a crash can lose up to that long",
+				"took", took.Round(time.Millisecond), "interval", s.cfg.CheckpointInterval)
+		case slow && took <= s.cfg.CheckpointInterval:
+			slow = false
+			s.log.Info("heartbeats fit the checkpoint interval again", "took", took.Round(time.Millisecond))
+		}
+		switch {
+		case err != nil && !failing && gen.ctx.Err() == nil:
+			failing = true
+			s.log.Warn("heartbeats are failing; lives keep running until the lease's safe deadline", "err", err)
+		case err == nil && failing:
+			failing = false
+			s.log.Info("heartbeats are applied again")
+		}
+	}
+}
+
+// beatClock returns the clock for a heartbeat now; false when no life may
+// run (the session is lost or ending): a heartbeat then would count time
+// the lives did not run.
+func (s *Supervisor) beatClock() (int64, bool) {
+	s.heldMu.Lock()
+	defer s.heldMu.Unlock()
+	if s.heldClosed {
+		return 0, false
+	}
+	return s.clockMS(time.Now()), true
+}
+
+// beat writes gen's heartbeat with clock. The Txn is guarded by the member
+// record being on gen's lease, so a member whose lease expired cannot make
+// its lives older, and by the heartbeat's last revision, so that an older
+// beat applied late cannot replace a newer one.
+func (s *Supervisor) beat(ctx context.Context, gen *generation, clock int64) error {
+	gen.beatMu.Lock()
+	defer gen.beatMu.Unlock()
+	if clock <= gen.beatClock {
+		return nil // a later one is written already
+	}
+	k, lease := s.cfg.Keys, int64(gen.sess.Lease())
+	key, member := k.Heartbeat(lease), k.Member(s.cfg.ID)
+	val := string(registry.Heartbeat{Member: s.cfg.ID, ClockMS: clock, Time: time.Now().UTC().Round(0)}.Marshal())
+	for range 2 {
+		resp, err := s.cfg.Client.Txn(ctx).
+			If(clientv3.Compare(clientv3.LeaseValue(member), "=", lease),
+				clientv3.Compare(clientv3.ModRevision(key), "=", gen.beatRev)).
+			Then(clientv3.OpPut(key, val)).
+			Else(clientv3.OpGet(member), clientv3.OpGet(key)).
+			Commit()
+		if err != nil {
+			s.m.HeartbeatErrors.Inc()
+			return err
+		}
+		if resp.Succeeded {
+			gen.beatRev, gen.beatClock = resp.Header.Revision, clock
+			s.m.Heartbeats.Inc()
+			return nil
+		}
+		tr := (*etcdserverpb.TxnResponse)(resp)
+		m, hb := firstKV(tr, 0), firstKV(tr, 1)
+		if m == nil || m.Lease != lease {
+			return errors.New("the member record is not on this session's lease: the session is ending")
+		}
+		// Our own earlier beat, applied although its answer was lost.
+		gen.beatRev = 0
+		if hb != nil {
+			gen.beatRev = hb.ModRevision
+			if b, err := registry.ParseHeartbeat(hb.Value); err == nil && b.ClockMS >= clock {
+				gen.beatClock = b.ClockMS
+				return nil
+			}
+		}
+	}
+	return errors.New("heartbeat: its own revision kept changing")
+}
+
+// finalCheckpoints stops every held life and writes one last heartbeat at
+// the moment they stopped: each life's age as a successor reads it is then
+// its age when it stopped.
+func (s *Supervisor) finalCheckpoints(ctx context.Context, gen *generation) (int, error) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	lives := s.takeAllHeld()
+	now := time.Now()
+	err := s.beat(ctx, gen, s.clockMS(now))
+	for _, h := range lives {
+		s.log.Info("life handed off: "+h.name, "name", h.name, "age", h.ageAt(now)/1000, "incarnation", h.incarnate)
+	}
+	s.m.Lost.WithLabelValues("shutdown").Add(float64(len(lives)))
+	return len(lives), err
+}
+
+// verifyAges looks at the age record of every held life: one written by
+// someone other than its holder, or deleted, is written again (the foreign
+// bytes are kept in quarantine/<name>). Between a life's start and its stop
+// nothing else writes the record, so this is how a tampered one is found.
+func (s *Supervisor) verifyAges(ctx context.Context) {
+	lives := s.snapshotHeld()
+	if len(lives) == 0 {
+		return
+	}
+	_, kvs, err := registry.RangeAll(ctx, s.cfg.Client, s.cfg.Keys.Ages(), 0)
+	if err != nil {
+		return // looked at again at the next sweep
+	}
+	byName := make(map[string]*mvccpb.KeyValue, len(kvs))
+	for _, kv := range kvs {
+		byName[registry.NameOf(s.cfg.Keys.Ages(), string(kv.Key))] = kv
+	}
+	for _, h := range lives {
+		kv := byName[h.name]
+		if kv != nil && kv.ModRevision <= h.lastRev.Load() {
+			continue // ours, or older than our last write (which the range missed)
+		}
+		s.repairAge(ctx, h, kv)
+	}
+}
+
+// repairAge writes h's running record over found, the age record someone
+// other than h's holder wrote (nil: deleted), keeping foreign bytes in
+// quarantine/<name>: they are never resumed and never silently overwritten.
+func (s *Supervisor) repairAge(ctx context.Context, h *heldLife, found *mvccpb.KeyValue) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if h.stopped.Load() {
+		return
+	}
+	k := s.cfg.Keys
+	if found != nil && h.isOwn(found) {
+		h.adopt(found)
+		return
+	}
+	var seen int64
+	if found != nil {
+		seen = found.ModRevision
+		h.keep = found.Value
+		s.m.Quarantined.Inc()
+		s.log.Error("age record was overwritten by someone other than its holder; keeping those bytes in quarantine and the life's own age",
+			"name", h.name, "key", k.Age(h.name), "quarantine", k.Quarantine(h.name), "age", h.ageAt(time.Now())/1000)
+	} else {
+		s.log.Warn("age record was deleted by someone other than its holder; writing it again", "name", h.name, "age", h.ageAt(time.Now())/1000)
+	}
+	h.lastRev.Store(seen)
+	rec := h.runningRecord()
+	cmps, then, _ := h.ageWrite(k, rec)
+	wctx, cancel := context.WithTimeout(ctx, s.batchTimeout())
+	defer cancel()
+	resp, err := s.cfg.Client.Txn(wctx).If(cmps...).Then(then...).Commit()
+	if err == nil && resp.Succeeded {
+		h.wrote(resp.Header.Revision, rec.AgeMS)
+	}
+	// If not, tried again at the next sweep.
+}
+
+// collectBeats deletes the heartbeats of dead members once no age record
+// refers to them any more: every life they ran has been taken over (each
+// successor's first write replaces the record). One member does it, the
+// first of the live members in id order.
+func (s *Supervisor) collectBeats(ctx context.Context) {
+	s.mu.Lock()
+	first := len(s.members) > 0 && s.members[0] == s.cfg.ID
+	live := make(map[int64]bool, len(s.leases))
+	for _, l := range s.leases {
+		live[l] = true
+	}
+	if s.gen != nil {
+		live[int64(s.gen.sess.Lease())] = true
+	}
+	s.mu.Unlock()
+	if !first {
+		return
+	}
+	k := s.cfg.Keys
+	_, beats, err := registry.RangeAll(ctx, s.cfg.Client, k.Heartbeats(), 0)
+	if err != nil {
+		return
+	}
+	var referenced map[int64]bool
+	for _, kv := range beats {
+		l, ok := k.HeartbeatLease(string(kv.Key))
+		if !ok || live[l] {
+			continue
+		}
+		ttl, err := s.cfg.Client.TimeToLive(ctx, clientv3.LeaseID(l))
+		if err != nil || ttl.TTL > 0 {
+			continue // alive (a member not yet registered), or unknown
+		}
+		if referenced == nil {
+			if referenced, err = s.runningLeases(ctx); err != nil {
+				return
+			}
+		}
+		if referenced[l] {
+			continue // some of its lives have not been taken over yet
+		}
+		resp, err := s.cfg.Client.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
+			Then(clientv3.OpDelete(string(kv.Key))).
+			Commit()
+		if err == nil && resp.Succeeded {
+			s.log.Info("deleted the heartbeat of a gone member: every life it ran has moved", "lease", fmt.Sprintf("%x", l))
+		}
+	}
+}
+
+// runningLeases reads every age record and returns the leases that running
+// ones are on.
+func (s *Supervisor) runningLeases(ctx context.Context) (map[int64]bool, error) {
+	_, kvs, err := registry.RangeAll(ctx, s.cfg.Client, s.cfg.Keys.Ages(), 0)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[int64]bool)
+	for _, kv := range kvs {
+		if rec, err := registry.ParseAgeRecord(kv.Value); err == nil && rec.Running() {
+			out[rec.Lease] = true
+		}
+	}
+	return out, nil
+}
+
+// firstKV is the first key of the i-th range response of a Txn, or nil.
+func firstKV(t *etcdserverpb.TxnResponse, i int) *mvccpb.KeyValue {
+	if i >= len(t.GetResponses()) {
+		return nil
+	}
+	kvs := t.Responses[i].GetResponseRange().GetKvs()
+	if len(kvs) == 0 {
+		return nil
+	}
+	return kvs[0]
+}
