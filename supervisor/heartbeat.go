@@ -154,25 +154,61 @@ func (s *Supervisor) finalCheckpoints(ctx context.Context, gen *generation) (int
 // someone other than its holder, or deleted, is written again (the foreign
 // bytes are kept in quarantine/<name>). Between a life's start and its stop
 // nothing else writes the record, so this is how a tampered one is found.
+// It reads keys and revisions only, and values only of suspects.
 func (s *Supervisor) verifyAges(ctx context.Context) {
 	lives := s.snapshotHeld()
 	if len(lives) == 0 {
 		return
 	}
-	_, kvs, err := registry.RangeAll(ctx, s.cfg.Client, s.cfg.Keys.Ages(), 0)
+	revs, err := s.revisions(ctx, s.cfg.Keys.Ages())
 	if err != nil {
 		return // looked at again at the next sweep
 	}
-	byName := make(map[string]*mvccpb.KeyValue, len(kvs))
-	for _, kv := range kvs {
-		byName[registry.NameOf(s.cfg.Keys.Ages(), string(kv.Key))] = kv
-	}
 	for _, h := range lives {
-		kv := byName[h.name]
-		if kv != nil && kv.ModRevision <= h.lastRev.Load() {
+		if rev, ok := revs[h.name]; ok && rev.mod <= h.lastRev.Load() {
 			continue // ours, or older than our last write (which the range missed)
 		}
-		s.repairAge(ctx, h, kv)
+		resp, err := s.cfg.Client.Get(ctx, s.cfg.Keys.Age(h.name))
+		if err != nil {
+			return
+		}
+		var found *mvccpb.KeyValue
+		if len(resp.Kvs) > 0 {
+			found = resp.Kvs[0]
+			if found.ModRevision <= h.lastRev.Load() {
+				continue
+			}
+		}
+		s.repairAge(ctx, h, found)
+	}
+}
+
+// keyRevs are the revisions of one key.
+type keyRevs struct{ create, mod int64 }
+
+// revisions returns the revisions of every key under prefix, by name; it
+// reads keys only, in pages, at one revision.
+func (s *Supervisor) revisions(ctx context.Context, prefix string) (map[string]keyRevs, error) {
+	from, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
+	out := make(map[string]keyRevs)
+	var rev int64
+	for {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(10000), clientv3.WithKeysOnly()}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := s.cfg.Client.Get(ctx, from, opts...)
+		if err != nil {
+			return nil, err
+		}
+		rev = resp.Header.Revision
+		for _, kv := range resp.Kvs {
+			out[registry.NameOf(prefix, string(kv.Key))] = keyRevs{create: kv.CreateRevision, mod: kv.ModRevision}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return out, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
 }
 
@@ -213,9 +249,12 @@ func (s *Supervisor) repairAge(ctx context.Context, h *heldLife, found *mvccpb.K
 }
 
 // collectBeats deletes the heartbeats of dead members once no age record
-// refers to them any more: every life they ran has been taken over (each
-// successor's first write replaces the record). One member does it, the
-// first of the live members in id order.
+// needs them: every life they ran has been taken over (each successor's
+// first write replaces the record) or has ended. A running record of a
+// dead member whose life has ended (its request deleted or replaced while
+// nobody ran it) is deleted on the way, as its holder would have. One member
+// does this, the first of the live members in id order; it reads every age
+// record only while there is a dead member's heartbeat.
 func (s *Supervisor) collectBeats(ctx context.Context) {
 	s.mu.Lock()
 	first := len(s.members) > 0 && s.members[0] == s.cfg.ID
@@ -235,7 +274,7 @@ func (s *Supervisor) collectBeats(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	var referenced map[int64]bool
+	dead := make(map[int64]*mvccpb.KeyValue)
 	for _, kv := range beats {
 		l, ok := k.HeartbeatLease(string(kv.Key))
 		if !ok || live[l] {
@@ -245,11 +284,16 @@ func (s *Supervisor) collectBeats(ctx context.Context) {
 		if err != nil || ttl.TTL > 0 {
 			continue // alive (a member not yet registered), or unknown
 		}
-		if referenced == nil {
-			if referenced, err = s.runningLeases(ctx); err != nil {
-				return
-			}
-		}
+		dead[l] = kv
+	}
+	if len(dead) == 0 {
+		return
+	}
+	referenced, err := s.sweepAges(ctx, dead)
+	if err != nil {
+		return
+	}
+	for l, kv := range dead {
 		if referenced[l] {
 			continue // some of its lives have not been taken over yet
 		}
@@ -258,22 +302,46 @@ func (s *Supervisor) collectBeats(ctx context.Context) {
 			Then(clientv3.OpDelete(string(kv.Key))).
 			Commit()
 		if err == nil && resp.Succeeded {
-			s.log.Info("deleted the heartbeat of a gone member: every life it ran has moved", "lease", fmt.Sprintf("%x", l))
+			s.log.Info("deleted the heartbeat of a gone member: every life it ran has moved or ended", "lease", fmt.Sprintf("%x", l))
 		}
 	}
 }
 
-// runningLeases reads every age record and returns the leases that running
-// ones are on.
-func (s *Supervisor) runningLeases(ctx context.Context) (map[int64]bool, error) {
-	_, kvs, err := registry.RangeAll(ctx, s.cfg.Client, s.cfg.Keys.Ages(), 0)
+// sweepAges reads every age record and returns which of the dead leases
+// running records are still on. A running record on a dead lease whose life
+// has ended is deleted instead: guarded by its revision and by the request
+// key not being that life, so a life that is wanted keeps its age.
+func (s *Supervisor) sweepAges(ctx context.Context, dead map[int64]*mvccpb.KeyValue) (map[int64]bool, error) {
+	k := s.cfg.Keys
+	_, kvs, err := registry.RangeAll(ctx, s.cfg.Client, k.Ages(), 0)
+	if err != nil {
+		return nil, err
+	}
+	lives, err := s.revisions(ctx, k.Lives())
 	if err != nil {
 		return nil, err
 	}
 	out := make(map[int64]bool)
 	for _, kv := range kvs {
-		if rec, err := registry.ParseAgeRecord(kv.Value); err == nil && rec.Running() {
-			out[rec.Lease] = true
+		rec, err := registry.ParseAgeRecord(kv.Value)
+		if err != nil || !rec.Running() || dead[rec.Lease] == nil {
+			continue
+		}
+		name := registry.NameOf(k.Ages(), string(kv.Key))
+		if req, ok := lives[name]; ok && req.create == rec.LifeID {
+			out[rec.Lease] = true // still wanted: its successor needs the heartbeat
+			continue
+		}
+		resp, err := s.cfg.Client.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision),
+				clientv3.Compare(clientv3.CreateRevision(k.Life(name)), "!=", rec.LifeID)).
+			Then(clientv3.OpDelete(string(kv.Key))).
+			Commit()
+		if err != nil {
+			return nil, err
+		}
+		if !resp.Succeeded {
+			out[rec.Lease] = true // it changed meanwhile: look again next time
 		}
 	}
 	return out, nil

@@ -600,3 +600,63 @@ func adamOnOneOfTwo(t *testing.T) (holder, peer *member, obs *clientv3.Client) {
 	waitFor(t, 5*time.Second, "age >= 1s", func() bool { return holder.sup.Held()["Adam"] >= 1000 })
 	return holder, peer, obs
 }
+
+// A crashed member's heartbeat stays while its lives need it, then goes:
+// once every life it ran has been taken over or has ended. A life that
+// ended while nobody ran it loses its age record on the way.
+func TestGoneMembersHeartbeatIsCollected(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	m1 := startMember(t, srv.Endpoint(), "m1")
+	m2 := startMember(t, srv.Endpoint(), "m2")
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	const n = 12
+	for i := range n {
+		put(t, obs, testKeys.Life(fmt.Sprintf("life-%02d", i)), "")
+	}
+	waitFor(t, 10*time.Second, "all lives running", func() bool { return len(m1.sup.Held())+len(m2.sup.Held()) == n })
+	settled(t, m1, m2)
+	onM1 := m1.sup.Held()
+	if len(onM1) == 0 {
+		t.Skip("m1 holds no life") // 1 in 4096
+	}
+	var beatKey string
+	resp, err := obs.Get(context.Background(), testKeys.Heartbeats(), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		if b, err := registry.ParseHeartbeat(kv.Value); err == nil && b.Member == "m1" {
+			beatKey = string(kv.Key)
+		}
+	}
+	if beatKey == "" {
+		t.Fatal("no heartbeat of m1")
+	}
+	var ended string
+	for name := range onM1 {
+		ended = name
+		break
+	}
+	m1.crash()
+	del(t, obs, testKeys.Life(ended)) // ends while nobody runs it
+	waitFor(t, testTTL+5*time.Second, "m2 runs every life left", func() bool { return len(m2.sup.Held()) == n-1 })
+	if got := getValue(t, obs, beatKey); got == "" {
+		t.Fatal("m1's heartbeat went before the sweep")
+	}
+	waitFor(t, 5*time.Second, "m1's heartbeat collected", func() bool {
+		m2.sup.collectBeats(context.Background())
+		return getValue(t, obs, beatKey) == ""
+	})
+	if got := getValue(t, obs, testKeys.Age(ended)); got != "" {
+		t.Fatalf("the record of %s, which ended while its holder was gone, is left: %s", ended, got)
+	}
+	if n := countKeys(t, obs, testKeys.Heartbeats()); n != 1 {
+		t.Fatalf("%d heartbeats left, want m2's alone", n)
+	}
+	for i := range n {
+		name := fmt.Sprintf("life-%02d", i)
+		if rec, ok := ageRecord(t, obs, name); name != ended && (!ok || rec.Holder != "m2") {
+			t.Fatalf("%s: record %+v after the sweep", name, rec)
+		}
+	}
+}
