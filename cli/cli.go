@@ -211,7 +211,7 @@ func (a *app) runCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.String("id", "", "member id (default: the hostname; in Kubernetes, the pod name)")
 	f.String("lease-ttl", "5s", "session lease TTL: whole seconds, at least 2s")
-	f.String("checkpoint-interval", "1s", "time between age checkpoints; below --lease-ttl")
+	f.String("checkpoint-interval", "1s", "time between heartbeats, each a checkpoint of every life's age; below --lease-ttl")
 	f.String("http-addr", ":8080", "address of /livez, /readyz and /metrics (empty: off)")
 	f.String("data-dir", "immortald.etcd", "data directory of the embedded etcd")
 	return cmd

@@ -3,7 +3,7 @@
 // integration tests start whole members through Main.
 //
 // Guarantees: Run returns only after the supervisor has shut down (final
-// checkpoints written, lease revoked, each step bounded) and every resource
+// heartbeat written, lease revoked, each step bounded) and every resource
 // it opened is closed.
 package daemon
 
@@ -42,7 +42,8 @@ type Config struct {
 	Prefix string
 	// LeaseTTL of the member's session. Default 5s, at least 2s.
 	LeaseTTL time.Duration
-	// CheckpointInterval between age writes. Default 1s, below LeaseTTL.
+	// CheckpointInterval between heartbeats (checkpoints of every life's
+	// age). Default 1s, below LeaseTTL.
 	CheckpointInterval time.Duration
 	// HTTPAddr serves /livez, /readyz and /metrics. Default ":8080"; empty
 	// string disables it.

@@ -9,27 +9,39 @@
 // and one watch of deletions under elections/ wakes waiting candidates, so
 // a life costs a small struct, not a goroutine, a Txn and a watch (see
 // elect.go). A life's state is its age: it counts the time the life runs,
-// in memory, and is checkpointed to ages/<name> every checkpoint interval,
-// many lives per Txn.
+// in memory. Its record, ages/<name>, is written when it starts (its age,
+// the member's lease and the member's clock then) and when it stops; every
+// checkpoint interval the member writes one heartbeat, heartbeats/
+// <lease-hex>, with its clock, which carries every record on that lease
+// forward (see heartbeat.go). The checkpoint load is one write per member
+// per interval, whatever the number of lives.
 //
 // Guarantees:
-//   - One writer. Every age write is a Txn guarded by
+//   - One writer. Every age record write is a Txn guarded by
 //     CreateRevision(own election key) == own revision and
-//     CreateRevision(lives/<name>) == life id. A failed guard stops that life
-//     at once; lives batched with it are unaffected (each has its own nested
-//     Txn).
+//     CreateRevision(lives/<name>) == life id; a failed guard stops that life
+//     at once, and lives batched with it are unaffected (each has its own
+//     nested Txn). A heartbeat is guarded by the member record being on the
+//     session's lease, so a member whose lease has expired cannot make its
+//     lives older.
 //   - One runner. When the session's safe deadline passes (see package
-//     lease), every life is stopped before the server can expire the lease;
-//     then a new session is opened and the member campaigns again.
+//     lease), every life is stopped before the server can expire the lease,
+//     and no heartbeat is taken after that; then a new session is opened and
+//     the member campaigns again.
 //   - A candidate leads only when a Txn finds its own key first in the
-//     election, in the same snapshot that reads the request and the age
-//     record; a key on an expired lease cannot be created (etcd #11051).
+//     election, in the same snapshot that reads the request, the age record
+//     and the heartbeats; a key on an expired lease cannot be created (etcd
+//     #11051). Its first write requires the old holder's heartbeat unchanged.
 //   - Placement never decides who runs a life, only who campaigns: a handoff
 //     is one fenced Txn that also checks that the preferred member is next.
 //   - Age never goes backwards: a life resumes from the age record of the
-//     same life id; all writes of one member are serialised, and a record of
-//     another life id, or one that does not parse, is never resumed. Bytes that
-//     do not parse are copied to quarantine/<name> before being replaced.
-//   - Shutdown stops every life, writes each final checkpoint (fenced) and
-//     revokes the lease with a fresh context, so peers take over at once.
+//     same life id carried forward to its old holder's last heartbeat; a
+//     record of another life id, or one that does not parse, is never
+//     resumed. Bytes that do not parse, or that someone else wrote, are
+//     copied to quarantine/<name> before being replaced (found at the
+//     holder's next write or sweep).
+//   - A crash loses at most the time since the member's last heartbeat.
+//   - Shutdown stops every life, writes one last heartbeat and revokes the
+//     lease with a fresh context, so peers take over at once and resume
+//     each life at the age it stopped at.
 package supervisor
