@@ -514,7 +514,7 @@ func (s *Supervisor) startedLocked(t *task, rev int64, sub *etcdserverpb.TxnResp
 	c, h := t.c, t.h
 	if sub.GetSucceeded() {
 		h.wrote(rev, t.rec.AgeMS)
-		h.keep = nil
+		h.prev, h.beat = nil, nil // resumed: no longer needed
 		if c.h != h {
 			return // stopped meanwhile; its clean-up sees this write
 		}
