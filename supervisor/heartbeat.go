@@ -45,14 +45,21 @@ func (s *Supervisor) heartbeatLoop(gen *generation) {
 			return
 		case <-t.C:
 		}
+		// A heartbeat carries every record still running on the lease, so
+		// it must not fall between the stop of a life and the write of its
+		// final record (a handoff or clean-up batch, which hold writeMu):
+		// the final age would then be below the age the heartbeat showed.
+		s.writeMu.Lock()
 		clock, ok := s.beatClock()
 		if !ok {
+			s.writeMu.Unlock()
 			continue // every life was taken away: nothing may grow older
 		}
 		ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(gen.ctx), s.batchTimeout())
 		t0 := time.Now()
 		err := s.beat(ctx, gen, clock)
 		cancel()
+		s.writeMu.Unlock()
 		took := time.Since(t0)
 		s.m.HeartbeatSeconds.Set(took.Seconds())
 		switch {

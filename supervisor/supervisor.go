@@ -46,9 +46,10 @@ type Supervisor struct {
 	heldClosed bool // no life may be added: the session is lost or ending
 
 	// writeMu orders the age writes of a life that runs (a handoff, the
-	// clean-up of a stopped life, a repair, the final heartbeat), so a
+	// clean-up of a stopped life, a repair) and the heartbeats, so a
 	// member's writes for one life are applied in the order their ages were
-	// taken.
+	// taken, and no heartbeat carries a life that has stopped but whose
+	// final record is not written yet.
 	writeMu sync.Mutex
 
 	// stale are leases of lost sessions that could not be revoked (etcd was
