@@ -236,18 +236,26 @@ panic: boom
 	if err := os.WriteFile(filepath.Join(dir, "etcd.log"), []byte("not a member\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A member of the scale phase.
+	slow := `{"time":"t","level":"WARN","msg":"a heartbeat takes longer than the checkpoint interval: etcd is slow, and a crash can lose up to that long","took":"1.2s"}` + "\n"
+	if err := os.WriteFile(filepath.Join(dir, "s1.1.log"), []byte(slow), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	got, err := scanMemberLogs(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 3 {
-		t.Fatalf("findings = %+v, want 3", got)
+	if len(got) != 4 {
+		t.Fatalf("findings = %+v, want 4", got)
 	}
 	if got[0].Msg != "heartbeats are failing; lives keep running until the lease's safe deadline" || got[0].Count != 2 || !strings.HasSuffix(got[0].First, "m1.1.log:2") {
 		t.Errorf("first finding = %+v", got[0])
 	}
 	if got[1].Level != "NOT-JSON" || got[2].Level != "ERROR" {
 		t.Errorf("findings = %+v", got)
+	}
+	if !strings.HasPrefix(got[3].Msg, "a heartbeat takes longer") || !strings.HasSuffix(got[3].First, "s1.1.log:1") {
+		t.Errorf("the scale member's finding = %+v", got[3])
 	}
 }
 
