@@ -8,6 +8,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/registry"
 )
 
 func TestPercentile(t *testing.T) {
@@ -219,8 +225,8 @@ func TestRecordsAndNames(t *testing.T) {
 func TestScanMemberLogs(t *testing.T) {
 	dir := t.TempDir()
 	log := `{"time":"t","level":"INFO","msg":"session opened"}
-{"time":"t","level":"WARN","msg":"checkpoints are failing"}
-{"time":"t","level":"WARN","msg":"checkpoints are failing"}
+{"time":"t","level":"WARN","msg":"heartbeats are failing; lives keep running until the lease's safe deadline","err":"x"}
+{"time":"t","level":"WARN","msg":"heartbeats are failing; lives keep running until the lease's safe deadline","err":"y"}
 panic: boom
 {"time":"t","level":"ERROR","msg":"cannot revoke the lease"}
 `
@@ -230,18 +236,26 @@ panic: boom
 	if err := os.WriteFile(filepath.Join(dir, "etcd.log"), []byte("not a member\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A member of the scale phase.
+	slow := `{"time":"t","level":"WARN","msg":"a heartbeat takes longer than the checkpoint interval: etcd is slow, and a crash can lose up to that long","took":"1.2s"}` + "\n"
+	if err := os.WriteFile(filepath.Join(dir, "s1.1.log"), []byte(slow), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	got, err := scanMemberLogs(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got) != 3 {
-		t.Fatalf("findings = %+v, want 3", got)
+	if len(got) != 4 {
+		t.Fatalf("findings = %+v, want 4", got)
 	}
-	if got[0].Msg != "checkpoints are failing" || got[0].Count != 2 || !strings.HasSuffix(got[0].First, "m1.1.log:2") {
+	if got[0].Msg != "heartbeats are failing; lives keep running until the lease's safe deadline" || got[0].Count != 2 || !strings.HasSuffix(got[0].First, "m1.1.log:2") {
 		t.Errorf("first finding = %+v", got[0])
 	}
 	if got[1].Level != "NOT-JSON" || got[2].Level != "ERROR" {
 		t.Errorf("findings = %+v", got)
+	}
+	if !strings.HasPrefix(got[3].Msg, "a heartbeat takes longer") || !strings.HasSuffix(got[3].First, "s1.1.log:1") {
+		t.Errorf("the scale member's finding = %+v", got[3])
 	}
 }
 
@@ -252,5 +266,102 @@ func TestDefaults(t *testing.T) {
 	}
 	if f.quick || f.lives != 100000 || f.baselineLives != 1000 {
 		t.Errorf("full defaults: %+v", f)
+	}
+}
+
+// ageEvents builds the watch events of a handoff: m1 starts life x on lease
+// 0xa, beats twice (the second its final heartbeat at SIGTERM), and m2
+// resumes x on lease 0xb at resumeMS.
+func ageEvents(t *testing.T, resumeMS int64) (evs []*clientv3.Event, t0 time.Time) {
+	t.Helper()
+	t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	rev := int64(10)
+	put := func(key string, val []byte) {
+		rev++
+		evs = append(evs, &clientv3.Event{Type: mvccpb.PUT, Kv: &mvccpb.KeyValue{Key: []byte(key), Value: val, ModRevision: rev}})
+	}
+	rec := registry.AgeRecord{LifeID: 7, AgeMS: 0, Incarnation: 1, Holder: "m1", HolderRev: 9, Time: t0, Lease: 0xa, ClockMS: 1000}
+	put(keys.Age("x"), rec.Marshal())
+	put(keys.Heartbeat(0xa), registry.Heartbeat{Member: "m1", ClockMS: 2000, Time: t0.Add(time.Second)}.Marshal())
+	put(keys.Candidacy("x", 0xb), []byte("m2")) // not an age: ignored
+	put(keys.Heartbeat(0xa), registry.Heartbeat{Member: "m1", ClockMS: 2500, Time: t0.Add(1500 * time.Millisecond)}.Marshal())
+	next := registry.AgeRecord{LifeID: 7, AgeMS: resumeMS, Incarnation: 2, Holder: "m2", HolderRev: 20, Time: t0.Add(1520 * time.Millisecond), Lease: 0xb, ClockMS: 300}
+	put(keys.Age("x"), next.Marshal())
+	// m2's heartbeat carries it on.
+	put(keys.Heartbeat(0xb), registry.Heartbeat{Member: "m2", ClockMS: 1300, Time: t0.Add(2520 * time.Millisecond)}.Marshal())
+	return evs, t0
+}
+
+func TestAgeLogEffectiveAges(t *testing.T) {
+	evs, t0 := ageEvents(t, 1500)
+	l := &ageLog{view: registry.NewAgeView(keys), hist: make(map[string][]obs), notify: make(chan struct{})}
+	for _, ev := range evs {
+		l.addLocked(ev, t0)
+	}
+	h := l.hist["x"]
+	if len(h) != 5 {
+		t.Fatalf("history of x has %d entries, want 5 (2 records, 3 heartbeats): %+v", len(h), h)
+	}
+	// What killTrial takes: the victim's last effective age before the new
+	// holder's first record, and that record as written.
+	final, first := h[2], h[3]
+	if !final.beat || final.rec.Holder != "m1" || final.rec.AgeMS != 1500 || !final.rec.Time.Equal(t0.Add(1500*time.Millisecond)) {
+		t.Errorf("final = %+v, want m1's record carried to 1500 ms by its last heartbeat", final)
+	}
+	if first.beat || first.rec.Holder != "m2" || first.rec.AgeMS != 1500 {
+		t.Errorf("new holder's first = %+v", first)
+	}
+	if gap := first.rec.Time.Sub(final.rec.Time); gap != 20*time.Millisecond {
+		t.Errorf("graceful gap = %s, want 20ms", gap)
+	}
+	if got := h[4]; !got.beat || got.rec.AgeMS != 2500 {
+		t.Errorf("m2's heartbeat carried x to %+v, want 2500 ms", got)
+	}
+	if len(l.decreases) != 0 || l.badRecords != 0 {
+		t.Errorf("decreases %v, bad %d", l.decreases, l.badRecords)
+	}
+	if o, ok := l.holdersLocked([]string{"x"})["x"]; !ok || o.rec.Holder != "m2" {
+		t.Errorf("holder of x = %+v", o)
+	}
+
+	// Resumed below the final heartbeat's age: a decrease.
+	evs, _ = ageEvents(t, 1200)
+	l = &ageLog{view: registry.NewAgeView(keys), hist: make(map[string][]obs), notify: make(chan struct{})}
+	for _, ev := range evs {
+		l.addLocked(ev, t0)
+	}
+	if len(l.decreases) != 1 {
+		t.Errorf("decreases = %v, want one", l.decreases)
+	}
+}
+
+func TestTrackerLostAge(t *testing.T) {
+	for _, tc := range []struct {
+		resume   int64
+		wantLost float64
+	}{{1500, 0}, {1200, 300}, {1700, 0}} {
+		evs, _ := ageEvents(t, tc.resume)
+		tr := &tracker{view: registry.NewAgeView(keys), last: make(map[string]registry.AgeRecord), moved: make(map[string]int)}
+		for _, ev := range evs {
+			tr.add(ev)
+		}
+		mv := tr.moveStats()
+		if mv.moves != 1 || mv.lostMax != tc.wantLost {
+			t.Errorf("resumed at %d: moves %d, lost %v; want 1, %v", tc.resume, mv.moves, mv.lostMax, tc.wantLost)
+		}
+		if h := tr.holders(); h["m2"] != 1 || len(h) != 1 {
+			t.Errorf("holders = %v", h)
+		}
+	}
+	// A record written again from its start (a repair) carries to the
+	// same age: not a decrease.
+	evs, _ := ageEvents(t, 1500)
+	tr := &tracker{view: registry.NewAgeView(keys), last: make(map[string]registry.AgeRecord), moved: make(map[string]int)}
+	for _, ev := range evs {
+		tr.add(ev)
+	}
+	tr.add(&clientv3.Event{Type: mvccpb.PUT, Kv: &mvccpb.KeyValue{Key: evs[4].Kv.Key, Value: evs[4].Kv.Value, ModRevision: 99}})
+	if tr.decreased != 0 || tr.moves != 1 {
+		t.Errorf("repair counted: decreased %d %v, moves %d", tr.decreased, tr.decreases, tr.moves)
 	}
 }

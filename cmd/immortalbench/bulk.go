@@ -234,7 +234,12 @@ func (b *bench) steady(ctx context.Context, n int, idleRSS, idlePSS float64) err
 	if err != nil {
 		return err
 	}
-	cp0 := b.memberMetrics("immortald_checkpoints_total")
+	hb0 := b.memberMetricsEach(heartbeatMetrics...)
+	cw, err := b.startCheckpointWatch(ctx)
+	if err != nil {
+		return err
+	}
+	defer cw.stop()
 	t0 := time.Now()
 	rss := make([][]float64, len(ms))
 	pss := make([][]float64, len(ms))
@@ -264,8 +269,9 @@ func (b *bench) steady(ctx context.Context, n int, idleRSS, idlePSS float64) err
 	if err != nil {
 		return err
 	}
-	cp1 := b.memberMetrics("immortald_checkpoints_total")
+	hb1 := b.memberMetricsEach(heartbeatMetrics...)
 	win := time.Since(t0).Seconds()
+	cw.stop()
 	etcdRSS, _ := readProcMem(b.etcd.pid)
 
 	holders, _, err := scanAges(ctx, b.cli, "b")
@@ -298,13 +304,7 @@ func (b *bench) steady(ctx context.Context, n int, idleRSS, idlePSS float64) err
 	b.rep.set("etcd_txn_per_s_source", "etcd_mvcc_txn_total (mvcc transactions of more than one operation, reads included)")
 	b.rep.set("etcd_proposals_committed_per_s", delta(met0, met1, "etcd_server_proposals_committed_total")/win)
 	b.rep.set("etcd_puts_per_s", delta(met0, met1, "etcd_mvcc_put_total")/win)
-	// Checkpoints applied per second, and what that makes of the interval:
-	// when etcd cannot apply one write per life per interval, rounds run
-	// back to back and each life's checkpoint comes this often.
-	if rate := delta(cp0, cp1, "immortald_checkpoints_total") / win; rate > 0 {
-		b.rep.set("checkpoints_per_s", rate)
-		b.rep.set("checkpoint_interval_effective_s", float64(n)/rate)
-	}
+	b.setCheckpoints(ms, hb0, hb1, cw, win)
 	b.setEtcdDisk("steady_", met0, met1, win)
 	b.rep.set("etcd_db_total_size_bytes", met1["etcd_mvcc_db_total_size_in_bytes"])
 	b.rep.set("etcd_db_in_use_bytes", met1["etcd_mvcc_db_total_size_in_use_in_bytes"])

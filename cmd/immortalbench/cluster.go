@@ -14,9 +14,10 @@ import (
 	"sync"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/immortald/immortald/registry"
 )
 
 // The keyspace the bench drives, under immortald's default prefix.
@@ -275,43 +276,74 @@ func (b *bench) quiesce(ctx context.Context) {
 	b.rep.set("quiesce_between_phases_s", b.quiesced)
 }
 
-// ageRecord is the value of ages/<name>.
-type ageRecord struct {
-	LifeID      int64     `json:"life_id"`
-	AgeMS       int64     `json:"age_ms"`
-	Incarnation int64     `json:"incarnation"`
-	Holder      string    `json:"holder"`
-	HolderRev   int64     `json:"holder_rev"`
-	Time        time.Time `json:"time"`
+// keys is the keyspace the bench drives, for the registry's helpers.
+var keys = func() registry.Keys {
+	k, err := registry.NewKeys(prefix)
+	if err != nil {
+		panic(err)
+	}
+	return k
+}()
+
+// watchAges watches, from rev, the one key range that holds ages/ and
+// heartbeats/ (and elections/, which lies between them and which AgeView
+// ignores): one stream, so a heartbeat and the age records written after it
+// arrive in the order etcd applied them. Two watches would not order a
+// stopping member's last heartbeat before its successors' first records.
+func watchAges(ctx context.Context, cli *clientv3.Client, rev int64) clientv3.WatchChan {
+	return cli.Watch(ctx, agesPrefix, clientv3.WithRange(clientv3.GetPrefixRangeEnd(keys.Heartbeats())), clientv3.WithRev(rev))
 }
 
-// obs is one age record as the bench's watch saw it.
+// loadAges reads ages/ and heartbeats/ at one revision into a new AgeView
+// and returns it with that revision.
+func loadAges(ctx context.Context, cli *clientv3.Client) (*registry.AgeView, int64, error) {
+	resp, err := cli.Txn(ctx).Then(
+		clientv3.OpGet(agesPrefix, clientv3.WithPrefix()),
+		clientv3.OpGet(keys.Heartbeats(), clientv3.WithPrefix()),
+	).Commit()
+	if err != nil {
+		return nil, 0, err
+	}
+	v := registry.NewAgeView(keys)
+	kvs := append(resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs...)
+	if err := v.Load(kvs); err != nil {
+		return nil, 0, err
+	}
+	return v, resp.Header.Revision, nil
+}
+
+// obs is one effective age of a life as the bench's watch saw it: its age
+// record as written, or carried forward by its holder's heartbeat (beat).
 type obs struct {
-	rec ageRecord
-	at  time.Time // when the watch delivered it
-	rev int64
-	del bool
+	rec  registry.AgeRecord
+	at   time.Time // when the watch delivered it
+	rev  int64
+	del  bool
+	beat bool // from a heartbeat, not from a write of the record
 }
 
-// ageLog keeps every age record of every life, with the time the bench saw
-// it, from one watch on ages/. It is for the small-scale trials.
+// ageLog keeps every effective age of every life (each write of its record
+// and each heartbeat that carried it forward), with the time the bench saw
+// it, from one watch on ages/ and heartbeats/. It is for the small-scale
+// trials: a heartbeat adds one entry per life its member holds.
 type ageLog struct {
 	mu         sync.Mutex
+	view       *registry.AgeView
 	hist       map[string][]obs
 	lastChange time.Time // the last time a life's holder changed
 	notify     chan struct{}
 	err        error
-	decreases  []string // a life's age went down within one life id
+	decreases  []string // a life's effective age went down within one life id
 	badRecords int
 }
 
 func startAgeLog(ctx context.Context, cli *clientv3.Client) (*ageLog, error) {
-	resp, err := cli.Get(ctx, agesPrefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	view, rev, err := loadAges(ctx, cli)
 	if err != nil {
 		return nil, err
 	}
-	l := &ageLog{hist: make(map[string][]obs), notify: make(chan struct{}), lastChange: time.Now()}
-	wch := cli.Watch(clientv3.WithRequireLeader(ctx), agesPrefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+	l := &ageLog{view: view, hist: make(map[string][]obs), notify: make(chan struct{}), lastChange: time.Now()}
+	wch := watchAges(clientv3.WithRequireLeader(ctx), cli, rev+1)
 	go func() {
 		for wr := range wch {
 			now := time.Now()
@@ -331,7 +363,7 @@ func startAgeLog(ctx context.Context, cli *clientv3.Client) (*ageLog, error) {
 		}
 		l.mu.Lock()
 		if l.err == nil && ctx.Err() == nil {
-			l.err = errors.New("watch on ages/ closed")
+			l.err = errors.New("watch on ages/ and heartbeats/ closed")
 		}
 		l.broadcastLocked()
 		l.mu.Unlock()
@@ -340,29 +372,46 @@ func startAgeLog(ctx context.Context, cli *clientv3.Client) (*ageLog, error) {
 }
 
 func (l *ageLog) addLocked(ev *clientv3.Event, now time.Time) {
-	name := strings.TrimPrefix(string(ev.Kv.Key), agesPrefix)
-	o := obs{at: now, rev: ev.Kv.ModRevision}
-	if ev.Type == mvccpb.DELETE {
-		o.del = true
-	} else if err := json.Unmarshal(ev.Kv.Value, &o.rec); err != nil {
+	changes, err := l.view.Apply(ev)
+	if err != nil {
 		l.badRecords++
 		return
 	}
-	h := l.hist[name]
-	if !o.del {
-		if prev, ok := lastRecord(h); ok {
-			if prev.rec.Holder != o.rec.Holder {
+	for _, c := range changes {
+		o := obs{rec: c.Rec, at: now, rev: ev.Kv.ModRevision, del: c.Deleted, beat: c.Beat}
+		if !o.beat && !o.del {
+			// A write of the record: keep it as written (the age a life
+			// resumed at, at the time it started), not carried forward by
+			// a heartbeat its holder wrote before it.
+			if rec, err := registry.ParseAgeRecord(ev.Kv.Value); err == nil {
+				o.rec = rec
+			}
+		}
+		h := l.hist[c.Name]
+		if !o.del {
+			if prev, ok := lastRecord(h); ok {
+				if prev.rec.Holder != o.rec.Holder {
+					l.lastChange = now
+				}
+				// The carried age: a record written again from its start
+				// (a repair) is not a decrease.
+				if prev.rec.LifeID == c.Rec.LifeID && c.Rec.AgeMS < prev.rec.AgeMS {
+					l.decreases = append(l.decreases, fmt.Sprintf("%s: %d ms (%s, inc %d%s) after %d ms (%s, inc %d%s)",
+						c.Name, c.Rec.AgeMS, c.Rec.Holder, c.Rec.Incarnation, beatNote(o.beat), prev.rec.AgeMS, prev.rec.Holder, prev.rec.Incarnation, beatNote(prev.beat)))
+				}
+			} else {
 				l.lastChange = now
 			}
-			if prev.rec.LifeID == o.rec.LifeID && o.rec.AgeMS < prev.rec.AgeMS {
-				l.decreases = append(l.decreases, fmt.Sprintf("%s: %d ms (%s, inc %d) after %d ms (%s, inc %d)",
-					name, o.rec.AgeMS, o.rec.Holder, o.rec.Incarnation, prev.rec.AgeMS, prev.rec.Holder, prev.rec.Incarnation))
-			}
-		} else {
-			l.lastChange = now
 		}
+		l.hist[c.Name] = append(h, o)
 	}
-	l.hist[name] = append(h, o)
+}
+
+func beatNote(beat bool) string {
+	if beat {
+		return ", by heartbeat"
+	}
+	return ""
 }
 
 func lastRecord(h []obs) (obs, bool) {

@@ -153,8 +153,8 @@ func (b *bench) phaseLatency(ctx context.Context) error {
 // sample is what one probe life did in one trial.
 type sample struct {
 	name     string
-	final    obs // the victim's last record of the life
-	newFirst obs // the new holder's first record
+	final    obs // the victim's last effective age of the life: its record carried by its last heartbeat
+	newFirst obs // the new holder's first record, as written
 	moved    time.Duration
 }
 
@@ -168,7 +168,8 @@ type trialResult struct {
 
 // killTrial waits for the probes to settle, signals the member that holds
 // probe lives (rotating among members), measures until every probe it held
-// has a record of another holder, then (if restart) starts the member again
+// has a record of another holder (and each one's last effective age under
+// the victim against the age it resumed at), then (if restart) starts the member again
 // with its id.
 func (b *bench) killTrial(ctx context.Context, al *ageLog, probes []string, sig syscall.Signal, i int, restart bool) (trialResult, error) {
 	var res trialResult
@@ -204,11 +205,12 @@ func (b *bench) killTrial(ctx context.Context, al *ageLog, probes []string, sig 
 
 	res.victim = victim.id
 	if sig == syscall.SIGKILL {
-		// settle returns just after a checkpoint, and a member's checkpoints
-		// and lease renewals tick from the same start: a kill at once would
-		// always fall at the same point of the renewal cycle (and so always
-		// just after a renewal). Crashes come at any time: wait a random part
-		// of a checkpoint interval (which spans 2 renewal periods at TTL 2 s).
+		// settle returns just after a heartbeat, and a member's heartbeats
+		// and lease renewals tick from about the same start: a kill at once
+		// would always fall at the same point of the renewal cycle (and so
+		// always just after a renewal). Crashes come at any time: wait a
+		// random part of a checkpoint interval (which spans 2 renewal periods
+		// at TTL 2 s).
 		if err := sleepCtx(ctx, rand.N(time.Second)); err != nil {
 			return res, err
 		}
@@ -219,7 +221,7 @@ func (b *bench) killTrial(ctx context.Context, al *ageLog, probes []string, sig 
 	}
 	moved := func(n string) (obs, bool) {
 		for _, o := range al.hist[n][from[n]:] {
-			if !o.del && o.rec.Holder != victim.id {
+			if !o.del && !o.beat && o.rec.Holder != victim.id {
 				return o, true
 			}
 		}
@@ -270,7 +272,8 @@ func (b *bench) killTrial(ctx context.Context, al *ageLog, probes []string, sig 
 	return res, nil
 }
 
-// settle waits until every probe's latest record is from an alive member
+// settle waits until every probe's latest record is from an alive member,
+// its effective age is fresh (its holder's heartbeat carried it within 3 s),
 // and no probe changed holder for a while: a restarted member may take back
 // the lives it is preferred for.
 func (b *bench) settle(ctx context.Context, al *ageLog, probes []string) error {

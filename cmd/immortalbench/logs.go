@@ -22,9 +22,14 @@ type logFinding struct {
 // scanMemberLogs counts WARN and ERROR lines (and lines that are not JSON,
 // such as panics) in the members' logs, by message.
 func scanMemberLogs(dir string) ([]logFinding, error) {
-	files, err := filepath.Glob(filepath.Join(dir, "m*.log"))
-	if err != nil {
-		return nil, err
+	// Members are m1.. (latency, bulk) and s1.. (scale), one log per start.
+	var files []string
+	for _, pat := range []string{"m*.log", "s*.log"} {
+		f, err := filepath.Glob(filepath.Join(dir, pat))
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, f...)
 	}
 	sort.Strings(files)
 	byKey := make(map[string]*logFinding)

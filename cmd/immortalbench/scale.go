@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math"
 	"slices"
@@ -13,6 +12,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/registry"
 )
 
 // phaseScale measures placement as members come and go, with
@@ -34,7 +35,10 @@ func (b *bench) phaseScale(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer tr.stop()
+	defer func() {
+		tr.stop()
+		tr.report(b.rep)
+	}()
 
 	// 1. One member runs every life.
 	t0 := time.Now()
@@ -112,19 +116,30 @@ func (b *bench) phaseScale(ctx context.Context) error {
 	return nil
 }
 
-// tracker follows ages/ with one watch: the last record of every life, and
-// the moves since resetMoves (a record of a new incarnation by another
-// holder), with the age each move resumed at against the record before it.
+// tracker follows ages/ and heartbeats/ with one watch, folded by a
+// registry.AgeView: the last record of every life, and the moves since
+// resetMoves (a record of a new incarnation by another holder), with the age
+// each move resumed at against the old holder's last effective age (its
+// record carried forward by its heartbeat). A heartbeat changes the age of
+// every life its member holds, thousands at this scale, but nothing the
+// tracker keeps: it only updates the view, and the tracker reads a life's
+// effective age when its record is written again.
 type tracker struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	mu      sync.Mutex
-	lastMv  time.Time // when the last move was seen
-	last    map[string]ageRecord
-	moved   map[string]int // moves per life since resetMoves
-	moves   int
-	lostMax float64 // ms: the largest (last age of the old holder - resumed age)
+	mu        sync.Mutex
+	view      *registry.AgeView
+	lastMv    time.Time // when the last move was seen
+	last      map[string]registry.AgeRecord
+	moved     map[string]int // moves per life since resetMoves
+	moves     int
+	lostMax   float64  // ms: the largest (last effective age of the old holder - resumed age)
+	decreased int      // records below the life's effective age before them, same life id
+	decMax    int64    // ms: the largest such step down
+	decreases []string // the first 10 of them
+	bad       int      // values that did not parse
+	err       error    // the watch ended
 }
 
 type moveStats struct {
@@ -133,23 +148,34 @@ type moveStats struct {
 }
 
 func startTracker(ctx context.Context, cli *clientv3.Client) (*tracker, error) {
-	resp, err := cli.Get(ctx, agesPrefix, clientv3.WithPrefix())
+	// The listing goes through add, like the events after it.
+	resp, err := cli.Txn(ctx).Then(
+		clientv3.OpGet(agesPrefix, clientv3.WithPrefix()),
+		clientv3.OpGet(keys.Heartbeats(), clientv3.WithPrefix()),
+	).Commit()
 	if err != nil {
 		return nil, err
 	}
 	wctx, cancel := context.WithCancel(ctx)
-	t := &tracker{cancel: cancel, done: make(chan struct{}), last: make(map[string]ageRecord), moved: make(map[string]int)}
-	for _, kv := range resp.Kvs {
-		t.add(kv)
+	t := &tracker{cancel: cancel, done: make(chan struct{}), view: registry.NewAgeView(keys),
+		last: make(map[string]registry.AgeRecord), moved: make(map[string]int)}
+	for _, r := range resp.Responses {
+		for _, kv := range r.GetResponseRange().Kvs {
+			t.add(&clientv3.Event{Type: mvccpb.PUT, Kv: kv})
+		}
 	}
-	wch := cli.Watch(wctx, agesPrefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+	wch := watchAges(wctx, cli, resp.Header.Revision+1)
 	go func() {
 		defer close(t.done)
 		for wr := range wch {
+			if err := wr.Err(); err != nil {
+				t.mu.Lock()
+				t.err = err
+				t.mu.Unlock()
+				return
+			}
 			for _, ev := range wr.Events {
-				if ev.Type == mvccpb.PUT {
-					t.add(ev.Kv)
-				}
+				t.add(ev)
 			}
 		}
 	}()
@@ -161,19 +187,62 @@ func (t *tracker) stop() {
 	<-t.done
 }
 
-func (t *tracker) add(kv *mvccpb.KeyValue) {
-	var rec ageRecord
-	if json.Unmarshal(kv.Value, &rec) != nil {
-		return
-	}
-	name := strings.TrimPrefix(string(kv.Key), agesPrefix)
+// report sets what the tracker saw that no figure asks for: ages that went
+// down, values that did not parse.
+func (t *tracker) report(r *report) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if prev, ok := t.last[name]; ok && rec.Incarnation > prev.Incarnation && rec.Holder != prev.Holder {
-		t.moves++
-		t.moved[name]++
-		t.lastMv = time.Now()
-		t.lostMax = math.Max(t.lostMax, float64(prev.AgeMS-rec.AgeMS))
+	r.set("scale_age_decreases_seen", t.decreased)
+	if t.decreased > 0 {
+		r.set("scale_age_decrease_max_ms", t.decMax)
+		r.set("scale_age_decreases", t.decreases)
+	}
+	if t.bad > 0 {
+		r.set("scale_unparsable_values", t.bad)
+	}
+}
+
+func (t *tracker) add(ev *clientv3.Event) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	key := string(ev.Kv.Key)
+	if !strings.HasPrefix(key, agesPrefix) {
+		// A heartbeat (or an election key, which the view ignores).
+		if _, err := t.view.Apply(ev); err != nil {
+			t.bad++
+		}
+		return
+	}
+	name := strings.TrimPrefix(key, agesPrefix)
+	prev, had := t.view.Get(name) // carried forward to its holder's latest heartbeat
+	if _, err := t.view.Apply(ev); err != nil {
+		t.bad++
+		return
+	}
+	if ev.Type != mvccpb.PUT {
+		return // a deleted record keeps its last holder in last
+	}
+	rec, err := registry.ParseAgeRecord(ev.Kv.Value) // as written: the age a move resumed at
+	if err != nil {
+		return
+	}
+	if had && rec.LifeID == prev.LifeID {
+		now, _ := t.view.Get(name) // the new record carried forward, as prev is
+		switch {
+		case rec.Incarnation > prev.Incarnation && rec.Holder != prev.Holder:
+			t.moves++
+			t.moved[name]++
+			t.lastMv = time.Now()
+			t.lostMax = math.Max(t.lostMax, float64(prev.AgeMS-rec.AgeMS))
+		case now.AgeMS < prev.AgeMS:
+			t.decreased++
+			t.decMax = max(t.decMax, prev.AgeMS-now.AgeMS)
+			if len(t.decreases) >= 10 {
+				break
+			}
+			t.decreases = append(t.decreases, fmt.Sprintf("%s: %d ms (%s, inc %d, lease %x) after %d ms (%s, inc %d, lease %x)",
+				name, now.AgeMS, rec.Holder, rec.Incarnation, rec.Lease, prev.AgeMS, prev.Holder, prev.Incarnation, prev.Lease))
+		}
 	}
 	t.last[name] = rec
 }
@@ -246,10 +315,17 @@ func (t *tracker) balanced(n int, ids []string, tol float64) bool {
 	return total == n && t.shareDev(n, ids) <= tol
 }
 
-// waitFor polls cond until it holds, timeout passes or ctx ends.
+// waitFor polls cond until it holds, timeout passes, ctx ends or the
+// watch fails.
 func (t *tracker) waitFor(ctx context.Context, timeout time.Duration, cond func() bool) error {
 	deadline := time.Now().Add(timeout)
 	for !cond() {
+		t.mu.Lock()
+		err := t.err
+		t.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("watch on ages/ and heartbeats/: %w", err)
+		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("not within %s", timeout)
 		}
