@@ -34,6 +34,8 @@ func bars(cfg config) []bar {
 	}{
 		{"age_loss_graceful_ms", "<", 50, 50, "graceful handoff loses under 50 ms"},
 		{"age_loss_crash_ms", "<=", 1100, 1100, "a crash loses at most one checkpoint interval (1 s) and the heartbeat's Txn time"},
+		{"age_decreases_seen", "<=", 0, 0, "age never goes backwards (latency phase, ages as etcd shows them)"},
+		{"scale_age_decreases_seen", "<=", 0, 0, "age never goes backwards (scale phase: SIGTERM of 10k lives, scale-out)"},
 		{"member_rss_bytes_max", "<", 1 << 30, 1 << 30, "each member under 1 GiB RSS"},
 		{"etcd_txn_per_s", "<", 10000, 10000, "steady-state etcd load far under one Txn per life per second"},
 		{"ratio_rss_per_life", ">=", 100, 100, "at least 100x less memory per life than the baseline"},
