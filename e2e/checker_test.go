@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -21,8 +22,16 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// Checkpoint is one age record as written under P ages/<name>, with the
-// revision that wrote it.
+// Checkpoint is one effective checkpoint of a life: an age record as written
+// under P ages/<name>, or such a record carried forward by a heartbeat of the
+// lease it runs on (Beat), with the revision that wrote it.
+//
+// A running record (Lease set) does not change while the life runs: its
+// holder's heartbeat, P heartbeats/<lease-hex>, carries it forward, so the
+// life's age at a heartbeat is age_ms + (heartbeat clock_ms - record
+// clock_ms), when the heartbeat's clock is the larger. Each heartbeat is a
+// checkpoint of every life that runs on its lease; once a record is final
+// (Lease 0: handed off or stopped), its age_ms is the life's age.
 type Checkpoint struct {
 	LifeID      int64     `json:"life_id"`
 	AgeMS       int64     `json:"age_ms"`
@@ -30,9 +39,52 @@ type Checkpoint struct {
 	Holder      string    `json:"holder"`
 	HolderRev   int64     `json:"holder_rev"`
 	Time        time.Time `json:"time"`
+	Lease       int64     `json:"lease,omitempty"`    // the holder's session lease while the life runs; 0: final
+	ClockMS     int64     `json:"clock_ms,omitempty"` // the holder's heartbeat clock when age_ms was taken
 
-	Rev  int64     `json:"-"` // etcd revision of the write
+	Rev  int64     `json:"-"` // etcd revision of the write (of the heartbeat, when Beat)
 	Seen time.Time `json:"-"` // when the checker received it
+	Beat bool      `json:"-"` // carried forward by the heartbeat at Rev, not a write of ages/<name>
+}
+
+// Running reports whether the record is of a life that runs on Lease.
+func (cp Checkpoint) Running() bool { return cp.Lease != 0 }
+
+// carried returns cp carried forward to the heartbeat b of its lease; moved
+// is false when cp is final or b is not newer than cp.
+func (cp Checkpoint) carried(b heartbeat) (out Checkpoint, moved bool) {
+	if !cp.Running() || b.ClockMS <= cp.ClockMS {
+		return cp, false
+	}
+	cp.AgeMS += b.ClockMS - cp.ClockMS
+	cp.ClockMS = b.ClockMS
+	cp.Time = b.Time
+	return cp, true
+}
+
+// heartbeat is one member heartbeat as written under P heartbeats/<lease-hex>.
+type heartbeat struct {
+	Member  string    `json:"member"`
+	ClockMS int64     `json:"clock_ms"`
+	Time    time.Time `json:"time"`
+
+	Rev int64 `json:"-"`
+}
+
+func parseHeartbeat(b []byte) (heartbeat, error) {
+	var h heartbeat
+	if err := json.Unmarshal(b, &h); err != nil {
+		return h, err
+	}
+	switch {
+	case h.Member == "":
+		return h, errors.New("member is empty")
+	case h.ClockMS < 0:
+		return h, fmt.Errorf("clock_ms %d is negative", h.ClockMS)
+	case h.Time.IsZero():
+		return h, errors.New("time is missing")
+	}
+	return h, nil
 }
 
 func parseCheckpoint(b []byte) (Checkpoint, error) {
@@ -53,6 +105,8 @@ func parseCheckpoint(b []byte) (Checkpoint, error) {
 		return c, fmt.Errorf("holder_rev %d is not positive", c.HolderRev)
 	case c.Time.IsZero():
 		return c, errors.New("time is missing")
+	case c.Lease < 0 || c.ClockMS < 0:
+		return c, fmt.Errorf("lease %d or clock_ms %d is negative", c.Lease, c.ClockMS)
 	}
 	return c, nil
 }
@@ -121,8 +175,21 @@ type lifeState struct {
 //   - a checkpoint of a life id that is not the current one of lives/<name>;
 //   - an age or incarnation that goes down for the same life id, and a new
 //     holder that does not start a new incarnation;
+//   - an age that grows more than the holder's clock says passed between
+//     two checkpoints (time counted that the life did not run);
+//   - a heartbeat applied for a lease whose member record (members/<id>, on
+//     that lease) is gone or on another lease: a stale heartbeat, which makes
+//     lives older that nobody runs; a heartbeat whose clock goes back, or
+//     that does not parse; a heartbeat that carries forward a life whose
+//     holder at that revision is not its record's holder; a heartbeat deleted
+//     while a wanted life's running record still counts on it;
 //   - a wanted, valid life without a fresh checkpoint for longer than the
 //     bound (availability), unless suspended.
+//
+// Ages are effective ones: each heartbeat is a checkpoint of every life whose
+// record runs on its lease (see Checkpoint), and every check above, History,
+// Latest, Running and Handoff use those checkpoints, not the raw records.
+// The fold is written here, independently of the daemon's registry package.
 //
 // One watch on the prefix gives every key in one total order, so the holder
 // at the revision of each write is known exactly, not guessed from timing.
@@ -137,12 +204,14 @@ type Checker struct {
 	rev        int64
 	lives      map[string]*lifeState
 	cands      map[string]map[string]Candidate
-	holder     map[string]Candidate // last holder logged, per life
-	hist       map[string][]Checkpoint
+	holder     map[string]Candidate    // last holder logged, per life
+	hist       map[string][]Checkpoint // effective checkpoints, oldest first
+	recs       map[string]Checkpoint   // the record ages/<name> holds now, if it was accepted
+	beats      map[int64]heartbeat     // the last accepted heartbeat of each lease
 	quarantine map[string][]byte
 	garbageOK  map[string]bool
 	garbage    map[string][][]byte
-	members    map[string]bool
+	members    map[string]int64 // member id -> the lease members/<id> is on
 	bound      time.Duration
 	suspended  bool
 	resumed    time.Time
@@ -169,8 +238,9 @@ func startChecker(t testing.TB, cli *clientv3.Client, prefix string, bound time.
 		t: t, cli: cli, prefix: prefix, done: make(chan struct{}),
 		lives: map[string]*lifeState{}, cands: map[string]map[string]Candidate{},
 		holder: map[string]Candidate{}, hist: map[string][]Checkpoint{},
+		recs: map[string]Checkpoint{}, beats: map[int64]heartbeat{},
 		quarantine: map[string][]byte{}, garbageOK: map[string]bool{}, garbage: map[string][][]byte{},
-		members: map[string]bool{}, bound: bound, flagged: map[string]time.Time{},
+		members: map[string]int64{}, bound: bound, flagged: map[string]time.Time{},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix())
@@ -181,11 +251,23 @@ func startChecker(t testing.TB, cli *clientv3.Client, prefix string, bound time.
 	now := time.Now()
 	c.rev = resp.Header.Revision
 	// What is there already: requests, candidates and members first, then
-	// the age records, taken as they are (how they were written before the
-	// checker started cannot be judged).
+	// the heartbeats and age records, taken as they are (how they were
+	// written before the checker started cannot be judged), each record
+	// carried forward by its lease's heartbeat.
 	for _, kv := range resp.Kvs {
-		if !strings.HasPrefix(string(kv.Key), prefix+"ages/") {
+		if !strings.HasPrefix(string(kv.Key), prefix+"ages/") && !strings.HasPrefix(string(kv.Key), prefix+"heartbeats/") {
 			c.apply(mvccpb.PUT, kv, now)
+		}
+	}
+	for _, kv := range resp.Kvs {
+		rest, ok := strings.CutPrefix(string(kv.Key), prefix+"heartbeats/")
+		if !ok {
+			continue
+		}
+		l, err := strconv.ParseInt(rest, 16, 64)
+		if b, perr := parseHeartbeat(kv.Value); err == nil && perr == nil {
+			b.Rev = kv.ModRevision
+			c.beats[l] = b
 		}
 	}
 	for _, kv := range resp.Kvs {
@@ -195,7 +277,12 @@ func startChecker(t testing.TB, cli *clientv3.Client, prefix string, bound time.
 		}
 		if rec, err := parseCheckpoint(kv.Value); err == nil {
 			rec.Rev, rec.Seen = kv.ModRevision, now
-			c.hist[name] = append(c.hist[name], rec)
+			c.recs[name] = rec
+			eff := rec
+			if b, ok := c.beats[rec.Lease]; ok {
+				eff, _ = rec.carried(b)
+			}
+			c.hist[name] = append(c.hist[name], eff)
 		}
 	}
 	wctx, wcancel := context.WithCancel(context.Background())
@@ -276,6 +363,8 @@ func (c *Checker) apply(typ mvccpb.Event_EventType, kv *mvccpb.KeyValue, now tim
 		c.applyElection(typ, name, key, kv)
 	case "ages":
 		c.applyAge(typ, name, kv, now)
+	case "heartbeats":
+		c.applyHeartbeat(typ, name, kv, now)
 	case "quarantine":
 		if typ == mvccpb.PUT {
 			c.quarantine[name] = append([]byte(nil), kv.Value...)
@@ -285,10 +374,10 @@ func (c *Checker) apply(typ mvccpb.Event_EventType, kv *mvccpb.KeyValue, now tim
 		}
 	case "members":
 		if typ == mvccpb.PUT {
-			if !c.members[name] {
-				c.eventLocked("rev %d: member %s registered", kv.ModRevision, name)
+			if l, ok := c.members[name]; !ok || l != kv.Lease {
+				c.eventLocked("rev %d: member %s registered on lease %x", kv.ModRevision, name, kv.Lease)
 			}
-			c.members[name] = true
+			c.members[name] = kv.Lease
 		} else {
 			c.eventLocked("rev %d: member %s gone", kv.ModRevision, name)
 			delete(c.members, name)
@@ -348,11 +437,15 @@ func (c *Checker) applyElection(typ mvccpb.Event_EventType, rest, key string, kv
 
 func (c *Checker) applyAge(typ mvccpb.Event_EventType, name string, kv *mvccpb.KeyValue, now time.Time) {
 	if typ == mvccpb.DELETE {
+		delete(c.recs, name) // nothing left for a heartbeat to carry forward
 		c.eventLocked("rev %d: ages/%s deleted", kv.ModRevision, name)
 		return
 	}
 	rec, err := parseCheckpoint(kv.Value)
 	if err != nil {
+		// No record a successor could resume from: until one is written
+		// again, heartbeats are no checkpoint of this life.
+		delete(c.recs, name)
 		if c.garbageOK[name] {
 			c.garbage[name] = append(c.garbage[name], append([]byte(nil), kv.Value...))
 			c.eventLocked("rev %d: ages/%s = %q (garbage written by the test)", kv.ModRevision, name, kv.Value)
@@ -364,8 +457,9 @@ func (c *Checker) applyAge(typ mvccpb.Event_EventType, name string, kv *mvccpb.K
 	rec.Rev, rec.Seen = kv.ModRevision, now
 	at := kv.ModRevision
 	// A write that fails the life or holder check is a violation in itself;
-	// it is kept out of the history, so later records are compared with the
-	// last one the rightful holder wrote and one stale write is reported once.
+	// it is kept out of the history (and heartbeats go on carrying the last
+	// record the rightful holder wrote), so later checkpoints are compared
+	// with the rightful ones and one stale write is reported once.
 	accepted := true
 	if l := c.lives[name]; l == nil {
 		accepted = false
@@ -397,26 +491,132 @@ func (c *Checker) applyAge(typ mvccpb.Event_EventType, name string, kv *mvccpb.K
 	if !accepted {
 		return
 	}
-	if prev, ok := c.lastLocked(name, rec.LifeID); ok {
-		if rec.AgeMS < prev.AgeMS {
-			c.violateLocked("rev %d: age of %s went down from %d ms (rev %d, %s, incarnation %d) to %d ms (%s, incarnation %d)",
-				at, name, prev.AgeMS, prev.Rev, prev.Holder, prev.Incarnation, rec.AgeMS, rec.Holder, rec.Incarnation)
+	c.recs[name] = rec
+	// Its effective age: carried forward by its lease's heartbeat, if one
+	// newer than the record was applied already (a repaired record, or a
+	// beat that was on its way when the life started).
+	eff := rec
+	if b, ok := c.beats[rec.Lease]; ok {
+		eff, _ = rec.carried(b)
+	}
+	c.checkpointLocked(name, eff)
+}
+
+// applyHeartbeat folds one heartbeat event: a checkpoint of every wanted
+// life whose accepted record runs on its lease.
+func (c *Checker) applyHeartbeat(typ mvccpb.Event_EventType, rest string, kv *mvccpb.KeyValue, now time.Time) {
+	at := kv.ModRevision
+	lease, err := strconv.ParseInt(rest, 16, 64)
+	if err != nil || lease <= 0 {
+		c.violateLocked("rev %d: heartbeat key %q is not heartbeats/<lease-hex>", at, string(kv.Key))
+		return
+	}
+	if typ == mvccpb.DELETE {
+		delete(c.beats, lease)
+		for _, name := range c.onLeaseLocked(lease) {
+			c.violateLocked("rev %d: heartbeats/%x deleted while the record of %s still runs on it: its age falls back to the record's", at, lease, name)
 		}
-		if rec.Incarnation < prev.Incarnation {
-			c.violateLocked("rev %d: incarnation of %s went down from %d to %d", at, name, prev.Incarnation, rec.Incarnation)
+		return
+	}
+	b, err := parseHeartbeat(kv.Value)
+	if err != nil {
+		c.violateLocked("rev %d: heartbeats/%x holds a heartbeat that does not parse (%v): %q", at, lease, err, kv.Value)
+		return
+	}
+	b.Rev = at
+	// The heartbeat is fenced by its member's record being on its lease.
+	// At graceful shutdown the last one is applied before the revoke, so
+	// it still finds the record.
+	switch ml, ok := c.members[b.Member]; {
+	case !ok:
+		c.violateLocked("rev %d: stale heartbeat heartbeats/%x by %s (clock %d ms): members/%s is gone", at, lease, b.Member, b.ClockMS, b.Member)
+		return
+	case ml != lease:
+		c.violateLocked("rev %d: stale heartbeat heartbeats/%x by %s (clock %d ms): members/%s is on lease %x", at, lease, b.Member, b.ClockMS, b.Member, ml)
+		return
+	}
+	prev, seen := c.beats[lease]
+	if seen && b.ClockMS < prev.ClockMS {
+		c.violateLocked("rev %d: heartbeat clock of heartbeats/%x by %s went back from %d ms (rev %d) to %d ms",
+			at, lease, b.Member, prev.ClockMS, prev.Rev, b.ClockMS)
+		return
+	}
+	if !seen {
+		c.eventLocked("rev %d: first heartbeat of %s on lease %x (clock %d ms)", at, b.Member, lease, b.ClockMS)
+	}
+	c.beats[lease] = b
+	for _, name := range c.onLeaseLocked(lease) {
+		rec := c.recs[name]
+		eff, moved := rec.carried(b)
+		if !moved {
+			continue
 		}
-		if rec.HolderRev != prev.HolderRev && rec.Incarnation <= prev.Incarnation {
+		eff.Rev, eff.Seen, eff.Beat = at, now, true
+		if h, ok := c.holderLocked(name); !ok || h.Rev != rec.HolderRev {
+			c.violateLocked("rev %d: heartbeat of %s (lease %x) carries %s forward to %d ms, but %s's holder key (rev %d) is not the holder at that revision (holder %q, key rev %d): a stale holder makes it older",
+				at, b.Member, lease, name, eff.AgeMS, rec.Holder, rec.HolderRev, h.Member, h.Rev)
+			continue
+		}
+		c.checkpointLocked(name, eff)
+	}
+}
+
+// onLeaseLocked returns the wanted lives whose accepted record runs on
+// lease, sorted.
+func (c *Checker) onLeaseLocked(lease int64) []string {
+	var out []string
+	for name, rec := range c.recs {
+		if !rec.Running() || rec.Lease != lease {
+			continue
+		}
+		if l := c.lives[name]; l == nil || l.id != rec.LifeID {
+			continue
+		}
+		out = append(out, name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// overcountSlack is how much more a life's age may grow between two
+// checkpoints than the time between them (the holders' wall clocks): the
+// record's time and the heartbeat's time are taken a moment after its clock.
+const overcountSlack = time.Second
+
+// checkpointLocked checks one effective checkpoint of an accepted record of
+// name against the last one of the same life, and adds it to the history.
+func (c *Checker) checkpointLocked(name string, cp Checkpoint) {
+	at := cp.Rev
+	what := "checkpoint"
+	if cp.Beat {
+		what = "heartbeat"
+	}
+	if prev, ok := c.lastLocked(name, cp.LifeID); ok {
+		if cp.AgeMS < prev.AgeMS {
+			c.violateLocked("rev %d: age of %s went down from %d ms (rev %d, %s, incarnation %d) to %d ms (%s, %s, incarnation %d)",
+				at, name, prev.AgeMS, prev.Rev, prev.Holder, prev.Incarnation, cp.AgeMS, what, cp.Holder, cp.Incarnation)
+		}
+		if grew, took := time.Duration(cp.AgeMS-prev.AgeMS)*time.Millisecond, cp.Time.Sub(prev.Time); grew > max(took, 0)+overcountSlack {
+			c.violateLocked("rev %d: age of %s grew by %v (%d -> %d ms, %s by %s) in %v between checkpoints (rev %d by %s): time counted that it did not run",
+				at, name, grew, prev.AgeMS, cp.AgeMS, what, cp.Holder, took.Round(time.Millisecond), prev.Rev, prev.Holder)
+		}
+		if cp.Incarnation < prev.Incarnation {
+			c.violateLocked("rev %d: incarnation of %s went down from %d to %d", at, name, prev.Incarnation, cp.Incarnation)
+		}
+		if cp.HolderRev != prev.HolderRev && cp.Incarnation <= prev.Incarnation {
 			c.violateLocked("rev %d: new holder %s (key rev %d) of %s kept incarnation %d of %s (key rev %d)",
-				at, rec.Holder, rec.HolderRev, name, rec.Incarnation, prev.Holder, prev.HolderRev)
+				at, cp.Holder, cp.HolderRev, name, cp.Incarnation, prev.Holder, prev.HolderRev)
 		}
-		if rec.HolderRev != prev.HolderRev {
+		if cp.HolderRev != prev.HolderRev {
 			c.eventLocked("rev %d: %s incarnation %d on %s resumes at %d ms (previous checkpoint %d ms by %s, %v earlier)",
-				at, name, rec.Incarnation, rec.Holder, rec.AgeMS, prev.AgeMS, prev.Holder, rec.Time.Sub(prev.Time).Round(time.Millisecond))
+				at, name, cp.Incarnation, cp.Holder, cp.AgeMS, prev.AgeMS, prev.Holder, cp.Time.Sub(prev.Time).Round(time.Millisecond))
+		} else if !cp.Beat && !cp.Running() {
+			c.eventLocked("rev %d: %s stopped by %s at %d ms (final record)", at, name, cp.Holder, cp.AgeMS)
 		}
 	} else {
-		c.eventLocked("rev %d: first checkpoint of %s (life %d) by %s: age %d ms, incarnation %d", at, name, rec.LifeID, rec.Holder, rec.AgeMS, rec.Incarnation)
+		c.eventLocked("rev %d: first checkpoint of %s (life %d) by %s: age %d ms, incarnation %d", at, name, cp.LifeID, cp.Holder, cp.AgeMS, cp.Incarnation)
 	}
-	c.hist[name] = append(c.hist[name], rec)
+	c.hist[name] = append(c.hist[name], cp)
 }
 
 // monitor flags wanted lives that go without a checkpoint past the bound.
@@ -665,8 +865,9 @@ func (c *Checker) Quarantined(name string) ([]byte, bool) {
 	return b, ok
 }
 
-// Running reports whether name's current holder has written a checkpoint
-// after the given time: the life runs now, on that holder.
+// Running reports whether name's current holder has a checkpoint (its
+// running record, or a heartbeat carrying it forward) after the given time:
+// the life runs now, on that holder.
 func (c *Checker) Running(name string, after time.Time) (Checkpoint, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -675,7 +876,7 @@ func (c *Checker) Running(name string, after time.Time) (Checkpoint, bool) {
 		return Checkpoint{}, false
 	}
 	last, ok := c.lastLocked(name, l.id)
-	if !ok || !last.Time.After(after) {
+	if !ok || !last.Running() || !last.Time.After(after) {
 		return last, false
 	}
 	h, ok := c.holderLocked(name)

@@ -169,7 +169,8 @@ func (e *env) waitExactlyOnce(names []string, ids []string, timeout time.Duratio
 	}
 }
 
-// waitAge waits until every life is at least age old by its checkpoints.
+// waitAge waits until every life is at least age old by its effective
+// checkpoints (records carried forward by their holders' heartbeats).
 func (e *env) waitAge(names []string, age time.Duration) {
 	e.t.Helper()
 	waitFor(e.t, age+30*time.Second, fmt.Sprintf("lives to be %v old", age), func() (bool, string) {
