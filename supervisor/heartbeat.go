@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -179,14 +180,57 @@ func (s *Supervisor) verifyAges(ctx context.Context) {
 		if err != nil {
 			return
 		}
-		var found *mvccpb.KeyValue
+		found, rev := (*mvccpb.KeyValue)(nil), int64(math.MaxInt64) // missing: deleted after our write
 		if len(resp.Kvs) > 0 {
-			found = resp.Kvs[0]
-			if found.ModRevision <= h.lastRev.Load() {
-				continue
-			}
+			found, rev = resp.Kvs[0], resp.Kvs[0].ModRevision
 		}
-		s.repairAge(ctx, h, found)
+		s.repairAge(ctx, h, found, rev)
+	}
+}
+
+// watchAges watches ages/ from rev for gen: a change to the record of a
+// held life that its holder did not make (a put or a delete by someone
+// else) is repaired at once, so that a crash does not make a successor
+// resume from it. Records change only when lives start, move or stop, so
+// the watch is quiet in the steady state. After the watch breaks, every
+// held life's record is checked (verifyAges), then it watches from now on.
+func (s *Supervisor) watchAges(gen *generation, rev int64) {
+	k := s.cfg.Keys
+	for gen.ctx.Err() == nil {
+		wch := s.cfg.Client.Watch(clientv3.WithRequireLeader(gen.ctx), k.Ages(), clientv3.WithPrefix(), clientv3.WithRev(rev))
+		for wr := range wch {
+			if wr.Err() != nil {
+				break
+			}
+			for _, ev := range wr.Events {
+				name := registry.NameOf(k.Ages(), string(ev.Kv.Key))
+				s.heldMu.Lock()
+				h := s.held[name]
+				s.heldMu.Unlock()
+				if h == nil || ev.Kv.ModRevision <= h.lastRev.Load() {
+					continue
+				}
+				var found *mvccpb.KeyValue
+				if ev.Type == mvccpb.PUT {
+					found = ev.Kv
+				}
+				s.repairAge(gen.ctx, h, found, ev.Kv.ModRevision)
+			}
+			rev = wr.Header.Revision + 1
+		}
+		if gen.ctx.Err() != nil {
+			return
+		}
+		resp, err := s.cfg.Client.Get(gen.ctx, k.Ages(), clientv3.WithCountOnly())
+		if err != nil {
+			select {
+			case <-gen.ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		s.verifyAges(gen.ctx)
+		rev = resp.Header.Revision + 1
 	}
 }
 
@@ -220,12 +264,13 @@ func (s *Supervisor) revisions(ctx context.Context, prefix string) (map[string]k
 }
 
 // repairAge writes h's running record over found, the age record someone
-// other than h's holder wrote (nil: deleted), keeping foreign bytes in
-// quarantine/<name>: they are never resumed and never silently overwritten.
-func (s *Supervisor) repairAge(ctx context.Context, h *heldLife, found *mvccpb.KeyValue) {
+// other than h's holder wrote (nil: deleted) at revision rev, keeping
+// foreign bytes in quarantine/<name>: they are never resumed and never
+// silently overwritten. A change no newer than h's last write is not one.
+func (s *Supervisor) repairAge(ctx context.Context, h *heldLife, found *mvccpb.KeyValue, rev int64) {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	if h.stopped.Load() {
+	if h.stopped.Load() || rev <= h.lastRev.Load() {
 		return
 	}
 	k := s.cfg.Keys

@@ -225,7 +225,7 @@ func (s *Supervisor) startGeneration(sess *lease.Session, rev int64) *generation
 	s.electFails = 0
 	s.reconcileLocked()
 	s.mu.Unlock()
-	gen.wg.Add(4)
+	gen.wg.Add(5)
 	go func() {
 		defer gen.wg.Done()
 		s.publishMember(gen)
@@ -233,6 +233,10 @@ func (s *Supervisor) startGeneration(sess *lease.Session, rev int64) *generation
 	go func() {
 		defer gen.wg.Done()
 		s.heartbeatLoop(gen)
+	}()
+	go func() {
+		defer gen.wg.Done()
+		s.watchAges(gen, rev+1)
 	}()
 	go func() {
 		defer gen.wg.Done()

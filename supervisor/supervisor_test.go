@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -312,11 +313,10 @@ func TestCorruptAgeRecordIsQuarantined(t *testing.T) {
 		t.Fatalf("quarantine/Eve = %q", got)
 	}
 
-	// Garbage written under a running life: the holder notices at its next
-	// sweep (called here at once), keeps the bytes, and keeps its own age.
+	// Garbage written under a running life: the holder sees it on its watch
+	// of ages/, keeps the bytes, and keeps its own age.
 	waitFor(t, 5*time.Second, "Adam age >= 600ms", func() bool { return m1.sup.Held()["Adam"] >= 600 })
 	put(t, obs, testKeys.Age("Adam"), "{not an age")
-	m1.sup.verifyAges(context.Background())
 	waitFor(t, 5*time.Second, "Adam's garbage quarantined", func() bool {
 		return getValue(t, obs, testKeys.Quarantine("Adam")) == "{not an age"
 	})
@@ -330,6 +330,13 @@ func TestCorruptAgeRecordIsQuarantined(t *testing.T) {
 	if st := status(t, obs, "Adam"); st.State != registry.StateRunning || !strings.Contains(st.Error, "quarantine") {
 		t.Fatalf("status %+v, want running with a note on the quarantine", st)
 	}
+
+	// A record deleted under a running life is written again at once.
+	del(t, obs, testKeys.Age("Adam"))
+	waitFor(t, 5*time.Second, "Adam's deleted record written again", func() bool {
+		rec, ok := ageRecord(t, obs, "Adam")
+		return ok && rec.Holder == "m1" && rec.AgeMS >= 600
+	})
 }
 
 func getValue(tb testing.TB, cli *clientv3.Client, key string) string {
@@ -524,7 +531,7 @@ func TestLostAnswerIsNotAForeignWrite(t *testing.T) {
 	sup, cli := writerOnly(t)
 	ctx := context.Background()
 	h := fakeHolding(t, sup, cli, "Adam")
-	sup.repairAge(ctx, h, nil) // the record was missing: written
+	sup.repairAge(ctx, h, nil, math.MaxInt64) // the record was missing: written
 	written := h.lastRev.Load()
 	if written == 0 {
 		t.Fatal("the record was not written")
