@@ -99,7 +99,7 @@ func (s *Supervisor) beatClock() (int64, bool) {
 // record being on gen's lease, so a member whose lease expired cannot make
 // its lives older, and by the heartbeat's last revision, so that an older
 // beat applied late cannot replace a newer one.
-func (s *Supervisor) beat(ctx context.Context, gen *generation, clock int64) error {
+func (s *Supervisor) beat(ctx context.Context, gen *generation, clock int64, also ...clientv3.Op) error {
 	gen.beatMu.Lock()
 	defer gen.beatMu.Unlock()
 	if clock <= gen.beatClock {
@@ -112,7 +112,7 @@ func (s *Supervisor) beat(ctx context.Context, gen *generation, clock int64) err
 		resp, err := s.cfg.Client.Txn(ctx).
 			If(clientv3.Compare(clientv3.LeaseValue(member), "=", lease),
 				clientv3.Compare(clientv3.ModRevision(key), "=", gen.beatRev)).
-			Then(clientv3.OpPut(key, val)).
+			Then(append([]clientv3.Op{clientv3.OpPut(key, val)}, also...)...).
 			Else(clientv3.OpGet(member), clientv3.OpGet(key)).
 			Commit()
 		if err != nil {
@@ -144,18 +144,44 @@ func (s *Supervisor) beat(ctx context.Context, gen *generation, clock int64) err
 
 // finalCheckpoints stops every held life and writes one last heartbeat at
 // the moment they stopped: each life's age as a successor reads it is then
-// its age when it stopped.
+// its age when it stopped. The elections of gen end first; when the
+// member's candidacies fit in the same Txn, it deletes them too, so peers
+// take over without waiting for the revoke that follows.
 func (s *Supervisor) finalCheckpoints(ctx context.Context, gen *generation) (int, error) {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	lives := s.takeAllHeld()
 	now := time.Now()
-	err := s.beat(ctx, gen, s.clockMS(now))
+	gen.cancel()
+	err := s.beat(ctx, gen, s.clockMS(now), s.resignOps(gen)...)
 	for _, h := range lives {
 		s.log.Info("life handed off: "+h.name, "name", h.name, "age", h.ageAt(now)/1000, "incarnation", h.incarnate)
 	}
 	s.m.Lost.WithLabelValues("shutdown").Add(float64(len(lives)))
 	return len(lives), err
+}
+
+// resignOps returns the deletes of the member's candidacies in gen, or
+// none when they do not fit in one Txn with a heartbeat (the revoke deletes
+// them then).
+func (s *Supervisor) resignOps(gen *generation) []clientv3.Op {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gen != gen {
+		return nil
+	}
+	lease := int64(gen.sess.Lease())
+	var ops []clientv3.Op
+	for _, c := range s.cands {
+		if c.rev == 0 {
+			continue
+		}
+		if len(ops)+1 >= maxTxnOps {
+			return nil
+		}
+		ops = append(ops, clientv3.OpDelete(s.cfg.Keys.Candidacy(c.name, lease)))
+	}
+	return ops
 }
 
 // verifyAges looks at the age record of every held life: one written by
