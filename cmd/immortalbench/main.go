@@ -66,7 +66,7 @@ func defaults(quick bool) config {
 			settleExtra: 500 * time.Millisecond, settleQuiet: 1500 * time.Millisecond,
 			pollEvery:    100 * time.Millisecond,
 			placeTimeout: 10 * time.Second, settleTimeout: 4 * time.Second, moveTimeout: 8 * time.Second,
-			compaction: "10s", leaseTTL: "2s",
+			compaction: "5m", leaseTTL: "2s",
 			budget: 60 * time.Second, latencyBudget: 18 * time.Second, baselineBudget: 12 * time.Second,
 			scaleBudget: 16 * time.Second, flapWindow: 2 * time.Second,
 		}
@@ -79,7 +79,7 @@ func defaults(quick bool) config {
 		settleExtra: 3 * time.Second, settleQuiet: 2 * time.Second,
 		pollEvery:    250 * time.Millisecond,
 		placeTimeout: 5 * time.Minute, settleTimeout: 60 * time.Second, moveTimeout: 2 * time.Minute,
-		compaction: "10s", leaseTTL: "2s",
+		compaction: "5m", leaseTTL: "2s",
 		budget: 14*time.Minute + 30*time.Second, latencyBudget: 3 * time.Minute, baselineBudget: 3*time.Minute + 30*time.Second,
 		scaleBudget: 2 * time.Minute, flapWindow: 10 * time.Second,
 	}
