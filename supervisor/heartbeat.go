@@ -147,18 +147,16 @@ func (s *Supervisor) beat(ctx context.Context, gen *generation, clock int64, als
 // its age when it stopped. The elections of gen end first; when the
 // member's candidacies fit in the same Txn, it deletes them too, so peers
 // take over without waiting for the revoke that follows.
-func (s *Supervisor) finalCheckpoints(ctx context.Context, gen *generation) (int, error) {
+// It returns the lives and when they stopped, for the log.
+func (s *Supervisor) finalCheckpoints(ctx context.Context, gen *generation) ([]*heldLife, time.Time, error) {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	lives := s.takeAllHeld()
 	now := time.Now()
 	gen.cancel()
 	err := s.beat(ctx, gen, s.clockMS(now), s.resignOps(gen)...)
-	for _, h := range lives {
-		s.log.Info("life handed off: "+h.name, "name", h.name, "age", h.ageAt(now)/1000, "incarnation", h.incarnate)
-	}
 	s.m.Lost.WithLabelValues("shutdown").Add(float64(len(lives)))
-	return len(lives), err
+	return lives, now, err
 }
 
 // resignOps returns the deletes of the member's candidacies in gen, or

@@ -291,7 +291,7 @@ func (s *Supervisor) shutdown(gen *generation) {
 	t0 := time.Now()
 
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
-	n, err := s.finalCheckpoints(ctx, gen)
+	lives, stoppedAt, err := s.finalCheckpoints(ctx, gen)
 	cancel()
 	if err != nil {
 		s.log.Error("the final heartbeat failed; peers resume from the previous one", "err", err)
@@ -303,7 +303,13 @@ func (s *Supervisor) shutdown(gen *generation) {
 	if err := gen.sess.Close(ctx); err != nil {
 		s.log.Error("cannot revoke the lease; peers take over when it expires", "err", err)
 	}
-	s.log.Info("shut down: lives handed off", "lives", n, "took", time.Since(t0).Round(time.Millisecond))
+	took := time.Since(t0)
+	// After the revoke: a line per life is milliseconds per thousand lives
+	// that peers need not wait for.
+	for _, h := range lives {
+		s.log.Info("life handed off: "+h.name, "name", h.name, "age", h.ageAt(stoppedAt)/1000, "incarnation", h.incarnate)
+	}
+	s.log.Info("shut down: lives handed off", "lives", len(lives), "took", took.Round(time.Millisecond))
 }
 
 // endGeneration stops the elections of gen and waits for its goroutines a
