@@ -4,6 +4,8 @@ import (
 	"container/heap"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
 	"github.com/immortald/immortald/registry"
 )
 
@@ -21,6 +23,16 @@ type cand struct {
 	held bool          // h runs: it is in Supervisor.held
 	owe  *cleanup      // clean-up due before anything else
 	plan *handPlan     // what the last probe found for handing h off
+
+	// While waiting: the candidacies in front of ours and the age record,
+	// as the last check read them (ahead nil: not known in full). When the
+	// deletion watch has seen every key in front go, the member leads
+	// (no key can be created in front of an existing one), and it starts
+	// the life without another check (direct).
+	ahead  []revKey // every key in front at the last check
+	left   int      // how many of them the watch has not yet seen go
+	seen   *mvccpb.KeyValue
+	direct bool
 
 	busy   bool      // an operation is in flight
 	again  bool      // something happened while busy: look again when it ends

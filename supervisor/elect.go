@@ -58,8 +58,11 @@ type task struct {
 	plan *handPlan     // handoff
 	owe  *cleanup      // clean
 	rec  registry.AgeRecord
-	at   int // index of its first nested Txn in the batch sent
-	n    int // nested Txns it takes, at most
+	// start: a direct start, guarded by these candidacies being gone.
+	direct bool
+	ahead  []revKey
+	at     int // index of its first nested Txn in the batch sent
+	n      int // nested Txns it takes, at most
 }
 
 // locked reports whether the task writes the age of a life that ran, so
@@ -215,6 +218,16 @@ func (s *Supervisor) nextLocked(gen *generation, c *cand) *task {
 	case c.h != nil:
 		return &task{c: c, kind: taskStart, h: c.h}
 	case c.want && s.isCandidateLocked(c.name):
+		if c.direct && c.rev != 0 {
+			// Every key in front of ours has gone: we lead. Start from the
+			// record the last check read, carried forward by the newest
+			// heartbeat known; the Txn checks both are still current.
+			t := &task{c: c, kind: taskStart, direct: true, ahead: c.ahead}
+			c.h = s.newHeld(gen, c.life, c.rev, c.seen)
+			c.ahead, c.left, c.seen, c.direct = nil, 0, nil, false
+			t.h = c.h
+			return t
+		}
 		return &task{c: c, kind: taskCheck, life: c.life, rev: c.rev}
 	case c.rev != 0:
 		c.owe = &cleanup{rev: c.rev} // withdraw
@@ -281,6 +294,9 @@ func (s *Supervisor) sendBatch(gen *generation, b []*task) {
 			if t.kind == taskHandoff {
 				s.reholdLocked(t.c, t.h)
 			}
+			if t.direct && t.c.h == t.h {
+				t.c.h = nil // its outcome is unknown: check again
+			}
 			// Every step is tried again after the backoff, whatever it was.
 			t.c.busy, t.c.again = false, false
 			s.queueAtLocked(t.c, time.Now().Add(wait))
@@ -288,15 +304,14 @@ func (s *Supervisor) sendBatch(gen *generation, b []*task) {
 		return
 	}
 	s.electFails = 0
-	var beats []*mvccpb.KeyValue
 	if beatsAt >= 0 {
-		beats = resp.Responses[beatsAt].GetResponseRange().GetKvs()
+		s.learnBeatsLocked(resp.Responses[beatsAt].GetResponseRange().GetKvs())
 	}
 	for _, t := range live {
 		sub := resp.Responses[t.at].GetResponseTxn()
 		switch t.kind {
 		case taskCheck:
-			s.checkedLocked(gen, t, resp.Header.Revision, sub, beats)
+			s.checkedLocked(gen, t, resp.Header.Revision, sub)
 		case taskStart:
 			s.startedLocked(t, resp.Header.Revision, sub)
 		case taskProbe:
@@ -363,7 +378,10 @@ func (s *Supervisor) prepareLocked(gen *generation, t *task, now time.Time) bool
 func (s *Supervisor) opsOf(gen *generation, t *task) []clientv3.Op {
 	k, name := s.cfg.Keys, t.c.name
 	own := k.Candidacy(name, int64(gen.sess.Lease()))
-	leader := clientv3.OpGet(k.Election(name)+"/", append([]clientv3.OpOption{clientv3.WithPrefix()}, clientv3.WithFirstCreate()...)...)
+	// The first keys of the election, oldest first: the leader, and (with
+	// our own among them) every candidacy in front of ours.
+	leader := clientv3.OpGet(k.Election(name)+"/", clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+		clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(maxAhead+1))
 	switch t.kind {
 	case taskCheck:
 		reads := []clientv3.Op{leader, clientv3.OpGet(k.Life(name)), clientv3.OpGet(k.Age(name))}
@@ -390,6 +408,10 @@ func (s *Supervisor) opsOf(gen *generation, t *task) []clientv3.Op {
 			bk := k.Heartbeat(h.prev.Lease)
 			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(bk), "=", h.beatRev))
 			orElse = append(orElse, clientv3.OpGet(bk))
+		}
+		for _, a := range t.ahead {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(a.key), "=", 0))
+			orElse = append(orElse, clientv3.OpGet(a.key, clientv3.WithKeysOnly()))
 		}
 		if t.kind == taskHandoff {
 			// The successor is the preferred member only if no other
@@ -435,7 +457,7 @@ func (s *Supervisor) opsOf(gen *generation, t *task) []clientv3.Op {
 // checkedLocked handles the answer to a check: the member leads the
 // election (start the life), waits in it (the deletion watch looks again),
 // or the request is gone.
-func (s *Supervisor) checkedLocked(gen *generation, t *task, rev int64, sub *etcdserverpb.TxnResponse, beats []*mvccpb.KeyValue) {
+func (s *Supervisor) checkedLocked(gen *generation, t *task, rev int64, sub *etcdserverpb.TxnResponse) {
 	c := t.c
 	mine := rev // the put of a new candidacy is at the Txn's revision
 	if t.rev != 0 || !sub.GetSucceeded() {
@@ -457,14 +479,59 @@ func (s *Supervisor) checkedLocked(gen *generation, t *task, rev int64, sub *etc
 	case req == nil || req.CreateRevision != t.life.ID:
 		return // the request is gone or replaced; the registry says so soon
 	case first == nil || first.CreateRevision != mine:
-		return // waiting: the deletion watch looks again
+		// Waiting: the deletion watch looks again. Keep what a direct
+		// start needs: the keys in front, if the read holds them all.
+		c.ahead, c.left, c.seen, c.direct = nil, 0, age, false
+		var kvs []*mvccpb.KeyValue
+		if rs := sub.GetResponses(); len(rs) > 1 {
+			kvs = rs[1].GetResponseRange().GetKvs()
+		}
+		var ahead []revKey
+		for _, kv := range kvs {
+			if kv.CreateRevision >= mine {
+				c.ahead, c.left = ahead, len(ahead) // the read reached our key: nothing else is in front
+				break
+			}
+			ahead = append(ahead, revKey{key: string(kv.Key), rev: kv.CreateRevision})
+		}
+		return
 	}
-	c.h = s.newHeld(gen, t.life, c.rev, age, beats)
+	c.ahead, c.left, c.seen = nil, 0, nil
+	c.h = s.newHeld(gen, t.life, c.rev, age)
 }
 
-// newHeld prepares a life just won, from its age record and the heartbeats
-// as read in the same snapshot as the election (old nil: no record).
-func (s *Supervisor) newHeld(gen *generation, life registry.Life, rev int64, old *mvccpb.KeyValue, beats []*mvccpb.KeyValue) *heldLife {
+// learnBeatsLocked keeps the newest heartbeat seen of each lease.
+func (s *Supervisor) learnBeatsLocked(kvs []*mvccpb.KeyValue) {
+	for _, kv := range kvs {
+		l, ok := s.cfg.Keys.HeartbeatLease(string(kv.Key))
+		if !ok {
+			continue
+		}
+		if old, ok := s.beats[l]; ok && old.rev >= kv.ModRevision {
+			continue
+		}
+		b, err := registry.ParseHeartbeat(kv.Value)
+		if err != nil {
+			s.log.Error("heartbeat does not parse; lives on its lease resume from their age records alone",
+				"key", string(kv.Key), "err", err)
+			s.beats[l] = seenBeat{rev: kv.ModRevision}
+			continue
+		}
+		s.beats[l] = seenBeat{b: &b, rev: kv.ModRevision}
+	}
+}
+
+// seenBeat is the newest heartbeat seen of a lease: b nil when it does not
+// parse.
+type seenBeat struct {
+	b   *registry.Heartbeat
+	rev int64
+}
+
+// newHeld prepares a life just won, from its age record (old nil: none)
+// and the newest heartbeat seen of its holder's lease (a check reads the
+// heartbeats in the same snapshot as the record).
+func (s *Supervisor) newHeld(gen *generation, life registry.Life, rev int64, old *mvccpb.KeyValue) *heldLife {
 	k, name := s.cfg.Keys, life.Name
 	h := &heldLife{
 		name:      name,
@@ -488,18 +555,8 @@ func (s *Supervisor) newHeld(gen *generation, life registry.Life, rev int64, old
 		case rec.LifeID == life.ID:
 			h.prev = &rec
 			if rec.Running() {
-				bk := k.Heartbeat(rec.Lease)
-				for _, kv := range beats {
-					if string(kv.Key) != bk {
-						continue
-					}
-					h.beatRev = kv.ModRevision
-					if b, err := registry.ParseHeartbeat(kv.Value); err == nil {
-						h.beat = &b
-					} else {
-						s.log.Error("heartbeat does not parse; resuming the life from its age record alone",
-							"name", name, "key", bk, "err", err)
-					}
+				if sb, ok := s.beats[rec.Lease]; ok {
+					h.beat, h.beatRev = sb.b, sb.rev
 				}
 			}
 			h.base, h.incarnate = h.resumeAge(), rec.Incarnation+1
@@ -513,6 +570,9 @@ func (s *Supervisor) newHeld(gen *generation, life registry.Life, rev int64, old
 func (s *Supervisor) startedLocked(t *task, rev int64, sub *etcdserverpb.TxnResponse) {
 	c, h := t.c, t.h
 	if sub.GetSucceeded() {
+		if t.direct {
+			s.m.DirectStarts.Inc()
+		}
 		h.wrote(rev, t.rec.AgeMS)
 		h.prev, h.beat = nil, nil // resumed: no longer needed
 		if c.h != h {
@@ -535,6 +595,30 @@ func (s *Supervisor) startedLocked(t *task, rev int64, sub *etcdserverpb.TxnResp
 		return
 	}
 	own, req, age := firstKV(sub, 0), firstKV(sub, 1), firstKV(sub, 2)
+	if t.direct {
+		// The record or the heartbeat moved since the last check (a
+		// handoff's final record, a final heartbeat), or a key in front
+		// had not gone: the failure's reads are a fresh look at both.
+		next := 3
+		if h.prev != nil && h.prev.Running() {
+			if hb := firstKV(sub, next); hb != nil {
+				s.learnBeatsLocked([]*mvccpb.KeyValue{hb})
+			}
+			next++
+		}
+		first := true
+		for i := range t.ahead {
+			first = first && firstKV(sub, next+i) == nil
+		}
+		c.h, c.ahead, c.left, c.seen = nil, nil, 0, nil
+		if h.fenceHolds(own, req) && first && c.want && c.life.ID == h.lifeID {
+			// We lead, as read: start again from the record just read.
+			c.h = s.newHeld(s.gen, c.life, h.ownRev, age)
+			return // doneLocked queues the start
+		}
+		s.queueLocked(c) // check again
+		return
+	}
 	switch {
 	case !h.fenceHolds(own, req):
 		c.h, c.rev = nil, 0 // lost it already, or the request changed: check again
@@ -678,6 +762,7 @@ func (s *Supervisor) watchElections(gen *generation, rev int64) {
 			if err := wr.Err(); err != nil {
 				break
 			}
+			var lead []*cand // now first in line: started directly
 			s.mu.Lock()
 			for _, ev := range wr.Events {
 				name, ok := k.ElectionName(string(ev.Kv.Key))
@@ -690,11 +775,29 @@ func (s *Supervisor) watchElections(gen *generation, rev int64) {
 				case c.held && string(ev.Kv.Key) == c.h.ownKey:
 					s.loseLocked(c, c.h, "its election key was deleted")
 				case c.h == nil:
-					s.queueLocked(c)
+					if s.behindLocked(gen, c, string(ev.Kv.Key)) {
+						lead = append(lead, c)
+					} else {
+						s.queueLocked(c)
+					}
 				}
 			}
 			rev = wr.Header.Revision + 1
 			s.mu.Unlock()
+			if len(lead) > 0 {
+				// The holder that left most likely wrote a last heartbeat
+				// first: one read of the heartbeats, so that the direct
+				// starts carry the ages forward to it.
+				resp, err := s.cfg.Client.Get(gen.ctx, k.Heartbeats(), clientv3.WithPrefix())
+				s.mu.Lock()
+				if err == nil {
+					s.learnBeatsLocked(resp.Kvs)
+				}
+				for _, c := range lead {
+					s.queueLocked(c)
+				}
+				s.mu.Unlock()
+			}
 		}
 		if gen.ctx.Err() != nil {
 			return
@@ -719,6 +822,26 @@ func (s *Supervisor) watchElections(gen *generation, rev int64) {
 		}
 		rev = resp.Header.Revision + 1
 	}
+}
+
+// behindLocked notes that key, an election key of c's life, was deleted,
+// and reports whether c now leads: key was the last one in front of c's
+// candidacy, and c's next step is a direct start. When it was c's own,
+// what c knew is void.
+func (s *Supervisor) behindLocked(gen *generation, c *cand, key string) bool {
+	if key == s.cfg.Keys.Candidacy(c.name, int64(gen.sess.Lease())) {
+		c.ahead, c.left, c.seen, c.direct = nil, 0, nil, false
+		return false
+	}
+	for i, a := range c.ahead {
+		if a.key == key && a.rev != 0 {
+			c.ahead[i].rev = 0 // seen gone
+			c.left--
+			c.direct = c.left == 0
+			return c.direct
+		}
+	}
+	return false
 }
 
 // later returns the later of a and b.

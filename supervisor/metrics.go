@@ -17,6 +17,7 @@ type Metrics struct {
 	Handoffs         prometheus.Counter
 	ElectionTxns     prometheus.Counter
 	ElectionErrors   prometheus.Counter
+	DirectStarts     prometheus.Counter
 	HeartbeatSeconds prometheus.Gauge
 }
 
@@ -36,10 +37,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Handoffs:         prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_handoffs_total", Help: "Lives handed to their preferred member."}),
 		ElectionTxns:     prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_election_txns_total", Help: "Election batch transactions sent to etcd."}),
 		ElectionErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_election_txn_errors_total", Help: "Election batch transactions that failed to reach etcd."}),
+		DirectStarts:     prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_direct_starts_total", Help: "Lives started without a second check, because the watch saw every candidacy in front of ours go."}),
 		HeartbeatSeconds: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immortald_heartbeat_seconds", Help: "How long the last heartbeat took; above the checkpoint interval, a crash can lose more than an interval."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Held, m.Wanted, m.Invalid, m.Started, m.Lost, m.Heartbeats, m.HeartbeatErrors, m.Sessions, m.SessionLosses, m.Quarantined, m.Handoffs, m.ElectionTxns, m.ElectionErrors, m.HeartbeatSeconds)
+		reg.MustRegister(m.Held, m.Wanted, m.Invalid, m.Started, m.Lost, m.Heartbeats, m.HeartbeatErrors, m.Sessions, m.SessionLosses, m.Quarantined, m.Handoffs, m.ElectionTxns, m.ElectionErrors, m.DirectStarts, m.HeartbeatSeconds)
 	}
 	return m
 }

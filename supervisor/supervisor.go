@@ -37,6 +37,7 @@ type Supervisor struct {
 	electFails int                      // election batches failed in a row
 	members    []string                 // live members, sorted, as last seen under members/
 	leases     map[string]int64         // their session leases, by id
+	beats      map[int64]seenBeat       // the newest heartbeat seen of each lease, this generation
 	viewAt     time.Time                // when members last changed
 	synced     bool                     // registry listed at least once
 	stopping   bool
@@ -90,6 +91,7 @@ func New(cfg Config) (*Supervisor, error) {
 		invalid: make(map[string]int64),
 		cands:   make(map[string]*cand),
 		leases:  make(map[string]int64),
+		beats:   make(map[int64]seenBeat),
 		held:    make(map[string]*heldLife),
 		epoch:   time.Now(),
 	}, nil
@@ -223,6 +225,7 @@ func (s *Supervisor) startGeneration(sess *lease.Session, rev int64) *generation
 	s.mu.Lock()
 	s.gen = gen
 	s.electFails = 0
+	clear(s.beats)
 	s.reconcileLocked()
 	s.mu.Unlock()
 	gen.wg.Add(5)

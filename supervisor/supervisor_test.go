@@ -667,3 +667,37 @@ func TestGoneMembersHeartbeatIsCollected(t *testing.T) {
 		}
 	}
 }
+
+// When a holder leaves, a waiting candidate that knows every key in front
+// of its own starts the life in one Txn, without checking again, and
+// resumes at exactly the age the life stopped at.
+func TestPeerStartsDirectlyAfterHandoff(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	m1 := startMember(t, srv.Endpoint(), "m1")
+	m2 := startMember(t, srv.Endpoint(), "m2")
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	const n = 200
+	for i := range n {
+		put(t, obs, testKeys.Life(fmt.Sprintf("life-%03d", i)), "")
+	}
+	waitFor(t, 30*time.Second, "all lives running", func() bool { return len(m1.sup.Held())+len(m2.sup.Held()) == n })
+	settled(t, m1, m2)
+	moved := len(m1.sup.Held())
+	if moved == 0 {
+		t.Skip("m1 holds no life")
+	}
+	before := readCounter(m2.sup.m.DirectStarts)
+	m1.stop()
+	waitFor(t, 10*time.Second, "m2 runs every life", func() bool { return len(m2.sup.Held()) == n })
+	direct := readCounter(m2.sup.m.DirectStarts) - before
+	t.Logf("%d lives handed off: %v started directly", moved, direct)
+	if direct < float64(moved)/2 {
+		t.Errorf("%v of %d lives started directly, want most", direct, moved)
+	}
+	for i := range n {
+		name := fmt.Sprintf("life-%03d", i)
+		if rec, ok := ageRecord(t, obs, name); !ok || rec.Holder != "m2" {
+			t.Fatalf("%s: record %+v", name, rec)
+		}
+	}
+}
