@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"testing"
@@ -179,4 +180,20 @@ func countKeys(tb testing.TB, cli *clientv3.Client, prefix string) int64 {
 		tb.Fatalf("count %s: %v", prefix, err)
 	}
 	return resp.Count
+}
+
+// livesOnTwo runs two members, requests n lives (life-000, ...) and returns
+// once they all run and no handoff is going on.
+func livesOnTwo(tb testing.TB, n int) (*etcdtest.Server, *member, *member, *clientv3.Client) {
+	tb.Helper()
+	srv := etcdtest.MustStart(tb)
+	m1 := startMember(tb, srv.Endpoint(), "m1")
+	m2 := startMember(tb, srv.Endpoint(), "m2")
+	obs := etcdtest.MustClient(tb, srv.Endpoint())
+	for i := range n {
+		put(tb, obs, testKeys.Life(fmt.Sprintf("life-%03d", i)), "")
+	}
+	waitFor(tb, 30*time.Second, "all lives running", func() bool { return len(m1.sup.Held())+len(m2.sup.Held()) == n })
+	settled(tb, m1, m2)
+	return srv, m1, m2, obs
 }

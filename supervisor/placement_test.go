@@ -12,7 +12,6 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/immortald/immortald/internal/etcdtest"
 	"github.com/immortald/immortald/registry"
 )
 
@@ -77,16 +76,8 @@ func TestCandidatesBalanceAndMinimalMoves(t *testing.T) {
 // after the other, and a non-preferred candidate may be ahead of the
 // preferred one in the line), and the placement ends balanced.
 func TestScaleOutHandsLivesToNewMember(t *testing.T) {
-	srv := etcdtest.MustStart(t)
-	m1 := startMember(t, srv.Endpoint(), "m1")
-	m2 := startMember(t, srv.Endpoint(), "m2")
-	obs := etcdtest.MustClient(t, srv.Endpoint())
 	const n = 300
-	for i := range n {
-		put(t, obs, testKeys.Life(fmt.Sprintf("life-%03d", i)), "")
-	}
-	waitFor(t, 30*time.Second, "all lives running", func() bool { return len(m1.sup.Held())+len(m2.sup.Held()) == n })
-	settled(t, m1, m2)
+	srv, m1, m2, obs := livesOnTwo(t, n)
 	start, _ := obs.Get(context.Background(), "x")
 	before := readCounter(m1.sup.m.Handoffs) + readCounter(m2.sup.m.Handoffs)
 

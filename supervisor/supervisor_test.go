@@ -437,16 +437,8 @@ func TestCutOffMemberStopsBeforePeerTakesOver(t *testing.T) {
 // Many lives over two members all run, each on exactly one member, and
 // the checkpoint load is one heartbeat per member, not a write per life.
 func TestManyLivesRunOnceInBatches(t *testing.T) {
-	srv := etcdtest.MustStart(t)
-	m1 := startMember(t, srv.Endpoint(), "m1")
-	m2 := startMember(t, srv.Endpoint(), "m2")
-	obs := etcdtest.MustClient(t, srv.Endpoint())
 	const n = 400
-	for i := range n {
-		put(t, obs, testKeys.Life(fmt.Sprintf("life-%03d", i)), "")
-	}
-	waitFor(t, 30*time.Second, "all lives running", func() bool { return len(m1.sup.Held())+len(m2.sup.Held()) == n })
-	settled(t, m1, m2)
+	_, m1, m2, obs := livesOnTwo(t, n)
 	h1, h2 := m1.sup.Held(), m2.sup.Held()
 	for name := range h1 {
 		if _, both := h2[name]; both {
@@ -672,16 +664,8 @@ func TestGoneMembersHeartbeatIsCollected(t *testing.T) {
 // of its own starts the life in one Txn, without checking again, and
 // resumes at exactly the age the life stopped at.
 func TestPeerStartsDirectlyAfterHandoff(t *testing.T) {
-	srv := etcdtest.MustStart(t)
-	m1 := startMember(t, srv.Endpoint(), "m1")
-	m2 := startMember(t, srv.Endpoint(), "m2")
-	obs := etcdtest.MustClient(t, srv.Endpoint())
 	const n = 200
-	for i := range n {
-		put(t, obs, testKeys.Life(fmt.Sprintf("life-%03d", i)), "")
-	}
-	waitFor(t, 30*time.Second, "all lives running", func() bool { return len(m1.sup.Held())+len(m2.sup.Held()) == n })
-	settled(t, m1, m2)
+	_, m1, m2, obs := livesOnTwo(t, n)
 	moved := len(m1.sup.Held())
 	if moved == 0 {
 		t.Skip("m1 holds no life")
