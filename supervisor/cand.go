@@ -180,27 +180,17 @@ func (s *Supervisor) stopLocked(c *cand, why stopReason) {
 	s.queueLocked(c)
 }
 
-// loseLocked handles a life whose fence failed or whose election key was
-// deleted under it: it stops at once, and the member campaigns again (a
-// check finds out who holds the life now).
-func (s *Supervisor) loseLocked(c *cand, h *heldLife, why string) {
-	if c == nil || c.h != h {
-		s.removeHeld(h)
-		return
-	}
+// loseLocked handles a held life whose election key was deleted under it:
+// it stops at once, and the member campaigns again (a check finds out who
+// holds the life now).
+func (s *Supervisor) loseLocked(c *cand, why string) {
+	h := c.h
 	if c.held && s.removeHeld(h) {
 		s.m.Lost.WithLabelValues("fenced").Inc()
 		s.log.Warn("lost the life: "+why, "name", h.name)
 	}
 	c.h, c.held, c.rev = nil, false, 0
 	s.queueLocked(c)
-}
-
-// lose is loseLocked for callers that do not hold mu.
-func (s *Supervisor) lose(h *heldLife, why string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.loseLocked(s.cands[h.name], h, why)
 }
 
 // deferHeap orders deferred cands by due time.

@@ -48,15 +48,6 @@ type Config struct {
 // maxTxnOps is etcd's default limit of operations in one Txn (--max-txn-ops).
 const maxTxnOps = 128
 
-// lifeTxnOps is the width of one life's nested Txn in a checkpoint batch: 3
-// compares (two fences and the record's revision), and 3 reads on failure.
-const lifeTxnOps = 3
-
-// batchSize is how many lives go into one checkpoint Txn. etcd counts a
-// nested Txn's width against what its parent leaves over, so a batch of B
-// lives needs B + lifeTxnOps <= maxTxnOps.
-const batchSize = maxTxnOps - lifeTxnOps
-
 func (c *Config) setDefaults() {
 	if c.Lease.TTL == 0 {
 		c.Lease.TTL = 5 * time.Second

@@ -773,7 +773,7 @@ func (s *Supervisor) watchElections(gen *generation, rev int64) {
 				switch {
 				case c == nil:
 				case c.held && string(ev.Kv.Key) == c.h.ownKey:
-					s.loseLocked(c, c.h, "its election key was deleted")
+					s.loseLocked(c, "its election key was deleted")
 				case c.h == nil:
 					if s.behindLocked(gen, c, string(ev.Kv.Key)) {
 						lead = append(lead, c)
