@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -70,10 +71,10 @@ func (v *AgeView) Apply(ev *clientv3.Event) ([]AgeChange, error) {
 		}
 		return out, nil
 	}
-	if len(key) <= len(v.keys.Ages()) || key[:len(v.keys.Ages())] != v.keys.Ages() {
+	name, ok := strings.CutPrefix(key, v.keys.Ages())
+	if !ok || name == "" {
 		return nil, nil
 	}
-	name := NameOf(v.keys.Ages(), key)
 	if old, ok := v.recs[name]; ok && old.Running() {
 		delete(v.byLease[old.Lease], name)
 		if len(v.byLease[old.Lease]) == 0 {

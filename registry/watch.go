@@ -160,19 +160,20 @@ func List(ctx context.Context, cli *clientv3.Client, keys Keys) (int64, []Life, 
 }
 
 // RangeAll reads every key under prefix, page by page, at revision rev (0:
-// the current one), and returns the revision it read at.
-func RangeAll(ctx context.Context, cli *clientv3.Client, prefix string, rev int64) (int64, []*mvccpb.KeyValue, error) {
+// the current one), and returns the revision it read at. opts are added to
+// every page's Get (clientv3.WithKeysOnly, for example).
+func RangeAll(ctx context.Context, cli *clientv3.Client, prefix string, rev int64, opts ...clientv3.OpOption) (int64, []*mvccpb.KeyValue, error) {
 	var (
 		kvs  []*mvccpb.KeyValue
 		from = prefix
 		end  = clientv3.GetPrefixRangeEnd(prefix)
 	)
 	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(pageSize)}
+		page := append([]clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(pageSize)}, opts...)
 		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
+			page = append(page, clientv3.WithRev(rev))
 		}
-		resp, err := cli.Get(ctx, from, opts...)
+		resp, err := cli.Get(ctx, from, page...)
 		if err != nil {
 			return 0, nil, err
 		}

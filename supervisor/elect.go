@@ -755,55 +755,46 @@ func (s *Supervisor) reholdLocked(c *cand, h *heldLife) {
 // the deletion of a held life's own key means the life is lost.
 func (s *Supervisor) watchElections(gen *generation, rev int64) {
 	k := s.cfg.Keys
-	for gen.ctx.Err() == nil {
-		wch := s.cfg.Client.Watch(clientv3.WithRequireLeader(gen.ctx), k.Elections(),
-			clientv3.WithPrefix(), clientv3.WithFilterPut(), clientv3.WithRev(rev))
-		for wr := range wch {
-			if err := wr.Err(); err != nil {
-				break
+	handle := func(wr clientv3.WatchResponse) {
+		var lead []*cand // now first in line: started directly
+		s.mu.Lock()
+		for _, ev := range wr.Events {
+			name, ok := k.ElectionName(string(ev.Kv.Key))
+			if !ok {
+				continue
 			}
-			var lead []*cand // now first in line: started directly
-			s.mu.Lock()
-			for _, ev := range wr.Events {
-				name, ok := k.ElectionName(string(ev.Kv.Key))
-				if !ok {
-					continue
-				}
-				c := s.cands[name]
-				switch {
-				case c == nil:
-				case c.held && string(ev.Kv.Key) == c.h.ownKey:
-					s.loseLocked(c, "its election key was deleted")
-				case c.h == nil:
-					if s.behindLocked(gen, c, string(ev.Kv.Key)) {
-						lead = append(lead, c)
-					} else {
-						s.queueLocked(c)
-					}
-				}
-			}
-			rev = wr.Header.Revision + 1
-			s.mu.Unlock()
-			if len(lead) > 0 {
-				// The holder that left most likely wrote a last heartbeat
-				// first: one read of the heartbeats, so that the direct
-				// starts carry the ages forward to it.
-				resp, err := s.cfg.Client.Get(gen.ctx, k.Heartbeats(), clientv3.WithPrefix())
-				s.mu.Lock()
-				if err == nil {
-					s.learnBeatsLocked(resp.Kvs)
-				}
-				for _, c := range lead {
+			c := s.cands[name]
+			switch {
+			case c == nil:
+			case c.held && string(ev.Kv.Key) == c.h.ownKey:
+				s.loseLocked(c, "its election key was deleted")
+			case c.h == nil:
+				if s.behindLocked(gen, c, string(ev.Kv.Key)) {
+					lead = append(lead, c)
+				} else {
 					s.queueLocked(c)
 				}
-				s.mu.Unlock()
 			}
 		}
-		if gen.ctx.Err() != nil {
-			return
+		s.mu.Unlock()
+		if len(lead) > 0 {
+			// The holder that left most likely wrote a last heartbeat
+			// first: one read of the heartbeats, so that the direct
+			// starts carry the ages forward to it.
+			resp, err := s.cfg.Client.Get(gen.ctx, k.Heartbeats(), clientv3.WithPrefix())
+			s.mu.Lock()
+			if err == nil {
+				s.learnBeatsLocked(resp.Kvs)
+			}
+			for _, c := range lead {
+				s.queueLocked(c)
+			}
+			s.mu.Unlock()
 		}
-		// The watch broke (compaction, lost leader): look at every waiting
-		// candidacy again, then watch from now on.
+	}
+	// The watch broke (compaction, lost leader): look at every waiting
+	// candidacy again.
+	resync := func() {
 		s.log.Warn("election watch ended; checking every candidacy again")
 		s.mu.Lock()
 		for _, c := range s.cands {
@@ -812,7 +803,29 @@ func (s *Supervisor) watchElections(gen *generation, rev int64) {
 			}
 		}
 		s.mu.Unlock()
-		resp, err := s.cfg.Client.Get(gen.ctx, k.Elections(), clientv3.WithCountOnly())
+	}
+	s.watchGen(gen, k.Elections(), rev, handle, resync, clientv3.WithFilterPut())
+}
+
+// watchGen watches the keys under prefix from rev while gen lasts, and
+// gives each response to handle. When the watch breaks (compaction, a lost
+// etcd leader) it takes the current revision, calls resync to catch up on
+// what it may have missed, and watches again from there.
+func (s *Supervisor) watchGen(gen *generation, prefix string, rev int64, handle func(clientv3.WatchResponse), resync func(), opts ...clientv3.OpOption) {
+	for gen.ctx.Err() == nil {
+		wch := s.cfg.Client.Watch(clientv3.WithRequireLeader(gen.ctx), prefix,
+			append([]clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithRev(rev)}, opts...)...)
+		for wr := range wch {
+			if wr.Err() != nil {
+				break
+			}
+			handle(wr)
+			rev = wr.Header.Revision + 1
+		}
+		if gen.ctx.Err() != nil {
+			return
+		}
+		resp, err := s.cfg.Client.Get(gen.ctx, prefix, clientv3.WithCountOnly())
 		if err != nil {
 			select {
 			case <-gen.ctx.Done():
@@ -820,6 +833,7 @@ func (s *Supervisor) watchElections(gen *generation, rev int64) {
 			}
 			continue
 		}
+		resync()
 		rev = resp.Header.Revision + 1
 	}
 }

@@ -220,71 +220,40 @@ func (s *Supervisor) verifyAges(ctx context.Context) {
 // held life's record is checked (verifyAges), then it watches from now on.
 func (s *Supervisor) watchAges(gen *generation, rev int64) {
 	k := s.cfg.Keys
-	for gen.ctx.Err() == nil {
-		wch := s.cfg.Client.Watch(clientv3.WithRequireLeader(gen.ctx), k.Ages(), clientv3.WithPrefix(), clientv3.WithRev(rev))
-		for wr := range wch {
-			if wr.Err() != nil {
-				break
+	handle := func(wr clientv3.WatchResponse) {
+		for _, ev := range wr.Events {
+			name := registry.NameOf(k.Ages(), string(ev.Kv.Key))
+			s.heldMu.Lock()
+			h := s.held[name]
+			s.heldMu.Unlock()
+			if h == nil || ev.Kv.ModRevision <= h.lastRev.Load() {
+				continue
 			}
-			for _, ev := range wr.Events {
-				name := registry.NameOf(k.Ages(), string(ev.Kv.Key))
-				s.heldMu.Lock()
-				h := s.held[name]
-				s.heldMu.Unlock()
-				if h == nil || ev.Kv.ModRevision <= h.lastRev.Load() {
-					continue
-				}
-				var found *mvccpb.KeyValue
-				if ev.Type == mvccpb.PUT {
-					found = ev.Kv
-				}
-				s.repairAge(gen.ctx, h, found, ev.Kv.ModRevision)
+			var found *mvccpb.KeyValue
+			if ev.Type == mvccpb.PUT {
+				found = ev.Kv
 			}
-			rev = wr.Header.Revision + 1
+			s.repairAge(gen.ctx, h, found, ev.Kv.ModRevision)
 		}
-		if gen.ctx.Err() != nil {
-			return
-		}
-		resp, err := s.cfg.Client.Get(gen.ctx, k.Ages(), clientv3.WithCountOnly())
-		if err != nil {
-			select {
-			case <-gen.ctx.Done():
-			case <-time.After(time.Second):
-			}
-			continue
-		}
-		s.verifyAges(gen.ctx)
-		rev = resp.Header.Revision + 1
 	}
+	s.watchGen(gen, k.Ages(), rev, handle, func() { s.verifyAges(gen.ctx) })
 }
 
 // keyRevs are the revisions of one key.
 type keyRevs struct{ create, mod int64 }
 
 // revisions returns the revisions of every key under prefix, by name; it
-// reads keys only, in pages, at one revision.
+// reads keys only, at one revision.
 func (s *Supervisor) revisions(ctx context.Context, prefix string) (map[string]keyRevs, error) {
-	from, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
-	out := make(map[string]keyRevs)
-	var rev int64
-	for {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(10000), clientv3.WithKeysOnly()}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
-		}
-		resp, err := s.cfg.Client.Get(ctx, from, opts...)
-		if err != nil {
-			return nil, err
-		}
-		rev = resp.Header.Revision
-		for _, kv := range resp.Kvs {
-			out[registry.NameOf(prefix, string(kv.Key))] = keyRevs{create: kv.CreateRevision, mod: kv.ModRevision}
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return out, nil
-		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	_, kvs, err := registry.RangeAll(ctx, s.cfg.Client, prefix, 0, clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, err
 	}
+	out := make(map[string]keyRevs, len(kvs))
+	for _, kv := range kvs {
+		out[registry.NameOf(prefix, string(kv.Key))] = keyRevs{create: kv.CreateRevision, mod: kv.ModRevision}
+	}
+	return out, nil
 }
 
 // repairAge writes h's running record over found, the age record someone
