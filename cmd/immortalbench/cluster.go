@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -297,9 +298,10 @@ func watchAges(ctx context.Context, cli *clientv3.Client, rev int64) clientv3.Wa
 	return cli.Watch(ctx, agesPrefix, clientv3.WithRange(clientv3.GetPrefixRangeEnd(keys.Heartbeats())), clientv3.WithRev(rev))
 }
 
-// loadAges reads ages/ and heartbeats/ at one revision into a new AgeView
-// and returns it with that revision.
-func loadAges(ctx context.Context, cli *clientv3.Client) (*registry.AgeView, int64, error) {
+// listAges reads ages/ and heartbeats/ at one revision and returns their
+// keys with that revision: the listing a watch of both (watchAges) goes on
+// from.
+func listAges(ctx context.Context, cli *clientv3.Client) ([]*mvccpb.KeyValue, int64, error) {
 	resp, err := cli.Txn(ctx).Then(
 		clientv3.OpGet(agesPrefix, clientv3.WithPrefix()),
 		clientv3.OpGet(keys.Heartbeats(), clientv3.WithPrefix()),
@@ -307,12 +309,8 @@ func loadAges(ctx context.Context, cli *clientv3.Client) (*registry.AgeView, int
 	if err != nil {
 		return nil, 0, err
 	}
-	v := registry.NewAgeView(keys)
 	kvs := append(resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs...)
-	if err := v.Load(kvs); err != nil {
-		return nil, 0, err
-	}
-	return v, resp.Header.Revision, nil
+	return kvs, resp.Header.Revision, nil
 }
 
 // obs is one effective age of a life as the bench's watch saw it: its age
@@ -341,8 +339,12 @@ type ageLog struct {
 }
 
 func startAgeLog(ctx context.Context, cli *clientv3.Client) (*ageLog, error) {
-	view, rev, err := loadAges(ctx, cli)
+	kvs, rev, err := listAges(ctx, cli)
 	if err != nil {
+		return nil, err
+	}
+	view := registry.NewAgeView(keys)
+	if err := view.Load(kvs); err != nil {
 		return nil, err
 	}
 	l := &ageLog{view: view, hist: make(map[string][]obs), notify: make(chan struct{}), lastChange: time.Now()}

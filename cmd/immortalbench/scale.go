@@ -149,22 +149,17 @@ type moveStats struct {
 
 func startTracker(ctx context.Context, cli *clientv3.Client) (*tracker, error) {
 	// The listing goes through add, like the events after it.
-	resp, err := cli.Txn(ctx).Then(
-		clientv3.OpGet(agesPrefix, clientv3.WithPrefix()),
-		clientv3.OpGet(keys.Heartbeats(), clientv3.WithPrefix()),
-	).Commit()
+	kvs, rev, err := listAges(ctx, cli)
 	if err != nil {
 		return nil, err
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	t := &tracker{cancel: cancel, done: make(chan struct{}), view: registry.NewAgeView(keys),
 		last: make(map[string]registry.AgeRecord), moved: make(map[string]int)}
-	for _, r := range resp.Responses {
-		for _, kv := range r.GetResponseRange().Kvs {
-			t.add(&clientv3.Event{Type: mvccpb.PUT, Kv: kv})
-		}
+	for _, kv := range kvs {
+		t.add(&clientv3.Event{Type: mvccpb.PUT, Kv: kv})
 	}
-	wch := watchAges(wctx, cli, resp.Header.Revision+1)
+	wch := watchAges(wctx, cli, rev+1)
 	go func() {
 		defer close(t.done)
 		for wr := range wch {
