@@ -278,11 +278,7 @@ func startChecker(t testing.TB, cli *clientv3.Client, prefix string, bound time.
 		if rec, err := parseCheckpoint(kv.Value); err == nil {
 			rec.Rev, rec.Seen = kv.ModRevision, now
 			c.recs[name] = rec
-			eff := rec
-			if b, ok := c.beats[rec.Lease]; ok {
-				eff, _ = rec.carried(b)
-			}
-			c.hist[name] = append(c.hist[name], eff)
+			c.hist[name] = append(c.hist[name], c.effectiveLocked(rec))
 		}
 	}
 	wctx, wcancel := context.WithCancel(context.Background())
@@ -495,11 +491,16 @@ func (c *Checker) applyAge(typ mvccpb.Event_EventType, name string, kv *mvccpb.K
 	// Its effective age: carried forward by its lease's heartbeat, if one
 	// newer than the record was applied already (a repaired record, or a
 	// beat that was on its way when the life started).
-	eff := rec
+	c.checkpointLocked(name, c.effectiveLocked(rec))
+}
+
+// effectiveLocked is rec carried forward by the last accepted heartbeat
+// of its lease, if one newer than the record was applied.
+func (c *Checker) effectiveLocked(rec Checkpoint) Checkpoint {
 	if b, ok := c.beats[rec.Lease]; ok {
-		eff, _ = rec.carried(b)
+		rec, _ = rec.carried(b)
 	}
-	c.checkpointLocked(name, eff)
+	return rec
 }
 
 // applyHeartbeat folds one heartbeat event: a checkpoint of every wanted
