@@ -15,7 +15,11 @@ const MaxNameBytes = 128
 
 // ValidateName reports why name cannot be a life name, or nil. A name must
 // be a safe single path segment: 1 to 128 bytes of valid UTF-8, without "/",
-// white space or control characters, and not "." or "..".
+// white space, control characters or format characters, and not "." or "..".
+// Format characters (Unicode category Cf: zero-width spaces and joiners, the
+// byte-order mark, bidirectional overrides and isolates, the soft hyphen)
+// are invisible or reorder text, so two names with and without them would
+// look the same in `ls` and in logs.
 func ValidateName(name string) error {
 	switch {
 	case name == "":
@@ -35,6 +39,8 @@ func ValidateName(name string) error {
 			return fmt.Errorf("name contains white space at byte %d", i)
 		case unicode.IsControl(r):
 			return fmt.Errorf("name contains control character %U at byte %d", r, i)
+		case unicode.Is(unicode.Cf, r):
+			return fmt.Errorf("name contains invisible format character %U at byte %d", r, i)
 		case r == utf8.RuneError:
 			return fmt.Errorf("name contains the replacement character %U at byte %d", r, i)
 		}
@@ -49,10 +55,18 @@ type Options struct {
 	Labels map[string]string `json:"labels,omitempty"`
 }
 
+// MaxOptionsBytes is the largest request value accepted. Every member keeps
+// every request's options in memory, and `ls` reads them all; labels need
+// far less.
+const MaxOptionsBytes = 8 << 10
+
 // ParseOptions decodes a request value. Empty (or only white space) means
-// default options.
+// default options. A value over MaxOptionsBytes is an error, unread.
 func ParseOptions(value []byte) (Options, error) {
 	var o Options
+	if len(value) > MaxOptionsBytes {
+		return o, fmt.Errorf("options are %d bytes, over the limit of %d", len(value), MaxOptionsBytes)
+	}
 	if len(bytes.TrimSpace(value)) == 0 {
 		return o, nil
 	}

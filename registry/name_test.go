@@ -33,6 +33,11 @@ func TestValidateName(t *testing.T) {
 		{name: "escape", in: "\x1b[31m", wantErr: "control character U+001B"},
 		{name: "DEL", in: "a\x7f", wantErr: "control character U+007F"},
 		{name: "C1 control", in: "a\u0090", wantErr: "control character U+0090"},
+		{name: "zero-width space", in: "Ad\u200bam", wantErr: "format character U+200B at byte 2"},
+		{name: "byte-order mark", in: "\ufeffAdam", wantErr: "format character U+FEFF at byte 0"},
+		{name: "right-to-left override", in: "Adam\u202egpj.exe", wantErr: "format character U+202E"},
+		{name: "zero-width joiner", in: "a\u200db", wantErr: "format character U+200D"},
+		{name: "soft hyphen", in: "Ad\u00adam", wantErr: "format character U+00AD"},
 		{name: "invalid UTF-8", in: "a\xffb", wantErr: "UTF-8"},
 		{name: "truncated UTF-8", in: "\xc3", wantErr: "UTF-8"},
 		{name: "dot", in: ".", wantErr: "not allowed"},
@@ -78,6 +83,9 @@ func TestParseOptions(t *testing.T) {
 		{name: "labels of the wrong type", in: `{"labels":["a"]}`, wantErr: "options"},
 		{name: "trailing object", in: `{} {}`, wantErr: "trailing data"},
 		{name: "trailing garbage", in: `{}x`, wantErr: "trailing data"},
+		{name: "labels at the size limit", in: `{"labels":{"a":"` + strings.Repeat("x", registry.MaxOptionsBytes-len(`{"labels":{"a":""}}`)) + `"}}`,
+			want: map[string]string{"a": strings.Repeat("x", registry.MaxOptionsBytes-len(`{"labels":{"a":""}}`))}},
+		{name: "labels over the size limit", in: `{"labels":{"a":"` + strings.Repeat("x", 1<<20) + `"}}`, wantErr: "over the limit of 8192"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
