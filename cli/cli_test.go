@@ -305,6 +305,10 @@ func TestUsageErrors(t *testing.T) {
 		{name: "checkpoint interval zero", args: []string{"run", "--checkpoint-interval", "0s"}, want: []string{"--checkpoint-interval", "positive"}},
 		{name: "checkpoint interval negative", args: []string{"run", "--checkpoint-interval", "-1s"}, want: []string{"--checkpoint-interval", "positive"}},
 		{name: "lease TTL zero", args: []string{"run", "--lease-ttl", "0s"}, want: []string{"--lease-ttl", "positive"}},
+		{name: "lease TTL past etcd's ceiling", args: []string{"run", "--lease-ttl", "9000000001s"}, want: []string{"--lease-ttl", "2500000h0m1s", "10m0s"}},
+		{name: "lease TTL of a million hours", args: []string{"run", "--lease-ttl", "1000000h"}, want: []string{"--lease-ttl", "1000000h0m0s", "10m0s"}},
+		{name: "checkpoint interval too short", args: []string{"run", "--checkpoint-interval", "10ms"}, want: []string{"--checkpoint-interval", "10ms", "100ms", "1m0s"}},
+		{name: "lease TTL past Go's durations", args: []string{"run", "--lease-ttl", "9999999999999h"}, want: []string{"--lease-ttl", "not a duration"}},
 		{name: "bad member id", args: []string{"run", "--id", "my pod"}, want: []string{"--id", `"my pod"`}},
 		{name: "unknown command", args: []string{"frobnicate"}, want: []string{`"frobnicate"`}},
 		{name: "missing name", args: []string{"get-age"}, want: []string{"1 arg"}},
@@ -448,8 +452,8 @@ func TestUnreachableEtcd(t *testing.T) {
 			if r.code != 1 {
 				t.Fatalf("exit %d, want 1; stderr %q", r.code, r.stderr)
 			}
-			if !r.oneLineErr() || !strings.Contains(r.stderr, unreachable) || !strings.Contains(r.stderr, "cannot reach etcd") {
-				t.Fatalf("stderr = %q, want one line saying etcd at %s cannot be reached", r.stderr, unreachable)
+			if !r.oneLineErr() || !strings.Contains(r.stderr, unreachable) || !strings.Contains(r.stderr, "cannot reach etcd") || !strings.Contains(r.stderr, "connection refused") {
+				t.Fatalf("stderr = %q, want one line saying etcd at %s cannot be reached, and why", r.stderr, unreachable)
 			}
 		})
 	}

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/immortald/immortald/daemon"
+	"github.com/immortald/immortald/internal/etcdprobe"
 	"github.com/immortald/immortald/registry"
 )
 
@@ -37,16 +38,28 @@ func (a *app) client() (*clientv3.Client, registry.Keys, error) {
 	return cli, keys, nil
 }
 
-// reach words an etcd error so the user sees where it failed.
+// reach words an etcd error so the user sees where it failed: on a time-out
+// it probes each endpoint and says why it cannot be reached.
 func (a *app) reach(err error) error {
-	if errors.Is(err, context.DeadlineExceeded) {
-		eps := a.endpoints()
-		if len(eps) == 0 {
-			eps = []string{"127.0.0.1:2379"}
-		}
-		return fmt.Errorf("cannot reach etcd at %s (timed out)", strings.Join(eps, ","))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		return err
 	}
-	return err
+	eps := a.endpoints()
+	if len(eps) == 0 {
+		eps = []string{"127.0.0.1:2379"}
+	}
+	var why []string
+	for _, ep := range eps {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if perr := etcdprobe.Probe(ctx, ep, nil); perr != nil {
+			why = append(why, perr.Error())
+		}
+		cancel()
+	}
+	if len(why) == 0 {
+		return fmt.Errorf("cannot reach etcd at %s: timed out, although every endpoint answers a status request (no etcd leader?)", strings.Join(eps, ","))
+	}
+	return fmt.Errorf("cannot reach etcd: %s", strings.Join(why, "; "))
 }
 
 // output reads and checks the output setting: -o, IMMORTALD_OUTPUT or the

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,6 +25,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/immortald/immortald/embedetcd"
+	"github.com/immortald/immortald/internal/etcdprobe"
 	"github.com/immortald/immortald/lease"
 	"github.com/immortald/immortald/registry"
 	"github.com/immortald/immortald/supervisor"
@@ -40,10 +42,12 @@ type Config struct {
 	Endpoints []string
 	// Prefix of the keyspace. Default "/immortals/".
 	Prefix string
-	// LeaseTTL of the member's session. Default 5s, at least 2s.
+	// LeaseTTL of the member's session: whole seconds, from lease.MinTTL
+	// (2s) to lease.MaxTTL (10m). Default 5s.
 	LeaseTTL time.Duration
 	// CheckpointInterval between heartbeats (checkpoints of every life's
-	// age). Default 1s, below LeaseTTL.
+	// age): from MinCheckpointInterval to MaxCheckpointInterval, and at most
+	// half the LeaseTTL. Default 1s.
 	CheckpointInterval time.Duration
 	// HTTPAddr serves /livez, /readyz and /metrics. Default ":8080"; empty
 	// string disables it.
@@ -57,15 +61,25 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// The range of the checkpoint interval. Each member writes one heartbeat
+// per interval; below 100 ms that is load on etcd for little gain, and above
+// a minute a crash loses that much of every life's age.
+const (
+	MinCheckpointInterval = 100 * time.Millisecond
+	MaxCheckpointInterval = time.Minute
+)
+
 // Main is one member.
 type Main struct {
-	cfg     Config
-	log     *slog.Logger
-	etcd    *embedetcd.Server
-	cli     *clientv3.Client
-	sup     *supervisor.Supervisor
-	httpLn  net.Listener
-	httpSrv *http.Server
+	cfg  Config
+	log  *slog.Logger
+	etcd *embedetcd.Server
+	cli  *clientv3.Client
+	// endpoints the client uses (the embedded etcd's, when there is one).
+	endpoints []string
+	sup       *supervisor.Supervisor
+	httpLn    net.Listener
+	httpSrv   *http.Server
 }
 
 // New checks cfg and returns a member that is not started yet.
@@ -99,8 +113,11 @@ func New(cfg Config) (*Main, error) {
 	if err := lc.Validate(); err != nil {
 		return nil, fmt.Errorf("--lease-ttl: %w", err)
 	}
-	if cfg.CheckpointInterval <= 0 || cfg.CheckpointInterval >= cfg.LeaseTTL {
-		return nil, fmt.Errorf("--checkpoint-interval (%s) must be above 0 and below --lease-ttl (%s)", cfg.CheckpointInterval, cfg.LeaseTTL)
+	if cfg.CheckpointInterval < MinCheckpointInterval || cfg.CheckpointInterval > MaxCheckpointInterval {
+		return nil, fmt.Errorf("--checkpoint-interval (%s) must be from %s to %s", cfg.CheckpointInterval, MinCheckpointInterval, MaxCheckpointInterval)
+	}
+	if cfg.CheckpointInterval > cfg.LeaseTTL/2 {
+		return nil, fmt.Errorf("--checkpoint-interval (%s) must be at most half of --lease-ttl (%s): a member gives its lives up when no heartbeat is applied for a TTL, so one failed heartbeat must not be enough", cfg.CheckpointInterval, cfg.LeaseTTL)
 	}
 	return &Main{cfg: cfg, log: cfg.Logger}, nil
 }
@@ -152,6 +169,7 @@ func (m *Main) Open() error {
 		return fmt.Errorf("etcd client for %v: %w", endpoints, err)
 	}
 	m.cli = cli
+	m.endpoints = endpoints
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -223,12 +241,72 @@ func (m *Main) Run(ctx context.Context) error {
 	}()
 	m.log.Info("member starting", "id", m.cfg.ID, "version", Version, "lease_ttl", m.cfg.LeaseTTL,
 		"checkpoint_interval", m.cfg.CheckpointInterval, "http", m.HTTPAddr(), "prefix", m.cfg.Prefix)
+	probing := make(chan struct{})
+	go func() {
+		defer close(probing)
+		m.probeWhileUnready(runCtx)
+	}()
 	err := m.sup.Run(runCtx)
+	cancel()
+	<-probing
 	select {
 	case ferr := <-fatal:
 		return errors.Join(ferr, err)
 	default:
 		return err
+	}
+}
+
+// probeEvery is how often a member that is not ready says which etcd
+// endpoints it cannot reach, and why; the first look comes after
+// probeFirst, time enough for a healthy etcd to grant a session.
+const (
+	probeFirst = 3 * time.Second
+	probeEvery = 10 * time.Second
+)
+
+// probeWhileUnready probes every etcd endpoint while the member is not ready
+// (no session, or heartbeats failing) and logs one warning per endpoint that
+// cannot be reached, naming it and the reason (refused, no answer, TLS, not
+// an etcd): the etcd client itself only ever says "context deadline
+// exceeded". It stops when ctx ends.
+func (m *Main) probeWhileUnready(ctx context.Context) {
+	endpoints := m.endpoints
+	t := time.NewTimer(probeFirst)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		t.Reset(probeEvery)
+		if m.Ready() {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		errs := make([]error, len(endpoints))
+		var wg sync.WaitGroup
+		for i, ep := range endpoints {
+			wg.Go(func() { errs[i] = etcdprobe.Probe(pctx, ep, nil) })
+		}
+		wg.Wait()
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		reached := 0
+		for i, err := range errs {
+			if err != nil {
+				m.log.Warn("cannot reach etcd", "endpoint", endpoints[i], "err", err)
+			} else {
+				reached++
+			}
+		}
+		if reached > 0 {
+			m.log.Warn("the member is not ready although etcd answers: no session yet, or heartbeats failing (see the lines before)",
+				"endpoints_reached", reached, "endpoints", len(endpoints))
+		}
 	}
 }
 

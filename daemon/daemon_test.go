@@ -38,6 +38,12 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		{name: "interval equal to the TTL", change: func(c *daemon.Config) { c.CheckpointInterval = 5 * time.Second }, want: []string{"--checkpoint-interval (5s)", "--lease-ttl (5s)"}},
 		{name: "default interval over a 2s TTL is fine", change: func(c *daemon.Config) { c.LeaseTTL, c.CheckpointInterval = 2*time.Second, 0 }},
 		{name: "negative interval", change: func(c *daemon.Config) { c.CheckpointInterval = -time.Second }, want: []string{"--checkpoint-interval (-1s)"}},
+		{name: "lease TTL over the ceiling", change: func(c *daemon.Config) { c.LeaseTTL = 9000000001 * time.Second }, want: []string{"--lease-ttl", "2500000h0m1s", "2s", "10m0s"}},
+		{name: "lease TTL of a million hours", change: func(c *daemon.Config) { c.LeaseTTL = 1000000 * time.Hour }, want: []string{"--lease-ttl", "1000000h0m0s", "10m0s"}},
+		{name: "lease TTL at the ceiling", change: func(c *daemon.Config) { c.LeaseTTL = 10 * time.Minute }},
+		{name: "interval below the floor", change: func(c *daemon.Config) { c.CheckpointInterval = 50 * time.Millisecond }, want: []string{"--checkpoint-interval (50ms)", "100ms", "1m0s"}},
+		{name: "interval over the ceiling", change: func(c *daemon.Config) { c.LeaseTTL, c.CheckpointInterval = 10*time.Minute, 2*time.Minute }, want: []string{"--checkpoint-interval (2m0s)", "100ms", "1m0s"}},
+		{name: "interval over half the TTL", change: func(c *daemon.Config) { c.CheckpointInterval = 3 * time.Second }, want: []string{"--checkpoint-interval (3s)", "half", "--lease-ttl (5s)"}},
 		{name: "prefix without a slash", change: func(c *daemon.Config) { c.Prefix = "/immortals" }, want: []string{"--prefix"}},
 		{name: "bad id", change: func(c *daemon.Config) { c.ID = "my pod" }, want: []string{"--id", `"my pod"`}},
 	}
@@ -319,4 +325,59 @@ func (l *testLog) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.buf.String()
+}
+
+// TestUnreachableEtcdIsNamedInTheLog runs a member against an endpoint that
+// refuses connections: it must say so, naming the endpoint and the reason,
+// again and again while it lasts, not wait in silence.
+func TestUnreachableEtcdIsNamedInTheLog(t *testing.T) {
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := closed.Addr().String()
+	_ = closed.Close()
+	log := newLog(t)
+	m, err := daemon.New(daemon.Config{ID: "m1", Endpoints: []string{ep}, HTTPAddr: "127.0.0.1:0", LeaseTTL: 2 * time.Second, Logger: log.logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Open(); err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- m.Run(ctx) }()
+	defer func() {
+		cancel()
+		select {
+		case err := <-errc:
+			if err != nil {
+				t.Errorf("Run = %v, want nil", err)
+			}
+		case <-time.After(bound):
+			t.Errorf("Run did not return within %s after its context ended", bound)
+		}
+	}()
+
+	lines := func() int {
+		n := 0
+		for _, l := range strings.Split(log.String(), "\n") {
+			if strings.Contains(l, "cannot reach etcd") && strings.Contains(l, ep) && strings.Contains(l, "connection refused") {
+				n++
+			}
+		}
+		return n
+	}
+	deadline := time.Now().Add(2 * bound)
+	for lines() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d log lines naming %s and the refused connection after %s, want 2 (repeated)", lines(), ep, 2*bound)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	web := &http.Client{Timeout: 5 * time.Second}
+	if code, _ := get(t, web, "http://"+m.HTTPAddr()+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz = %d while etcd cannot be reached, want 503", code)
+	}
 }

@@ -13,12 +13,18 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
-// MinTTL is the shortest lease TTL accepted: etcd's practical floor.
+// MinTTL is the shortest lease TTL accepted: etcd's practical floor (its
+// leader election and a renewal round trip must fit in it).
 const MinTTL = 2 * time.Second
+
+// MaxTTL is the longest lease TTL accepted. The TTL is how long a crashed
+// member's lives wait for a peer; etcd itself takes up to 9e9 s
+// (MaxLeaseTTL), which would mean a crash is never failed over.
+const MaxTTL = 10 * time.Minute
 
 // Config configures a Session.
 type Config struct {
-	// TTL of the lease; whole seconds, at least MinTTL. Default 5s.
+	// TTL of the lease; whole seconds, from MinTTL to MaxTTL. Default 5s.
 	TTL time.Duration
 	// Margin is subtracted from every renewal's TTL to get the safe
 	// deadline. Default: TTL/5, at least 250ms. Must be below TTL/2.
@@ -36,8 +42,8 @@ func DefaultMargin(ttl time.Duration) time.Duration {
 
 // Validate checks c, one rule per line, naming the values.
 func (c *Config) Validate() error {
-	if c.TTL < MinTTL {
-		return fmt.Errorf("lease TTL (%s) is below etcd's floor of %s", c.TTL, MinTTL)
+	if c.TTL < MinTTL || c.TTL > MaxTTL {
+		return fmt.Errorf("lease TTL (%s) must be from %s (etcd's practical floor) to %s (the longest a crashed member's lives may wait)", c.TTL, MinTTL, MaxTTL)
 	}
 	if c.TTL%time.Second != 0 {
 		return fmt.Errorf("lease TTL (%s) must be whole seconds: etcd leases count seconds", c.TTL)
@@ -83,9 +89,14 @@ func Open(ctx context.Context, cli *clientv3.Client, cfg Config) (*Session, erro
 		return nil, err
 	}
 	sent := cfg.Clock.Now()
-	grant, err := cli.Grant(ctx, int64(cfg.TTL/time.Second))
+	// A grant that etcd does not answer within a TTL would not leave a
+	// useful deadline anyway; without a bound it would wait forever on an
+	// endpoint that cannot be reached, and say nothing.
+	gctx, gcancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), cfg.TTL)
+	grant, err := cli.Grant(gctx, int64(cfg.TTL/time.Second))
+	gcancel()
 	if err != nil {
-		return nil, fmt.Errorf("grant lease: %w", err)
+		return nil, fmt.Errorf("grant lease of %s: %w", cfg.TTL, err)
 	}
 	rctx, cancel := context.WithCancel(context.Background())
 	conc, err := concurrency.NewSession(cli, concurrency.WithLease(grant.ID), concurrency.WithContext(rctx))
