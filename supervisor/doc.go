@@ -40,7 +40,16 @@
 //     resumed. Bytes that do not parse, or that someone else wrote, are
 //     copied to quarantine/<name> before being replaced (found at the
 //     holder's next write or sweep).
-//   - A crash loses at most the time since the member's last heartbeat.
+//   - A crash loses at most the time since the member's last heartbeat, and
+//     a member runs no life longer than a lease TTL past its last applied
+//     heartbeat: while heartbeats fail it is not ready, and after a TTL it
+//     gives the session up (every life stops) and opens a new one.
+//   - Keys the member relies on, changed by someone else, are found within
+//     one checkpoint interval: a deleted member record or heartbeat is
+//     written again by the next heartbeat (in its Txn, on the live lease);
+//     a member record on another lease, or etcd at a revision before the
+//     last heartbeat (restored from older data), ends the session. An age
+//     record of a held life is repaired through the watch of ages/.
 //   - Shutdown stops every life, writes one last heartbeat and revokes the
 //     lease with a fresh context, so peers take over at once and resume
 //     each life at the age it stopped at.

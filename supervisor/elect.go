@@ -693,7 +693,9 @@ func (s *Supervisor) handedLocked(t *task, rev int64, sub *etcdserverpb.TxnRespo
 		h.wrote(rev, t.rec.AgeMS)
 		s.m.Handoffs.Inc()
 		s.m.Lost.WithLabelValues("handoff").Inc()
-		s.log.Info(fmt.Sprintf("life handed off: %s to %s (age %d)", h.name, t.to, t.rec.AgeMS/1000), "name", h.name, "to", t.to)
+		// Stamped with the time the life stopped: the peer may log its start
+		// before this answer reaches us.
+		s.logAt(t.rec.Time, fmt.Sprintf("life handed off: %s to %s (age %d)", h.name, t.to, t.rec.AgeMS/1000), "name", h.name, "to", t.to)
 		if c.h == h {
 			c.h, c.rev = nil, 0
 			s.queueLocked(c) // campaign again as a waiting candidate, if still one

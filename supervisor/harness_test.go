@@ -43,15 +43,26 @@ func testLogger(tb testing.TB) *slog.Logger {
 // startMember runs a supervisor with id against endpoint.
 func startMember(tb testing.TB, endpoint, id string) *member {
 	tb.Helper()
+	return startMemberWith(tb, endpoint, id)
+}
+
+// startMemberWith runs a supervisor with id, its test config changed by
+// each of change in turn.
+func startMemberWith(tb testing.TB, endpoint, id string, change ...func(*Config)) *member {
+	tb.Helper()
 	cli := etcdtest.MustClient(tb, endpoint)
-	sup, err := New(Config{
+	cfg := Config{
 		ID:                 id,
 		Client:             cli,
 		Keys:               testKeys,
 		Lease:              lease.Config{TTL: testTTL},
 		CheckpointInterval: testInterval,
 		Logger:             testLogger(tb).With("member", id),
-	})
+	}
+	for _, f := range change {
+		f(&cfg)
+	}
+	sup, err := New(cfg)
 	if err != nil {
 		tb.Fatalf("new supervisor: %v", err)
 	}

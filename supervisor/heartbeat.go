@@ -35,11 +35,15 @@ func (s *Supervisor) batchTimeout() time.Duration {
 }
 
 // heartbeatLoop writes gen's heartbeat every CheckpointInterval while the
-// member runs lives on gen's session.
+// member runs lives on gen's session. While heartbeats fail the member is
+// not ready, counts each failure and says so every failingLogEvery; when
+// none has been applied for a lease TTL it gives the session up (gen.fail)
+// rather than run lives that a crash would set back by more than that.
 func (s *Supervisor) heartbeatLoop(gen *generation) {
 	t := time.NewTicker(s.cfg.CheckpointInterval)
 	defer t.Stop()
-	failing, slow := false, false
+	slow := false
+	lastOK, lastLog := time.Now(), time.Time{}
 	for {
 		select {
 		case <-gen.ctx.Done():
@@ -61,7 +65,11 @@ func (s *Supervisor) heartbeatLoop(gen *generation) {
 		err := s.beat(ctx, gen, clock)
 		cancel()
 		s.writeMu.Unlock()
-		took := time.Since(t0)
+		if gen.ctx.Err() != nil {
+			return
+		}
+		now := time.Now()
+		took := now.Sub(t0)
 		s.m.HeartbeatSeconds.Set(took.Seconds())
 		switch {
 		case err == nil && !slow && took > s.cfg.CheckpointInterval:
@@ -72,16 +80,41 @@ func (s *Supervisor) heartbeatLoop(gen *generation) {
 			slow = false
 			s.log.Info("heartbeats fit the checkpoint interval again", "took", took.Round(time.Millisecond))
 		}
-		switch {
-		case err != nil && !failing && gen.ctx.Err() == nil:
-			failing = true
-			s.log.Warn("heartbeats are failing; lives keep running until the lease's safe deadline", "err", err)
-		case err == nil && failing:
-			failing = false
-			s.log.Info("heartbeats are applied again")
+		if err == nil {
+			if gen.beatFailing.Swap(false) {
+				s.m.HeartbeatFailing.Set(0)
+				s.log.Info("heartbeats are applied again", "unsaved_for", now.Sub(lastOK).Round(time.Millisecond))
+			}
+			lastOK = now
+			continue
+		}
+		s.m.HeartbeatErrors.Inc()
+		if errors.Is(err, errGiveUp) {
+			gen.fail(err)
+			return
+		}
+		gen.beatFailing.Store(true)
+		s.m.HeartbeatFailing.Set(1)
+		if unsaved := now.Sub(lastOK); unsaved >= s.cfg.Lease.TTL {
+			gen.fail(fmt.Errorf("no heartbeat applied for %s, the lease TTL: a crash would lose that much of every life's age (last error: %w)",
+				unsaved.Round(time.Millisecond), err))
+			return
+		}
+		if now.Sub(lastLog) >= failingLogEvery {
+			lastLog = now
+			s.log.Warn("heartbeats are failing: the lives' ages are not checkpointed; the member is not ready, and gives its lives up if this lasts the lease TTL",
+				"err", err, "unsaved_for", now.Sub(lastOK).Round(time.Millisecond), "ttl", s.cfg.Lease.TTL)
 		}
 	}
 }
+
+// failingLogEvery is how often a member says that its heartbeats fail.
+const failingLogEvery = 5 * time.Second
+
+// errGiveUp marks a heartbeat failure after which the session cannot go on
+// (its member record belongs to another session, etcd went back in time):
+// the member gives the session up at once.
+var errGiveUp = errors.New("the session cannot go on")
 
 // beatClock returns the clock for a heartbeat now; false when no life may
 // run (the session is lost or ending): a heartbeat then would count time
@@ -99,6 +132,14 @@ func (s *Supervisor) beatClock() (int64, bool) {
 // record being on gen's lease, so a member whose lease expired cannot make
 // its lives older, and by the heartbeat's last revision, so that an older
 // beat applied late cannot replace a newer one.
+//
+// It repairs what someone else changed, in the same Txn: a deleted member
+// record is written again on gen's lease (etcd refuses a put on a lease
+// that has expired, so this cannot revive a dead session), and a deleted or
+// foreign heartbeat is replaced. A member record on another lease (another
+// member with this id registered after ours was deleted), or an etcd whose
+// revision went back (restored from an older snapshot), cannot be repaired:
+// the error wraps errGiveUp.
 func (s *Supervisor) beat(ctx context.Context, gen *generation, clock int64, also ...clientv3.Op) error {
 	gen.beatMu.Lock()
 	defer gen.beatMu.Unlock()
@@ -108,38 +149,64 @@ func (s *Supervisor) beat(ctx context.Context, gen *generation, clock int64, als
 	k, lease := s.cfg.Keys, int64(gen.sess.Lease())
 	key, member := k.Heartbeat(lease), k.Member(s.cfg.ID)
 	val := string(registry.Heartbeat{Member: s.cfg.ID, ClockMS: clock, Time: time.Now().UTC().Round(0)}.Marshal())
-	for range 2 {
+	memberCmp := clientv3.Compare(clientv3.LeaseValue(member), "=", lease)
+	var repair []clientv3.Op
+	for range 3 {
+		then := append(append([]clientv3.Op{clientv3.OpPut(key, val)}, repair...), also...)
 		resp, err := s.cfg.Client.Txn(ctx).
-			If(clientv3.Compare(clientv3.LeaseValue(member), "=", lease),
-				clientv3.Compare(clientv3.ModRevision(key), "=", gen.beatRev)).
-			Then(append([]clientv3.Op{clientv3.OpPut(key, val)}, also...)...).
+			If(memberCmp, clientv3.Compare(clientv3.ModRevision(key), "=", gen.beatRev)).
+			Then(then...).
 			Else(clientv3.OpGet(member), clientv3.OpGet(key)).
 			Commit()
 		if err != nil {
-			s.m.HeartbeatErrors.Inc()
 			return err
 		}
 		if resp.Succeeded {
+			if repair != nil {
+				s.log.Warn("the member record was deleted by someone else; wrote it again", "key", member)
+			}
 			gen.beatRev, gen.beatClock = resp.Header.Revision, clock
 			s.m.Heartbeats.Inc()
 			return nil
 		}
+		if resp.Header.Revision < gen.beatRev {
+			return fmt.Errorf("%w: etcd is at revision %d, before this member's last heartbeat at %d: was it restored from an older snapshot?",
+				errGiveUp, resp.Header.Revision, gen.beatRev)
+		}
 		tr := (*etcdserverpb.TxnResponse)(resp)
 		m, hb := firstKV(tr, 0), firstKV(tr, 1)
-		if m == nil || m.Lease != lease {
-			return errors.New("the member record is not on this session's lease: the session is ending")
+		switch {
+		case m == nil:
+			memberCmp = clientv3.Compare(clientv3.CreateRevision(member), "=", 0)
+			repair = []clientv3.Op{clientv3.OpPut(member, string(s.memberRecord(s.heldCount()).Marshal()), clientv3.WithLease(gen.sess.Lease()))}
+		case m.Lease != lease:
+			return fmt.Errorf("%w: the member record %s is on lease %x, not this session's %x: another member with id %q registered",
+				errGiveUp, member, m.Lease, lease, s.cfg.ID)
 		}
-		// Our own earlier beat, applied although its answer was lost.
-		gen.beatRev = 0
-		if hb != nil {
-			gen.beatRev = hb.ModRevision
-			if b, err := registry.ParseHeartbeat(hb.Value); err == nil && b.ClockMS >= clock {
-				gen.beatClock = b.ClockMS
-				return nil
+		switch {
+		case hb == nil:
+			if gen.beatRev != 0 {
+				s.log.Warn("this member's heartbeat was deleted by someone else; writing it again", "key", key)
 			}
+			gen.beatRev = 0
+		case hb.ModRevision != gen.beatRev:
+			gen.beatRev = hb.ModRevision
+			b, err := registry.ParseHeartbeat(hb.Value)
+			if err == nil && b.Member == s.cfg.ID && b.ClockMS > gen.beatClock && b.ClockMS < clock {
+				gen.beatClock = b.ClockMS // our own earlier beat, applied although its answer was lost
+				continue
+			}
+			s.log.Warn("this member's heartbeat was overwritten by someone else; writing its own again", "key", key)
 		}
 	}
-	return errors.New("heartbeat: its own revision kept changing")
+	return errors.New("heartbeat: its keys kept changing under it")
+}
+
+// heldCount is the number of lives held now.
+func (s *Supervisor) heldCount() int {
+	s.heldMu.Lock()
+	defer s.heldMu.Unlock()
+	return len(s.held)
 }
 
 // finalCheckpoints stops every held life and writes one last heartbeat at
@@ -260,10 +327,14 @@ func (s *Supervisor) revisions(ctx context.Context, prefix string) (map[string]k
 // other than h's holder wrote (nil: deleted) at revision rev, keeping
 // foreign bytes in quarantine/<name>: they are never resumed and never
 // silently overwritten. A change no newer than h's last write is not one.
+// A member past its safe deadline judges nothing: the write may be its
+// successor's, and the loss of the session stops h anyway. It says what it
+// found only once the fenced write is applied, which proves that h's holder
+// still held the life when the write was made.
 func (s *Supervisor) repairAge(ctx context.Context, h *heldLife, found *mvccpb.KeyValue, rev int64) {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	if h.stopped.Load() || rev <= h.lastRev.Load() {
+	if h.stopped.Load() || rev <= h.lastRev.Load() || s.pastDeadline() {
 		return
 	}
 	k := s.cfg.Keys
@@ -272,25 +343,43 @@ func (s *Supervisor) repairAge(ctx context.Context, h *heldLife, found *mvccpb.K
 		return
 	}
 	var seen int64
+	prevKeep := h.keep
 	if found != nil {
 		seen = found.ModRevision
 		h.keep = found.Value
-		s.m.Quarantined.Inc()
-		s.log.Error("age record was overwritten by someone other than its holder; keeping those bytes in quarantine and the life's own age",
-			"name", h.name, "key", k.Age(h.name), "quarantine", k.Quarantine(h.name), "age", h.ageAt(time.Now())/1000)
-	} else {
-		s.log.Warn("age record was deleted by someone other than its holder; writing it again", "name", h.name, "age", h.ageAt(time.Now())/1000)
 	}
-	h.lastRev.Store(seen)
 	rec := h.runningRecord()
+	prevRev := h.lastRev.Load()
+	h.lastRev.Store(seen)
 	cmps, then, _ := h.ageWrite(k, rec)
 	wctx, cancel := context.WithTimeout(ctx, s.batchTimeout())
 	defer cancel()
 	resp, err := s.cfg.Client.Txn(wctx).If(cmps...).Then(then...).Commit()
-	if err == nil && resp.Succeeded {
-		h.wrote(resp.Header.Revision, rec.AgeMS)
+	if err != nil || !resp.Succeeded {
+		// Tried again at the next sweep; if the fence failed, the life is
+		// stopped by the election watch or the next write.
+		h.lastRev.Store(prevRev)
+		h.keep = prevKeep
+		return
 	}
-	// If not, tried again at the next sweep.
+	h.wrote(resp.Header.Revision, rec.AgeMS)
+	if found != nil {
+		s.m.Quarantined.Inc()
+		s.log.Error("age record was overwritten by someone other than its holder; kept those bytes in quarantine and wrote the life's own age",
+			"name", h.name, "key", k.Age(h.name), "quarantine", k.Quarantine(h.name), "age", h.ageAt(time.Now())/1000)
+	} else {
+		s.log.Warn("age record was deleted by someone other than its holder; wrote it again", "name", h.name, "age", h.ageAt(time.Now())/1000)
+	}
+}
+
+// pastDeadline reports whether the current session's safe deadline has
+// passed: a successor may then hold its lives, and the loss of the session
+// is about to stop them. (Between sessions no life is held.)
+func (s *Supervisor) pastDeadline() bool {
+	s.mu.Lock()
+	gen := s.gen
+	s.mu.Unlock()
+	return gen != nil && !time.Now().Before(gen.sess.Deadline())
 }
 
 // collectBeats deletes the heartbeats of dead members once no age record

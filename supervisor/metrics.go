@@ -19,6 +19,7 @@ type Metrics struct {
 	ElectionErrors   prometheus.Counter
 	DirectStarts     prometheus.Counter
 	HeartbeatSeconds prometheus.Gauge
+	HeartbeatFailing prometheus.Gauge
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -30,7 +31,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Started:          prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_lives_started_total", Help: "Lives this member started."}),
 		Lost:             prometheus.NewCounterVec(prometheus.CounterOpts{Name: "immortald_lives_stopped_total", Help: "Lives this member stopped, by reason."}, []string{"reason"}),
 		Heartbeats:       prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_heartbeats_total", Help: "Heartbeats applied: each checkpoints the age of every life the member runs."}),
-		HeartbeatErrors:  prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_heartbeat_errors_total", Help: "Heartbeat transactions that failed to reach etcd."}),
+		HeartbeatErrors:  prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_heartbeat_errors_total", Help: "Heartbeats not applied: etcd unreachable or slow, or a guard that failed (its member record or heartbeat changed by someone else)."}),
 		Sessions:         prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_sessions_total", Help: "Sessions (leases) opened."}),
 		SessionLosses:    prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_session_losses_total", Help: "Sessions lost before shutdown."}),
 		Quarantined:      prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_age_records_quarantined_total", Help: "Corrupt age records moved to quarantine/."}),
@@ -39,9 +40,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		ElectionErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_election_txn_errors_total", Help: "Election batch transactions that failed to reach etcd."}),
 		DirectStarts:     prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_direct_starts_total", Help: "Lives started without a second check, because the watch saw every candidacy in front of ours go."}),
 		HeartbeatSeconds: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immortald_heartbeat_seconds", Help: "How long the last heartbeat took; above the checkpoint interval, a crash can lose more than an interval."}),
+		HeartbeatFailing: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immortald_heartbeat_failing", Help: "1 while the member's last heartbeat was not applied: its lives' ages are not checkpointed, and it is not ready."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Held, m.Wanted, m.Invalid, m.Started, m.Lost, m.Heartbeats, m.HeartbeatErrors, m.Sessions, m.SessionLosses, m.Quarantined, m.Handoffs, m.ElectionTxns, m.ElectionErrors, m.DirectStarts, m.HeartbeatSeconds)
+		reg.MustRegister(m.Held, m.Wanted, m.Invalid, m.Started, m.Lost, m.Heartbeats, m.HeartbeatErrors, m.Sessions, m.SessionLosses, m.Quarantined, m.Handoffs, m.ElectionTxns, m.ElectionErrors, m.DirectStarts, m.HeartbeatSeconds, m.HeartbeatFailing)
 	}
 	return m
 }

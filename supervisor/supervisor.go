@@ -4,15 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/immortald/immortald/internal/backoff"
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/immortald/immortald/internal/backoff"
 	"github.com/immortald/immortald/lease"
 	"github.com/immortald/immortald/registry"
 )
@@ -70,6 +71,26 @@ type generation struct {
 	beatMu    sync.Mutex // one heartbeat at a time
 	beatRev   int64      // revision of the last heartbeat applied (0: none yet)
 	beatClock int64      // its clock
+
+	// beatFailing is set while heartbeats are not applied: the member is
+	// not ready then (Ready), as a crash would lose more than an interval.
+	beatFailing atomic.Bool
+
+	// lost is closed by fail when the generation can no longer keep its
+	// promises although its lease may still renew (its member record was
+	// taken, etcd went back in time, no checkpoint for a TTL); Run then
+	// treats it as a lost session. lostErr says why.
+	lost     chan struct{}
+	lostOnce sync.Once
+	lostErr  error
+}
+
+// fail ends gen as a lost session, for err; the first reason wins.
+func (gen *generation) fail(err error) {
+	gen.lostOnce.Do(func() {
+		gen.lostErr = err
+		close(gen.lost)
+	})
 }
 
 var _ registry.Handler = (*Supervisor)(nil)
@@ -98,11 +119,12 @@ func New(cfg Config) (*Supervisor, error) {
 }
 
 // Ready reports whether the member holds a session, has read the wanted
-// lives, and is not shutting down.
+// lives, checkpoints them (its last heartbeat was applied), and is not
+// shutting down.
 func (s *Supervisor) Ready() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.gen != nil && s.synced && !s.stopping
+	return s.gen != nil && s.synced && !s.stopping && !s.gen.beatFailing.Load()
 }
 
 // Held returns the age in milliseconds of every life this member runs now.
@@ -153,7 +175,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			s.shutdown(gen)
 			return nil
 		case <-sess.Done():
-			s.loseGeneration(gen)
+			s.loseGeneration(gen, nil)
+		case <-gen.lost:
+			s.loseGeneration(gen, gen.lostErr)
 		}
 	}
 }
@@ -220,7 +244,7 @@ func (s *Supervisor) memberRecord(lives int) registry.MemberRecord {
 // election watch starts after it, before any candidacy of the generation.
 func (s *Supervisor) startGeneration(sess *lease.Session, rev int64) *generation {
 	ctx, cancel := context.WithCancel(context.Background())
-	gen := &generation{sess: sess, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1)}
+	gen := &generation{sess: sess, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1), lost: make(chan struct{})}
 	s.openHeld()
 	s.mu.Lock()
 	s.gen = gen
@@ -254,11 +278,17 @@ func (s *Supervisor) startGeneration(sess *lease.Session, rev int64) *generation
 
 // loseGeneration handles a lost session: every life stops at once, before
 // anything else; then the old lease is revoked in case it still lives.
-func (s *Supervisor) loseGeneration(gen *generation) {
+// why is the reason when the supervisor gave the session up itself (nil:
+// the lease was lost).
+func (s *Supervisor) loseGeneration(gen *generation, why error) {
 	gen.cancel()
-	n := s.dropAllHeld("session lost")
+	n := s.dropAllHeld("session_lost")
 	s.m.SessionLosses.Inc()
-	s.log.Warn("session lost: stopped every life this member held", "lives", n, "lease", fmt.Sprintf("%x", int64(gen.sess.Lease())))
+	if why != nil {
+		s.log.Error("giving the session up: stopped every life this member held", "lives", n, "lease", fmt.Sprintf("%x", int64(gen.sess.Lease())), "why", why)
+	} else {
+		s.log.Warn("session lost: stopped every life this member held", "lives", n, "lease", fmt.Sprintf("%x", int64(gen.sess.Lease())))
+	}
 	s.endGeneration(gen)
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Lease.TTL)
 	defer cancel()
@@ -307,12 +337,14 @@ func (s *Supervisor) shutdown(gen *generation) {
 		s.log.Error("cannot revoke the lease; peers take over when it expires", "err", err)
 	}
 	took := time.Since(t0)
-	// After the revoke: a line per life is milliseconds per thousand lives
-	// that peers need not wait for.
+	// After the revoke, since a line per life is milliseconds per thousand
+	// lives that peers need not wait for; but each line carries the time
+	// its life stopped, before any peer could start it, so logs merged by
+	// time read in the order things happened.
 	for _, h := range lives {
-		s.log.Info("life handed off: "+h.name, "name", h.name, "age", h.ageAt(stoppedAt)/1000, "incarnation", h.incarnate)
+		s.logAt(stoppedAt, "life handed off: "+h.name, "name", h.name, "age", h.ageAt(stoppedAt)/1000, "incarnation", h.incarnate)
 	}
-	s.log.Info("shut down: lives handed off", "lives", len(lives), "took", took.Round(time.Millisecond))
+	s.log.Info("shut down: lives handed off", "lives", len(lives), "stopped_at", stoppedAt.UTC(), "took", took.Round(time.Millisecond))
 }
 
 // endGeneration stops the elections of gen and waits for its goroutines a
@@ -352,9 +384,7 @@ func (s *Supervisor) publishMember(gen *generation) {
 			return
 		case <-t.C:
 		}
-		s.heldMu.Lock()
-		n := len(s.held)
-		s.heldMu.Unlock()
+		n := s.heldCount()
 		if n == last {
 			continue
 		}
@@ -571,4 +601,16 @@ func (s *Supervisor) Delete(name string, _ int64) {
 func (s *Supervisor) countLocked() {
 	s.m.Wanted.Set(float64(len(s.wanted) - len(s.invalid)))
 	s.m.Invalid.Set(float64(len(s.invalid)))
+}
+
+// logAt logs msg at info level with the time at, when the thing it tells of
+// happened, rather than the time of the call: a line written after a
+// revoke, say, about a life that stopped before it.
+func (s *Supervisor) logAt(at time.Time, msg string, args ...any) {
+	if !s.log.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
+	r := slog.NewRecord(at, slog.LevelInfo, msg, 0)
+	r.Add(args...)
+	_ = s.log.Handler().Handle(context.Background(), r)
 }

@@ -1,10 +1,14 @@
 package supervisor
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"log/slog"
 	"math"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -197,7 +201,7 @@ func TestLostLifeStopsAlone(t *testing.T) {
 	srv := etcdtest.MustStart(t)
 	m1 := startMember(t, srv.Endpoint(), "m1")
 	obs := etcdtest.MustClient(t, srv.Endpoint())
-	const n = 50
+	const n = 500
 	for i := range n {
 		put(t, obs, testKeys.Life(fmt.Sprintf("life-%02d", i)), "")
 	}
@@ -684,4 +688,87 @@ func TestPeerStartsDirectlyAfterHandoff(t *testing.T) {
 			t.Fatalf("%s: record %+v", name, rec)
 		}
 	}
+}
+
+// TestHandoffLogsInOrder: the "life handed off" lines of a member that
+// stops are written after its revoke (for speed), but each carries the time
+// its life stopped: never later than the peer's "New life spawned" line of
+// the same life, so logs merged by time read in the order things happened.
+func TestHandoffLogsInOrder(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	var buf syncBuffer
+	logTo := func(c *Config) {
+		c.Logger = slog.New(slog.NewJSONHandler(&buf, nil)).With("member", c.ID)
+	}
+	// m1 logs to a slow sink (a pipe to a busy collector, say): its lines
+	// take 200 µs each, so the peer starts lives while m1 still writes.
+	slowLog := func(c *Config) {
+		c.Logger = slog.New(slog.NewJSONHandler(slowWriter{&buf}, nil)).With("member", c.ID)
+	}
+	old := startMemberWith(t, srv.Endpoint(), "m1", slowLog)
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	const n = 500
+	for i := range n {
+		put(t, obs, testKeys.Life(fmt.Sprintf("life-%03d", i)), "")
+	}
+	waitFor(t, 30*time.Second, "all lives on m1", func() bool { return len(old.sup.Held()) == n })
+	peer := startMemberWith(t, srv.Endpoint(), "m2", logTo)
+	time.Sleep(2 * testInterval) // m2 campaigns as second candidate
+	old.stop()
+	waitFor(t, 10*time.Second, "all lives on m2", func() bool { return len(peer.sup.Held()) == n })
+
+	stopped, spawned := map[string]time.Time{}, map[string]time.Time{}
+	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var rec struct {
+			Time   time.Time `json:"time"`
+			Msg    string    `json:"msg"`
+			Member string    `json:"member"`
+			Name   string    `json:"name"`
+		}
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		switch {
+		case rec.Member == "m1" && strings.HasPrefix(rec.Msg, "life handed off"):
+			stopped[rec.Name] = rec.Time
+		case rec.Member == "m2" && strings.HasPrefix(rec.Msg, "New life spawned"):
+			spawned[rec.Name] = rec.Time
+		}
+	}
+	if len(stopped) != n {
+		t.Fatalf("%d lives logged as handed off by m1, want %d", len(stopped), n)
+	}
+	for name, at := range stopped {
+		if sp, ok := spawned[name]; !ok {
+			t.Errorf("%s: no spawn line on m2", name)
+		} else if sp.Before(at) {
+			t.Errorf("%s: m2 logged its start at %s, before m1's handoff line at %s", name, sp.Format("15:04:05.000000"), at.Format("15:04:05.000000"))
+		}
+	}
+}
+
+// slowWriter takes 200 µs for every write.
+type slowWriter struct{ w *syncBuffer }
+
+func (s slowWriter) Write(p []byte) (int, error) {
+	time.Sleep(200 * time.Microsecond)
+	return s.w.Write(p)
+}
+
+// syncBuffer is a bytes.Buffer safe for the members' loggers at once.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
