@@ -409,6 +409,7 @@ func TestSecureRefusals(t *testing.T) {
 				p := e.start(tt.name+" "+cmd[0], append(cmd, flags...))
 				code := p.wait(t)
 				got := p.stderr.String()
+				t.Logf("%s: exit %d: %s", cmd[0], code, got)
 				if code != tt.code {
 					t.Errorf("%s exited %d, want %d; stderr %q", cmd[0], code, tt.code, got)
 				}
