@@ -24,6 +24,10 @@ type Options struct {
 	CheckpointInterval time.Duration
 	// Prefix is the keyspace prefix; default /immortals/.
 	Prefix string
+	// Secure runs etcd with TLS, client certificates and (once the test
+	// enables it) auth, and the members with their certificates and the
+	// etcd user immortald: see secure_test.go. Docker backend only.
+	Secure bool
 }
 
 func (o Options) withDefaults() Options {

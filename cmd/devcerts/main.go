@@ -4,7 +4,7 @@
 // (CN root, for etcdctl and the auth setup Job), and the Kubernetes Secrets
 // that carry them.
 //
-//	go run ./cmd/devcerts -out bin/dev-certs [-namespace default]
+//	go run ./cmd/devcerts -out bin/dev-certs [-namespace default] [-hosts etcd1,etcd2]
 //
 // It writes, under -out: ca.crt, etcd.crt/.key, immortald.crt/.key,
 // root.crt/.key (keys mode 0600), and secrets.yaml with the Secrets
@@ -41,6 +41,7 @@ func run(args []string) error {
 	ns := fs.String("namespace", "default", "namespace of the etcd Service (for the server certificate's names)")
 	service := fs.String("service", "etcd", "name of etcd's headless Service")
 	replicas := fs.Int("replicas", 3, "etcd members (etcd-0 ... etcd-N-1)")
+	extra := fs.String("hosts", "", "more comma-separated names or IPs for etcd's server certificate")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -55,6 +56,11 @@ func run(args []string) error {
 	for i := range *replicas {
 		pod := fmt.Sprintf("%s-%d", *service, i)
 		hosts = append(hosts, pod, pod+"."+*service, fmt.Sprintf("%s.%s.%s.svc", pod, *service, *ns), fmt.Sprintf("%s.%s.%s.svc.cluster.local", pod, *service, *ns))
+	}
+	for _, h := range strings.Split(*extra, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			hosts = append(hosts, h)
+		}
 	}
 	leaves := []struct {
 		file, secret string
