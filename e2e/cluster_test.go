@@ -106,6 +106,9 @@ func newCluster(t *testing.T, opts Options) Cluster {
 	case "", "docker":
 		return newDockerCluster(t, opts)
 	case "kind":
+		if opts.Secure {
+			t.Skip("the kind backend has no Secure mode; deploy/overlays/tls is its counterpart")
+		}
 		return newKindCluster(t, opts)
 	default:
 		t.Fatalf("IMMORTALD_E2E_BACKEND=%q: want docker or kind", b)
