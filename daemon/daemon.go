@@ -268,6 +268,9 @@ func (m *Main) Run(ctx context.Context) error {
 	if err := m.preflight(ctx); err != nil {
 		return err
 	}
+	if ctx.Err() != nil {
+		return nil // stopped while waiting for etcd
+	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	fatal := make(chan error, 1)
