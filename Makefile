@@ -17,7 +17,7 @@ E2E_FLAGS     ?= -v
 # Static binaries (no libc in a scratch image). Not exported: -race needs cgo.
 STATIC        := CGO_ENABLED=0
 
-.PHONY: all build etcd image etcd-image test lint unit e2e bench bench-quick bench-check clean
+.PHONY: all build etcd image etcd-image dev-certs test lint unit e2e bench bench-quick bench-check clean
 
 all: build
 
@@ -44,6 +44,11 @@ etcd-image:
 	$(STATIC) GOOS=linux $(GO) build -trimpath -ldflags '-s -w' -o bin/etcd-image/etcd go.etcd.io/etcd/server/v3
 	$(STATIC) GOOS=linux $(GO) build -trimpath -ldflags '-s -w' -o bin/etcd-image/etcdctl go.etcd.io/etcd/etcdctl/v3
 	$(DOCKER) build -q -t $(ETCD_IMAGE) -f Dockerfile.etcd bin/etcd-image
+
+## dev-certs: a development CA and the certificates of deploy/overlays/tls,
+## with the Secrets that carry them, in bin/dev-certs/ (see README).
+dev-certs:
+	$(GO) run ./cmd/devcerts -out bin/dev-certs
 
 ## test: what CI runs: lint, unit and integration tests (-race), the
 ## end-to-end suite on Docker, then the quick benchmark against its bars.

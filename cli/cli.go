@@ -24,6 +24,7 @@ import (
 	"github.com/spf13/viper"
 
 	"github.com/immortald/immortald/daemon"
+	"github.com/immortald/immortald/etcdclient"
 	"github.com/immortald/immortald/registry"
 )
 
@@ -55,7 +56,8 @@ type app struct {
 
 // settings known to the config file: every flag of every command.
 var knownSettings = []string{
-	"config", "etcd-endpoints", "prefix", "log-format", "log-level",
+	"config", "etcd-endpoints", "etcd-cacert", "etcd-cert", "etcd-key", "etcd-user", "etcd-password-file",
+	"prefix", "log-format", "log-level",
 	"id", "lease-ttl", "checkpoint-interval", "http-addr", "data-dir", "output",
 }
 
@@ -75,6 +77,11 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	pf := root.PersistentFlags()
 	pf.String("config", "", "config file (YAML, JSON or TOML); keys are the flag names")
 	pf.String("etcd-endpoints", "", "comma-separated etcd endpoints (run: empty starts an embedded etcd; other commands: default 127.0.0.1:2379)")
+	pf.String("etcd-cacert", "", "PEM file of the CAs that sign etcd's certificate (with https:// endpoints; default: the system roots)")
+	pf.String("etcd-cert", "", "PEM file of the client certificate, for an etcd with --client-cert-auth (read again for each new connection)")
+	pf.String("etcd-key", "", "PEM file of the client certificate's key")
+	pf.String("etcd-user", "", "etcd user; the password comes from IMMORTALD_ETCD_PASSWORD or --etcd-password-file")
+	pf.String("etcd-password-file", "", "file holding the etcd user's password (one line)")
 	pf.String("prefix", registry.DefaultPrefix, "key prefix of the immortald keyspace")
 	pf.String("log-format", "auto", "log format: auto (tint on a terminal, JSON otherwise), text or json")
 	pf.String("log-level", "info", "log level: debug, info, warn or error")
@@ -150,6 +157,41 @@ func (a *app) endpoints() []string {
 	return out
 }
 
+// passwordEnv is the one place a password may be given directly; a flag
+// would show it in ps.
+const passwordEnv = "IMMORTALD_ETCD_PASSWORD"
+
+// etcdConfig reads the etcd connection settings: TLS files, user and
+// password. Its Endpoints are a.endpoints(), possibly empty. The password is
+// read from passwordEnv or the file of --etcd-password-file, never both.
+func (a *app) etcdConfig() (etcdclient.Config, error) {
+	cfg := etcdclient.Config{
+		Endpoints: a.endpoints(),
+		CACert:    a.v.GetString("etcd-cacert"),
+		Cert:      a.v.GetString("etcd-cert"),
+		Key:       a.v.GetString("etcd-key"),
+		User:      a.v.GetString("etcd-user"),
+	}
+	env, inEnv := os.LookupEnv(passwordEnv)
+	file := a.v.GetString("etcd-password-file")
+	switch {
+	case inEnv && file != "":
+		return cfg, usagef("%s and --etcd-password-file are both set: give the password once", passwordEnv)
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return cfg, usagef("--etcd-password-file: %v", err)
+		}
+		cfg.Password = strings.TrimRight(string(b), "\r\n")
+		if cfg.Password == "" {
+			return cfg, usagef("--etcd-password-file %s is empty", file)
+		}
+	case inEnv:
+		cfg.Password = env
+	}
+	return cfg, nil
+}
+
 func (a *app) keys() (registry.Keys, error) {
 	k, err := registry.NewKeys(a.v.GetString("prefix"))
 	if err != nil {
@@ -187,9 +229,14 @@ func (a *app) runCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			etcd, err := a.etcdConfig()
+			if err != nil {
+				return err
+			}
 			m, err := daemon.New(daemon.Config{
 				ID:                 a.v.GetString("id"),
-				Endpoints:          a.endpoints(),
+				Endpoints:          etcd.Endpoints,
+				Etcd:               etcd,
 				Prefix:             a.v.GetString("prefix"),
 				LeaseTTL:           ttl,
 				CheckpointInterval: interval,

@@ -1,65 +1,63 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"runtime"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 	etcdversion "go.etcd.io/etcd/api/v3/version"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/immortald/immortald/daemon"
-	"github.com/immortald/immortald/internal/etcdprobe"
+	"github.com/immortald/immortald/etcdclient"
 	"github.com/immortald/immortald/registry"
 )
 
-// client connects to etcd for a client command.
+// client connects to etcd for a client command, with the TLS and auth
+// settings of every command. Bad settings are usage errors (exit 2);
+// refused credentials are worded by etcdclient.Explain.
 func (a *app) client() (*clientv3.Client, registry.Keys, error) {
 	keys, err := a.keys()
 	if err != nil {
 		return nil, keys, err
 	}
-	eps := a.endpoints()
-	if len(eps) == 0 {
-		eps = []string{"127.0.0.1:2379"}
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cfg, err := a.clientConfig()
 	if err != nil {
-		return nil, keys, fmt.Errorf("etcd at %s: %w", strings.Join(eps, ","), err)
+		return nil, keys, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, keys, usageError{err}
+	}
+	cli, err := etcdclient.New(cfg)
+	if err != nil {
+		return nil, keys, etcdclient.Explain(err, cfg, keys.Prefix())
 	}
 	return cli, keys, nil
 }
 
-// reach words an etcd error so the user sees where it failed: on a time-out
-// it probes each endpoint and says why it cannot be reached.
+// clientConfig is etcdConfig with the client commands' default endpoint.
+func (a *app) clientConfig() (etcdclient.Config, error) {
+	cfg, err := a.etcdConfig()
+	if len(cfg.Endpoints) == 0 {
+		cfg.Endpoints = []string{etcdclient.DefaultEndpoint}
+	}
+	cfg.DialTimeout = 5 * time.Second
+	return cfg, err
+}
+
+// reach words an etcd error so the user sees where and why it failed:
+// unreachable, TLS, authentication or permission on the prefix.
 func (a *app) reach(err error) error {
-	if !errors.Is(err, context.DeadlineExceeded) {
-		return err
+	cfg, cerr := a.clientConfig()
+	keys, kerr := a.keys()
+	if cerr != nil || kerr != nil {
+		return err // client() checked both before any request
 	}
-	eps := a.endpoints()
-	if len(eps) == 0 {
-		eps = []string{"127.0.0.1:2379"}
-	}
-	var why []string
-	for _, ep := range eps {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		if perr := etcdprobe.Probe(ctx, ep, nil); perr != nil {
-			why = append(why, perr.Error())
-		}
-		cancel()
-	}
-	if len(why) == 0 {
-		return fmt.Errorf("cannot reach etcd at %s: timed out, although every endpoint answers a status request (no etcd leader?)", strings.Join(eps, ","))
-	}
-	return fmt.Errorf("cannot reach etcd: %s", strings.Join(why, "; "))
+	return etcdclient.Explain(err, cfg, keys.Prefix())
 }
 
 // output reads and checks the output setting: -o, IMMORTALD_OUTPUT or the

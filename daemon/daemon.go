@@ -22,10 +22,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/immortald/immortald/embedetcd"
-	"github.com/immortald/immortald/internal/etcdprobe"
+	"github.com/immortald/immortald/etcdclient"
+	"github.com/immortald/immortald/internal/backoff"
 	"github.com/immortald/immortald/lease"
 	"github.com/immortald/immortald/registry"
 	"github.com/immortald/immortald/supervisor"
@@ -40,6 +40,11 @@ type Config struct {
 	ID string
 	// Endpoints of etcd. Empty: start an embedded etcd.
 	Endpoints []string
+	// Etcd is how to reach an external etcd: TLS files, user and password
+	// (see etcdclient.Config). Its Endpoints are replaced by Endpoints.
+	// With no Endpoints it must be empty: the embedded etcd serves plain
+	// http on loopback only.
+	Etcd etcdclient.Config
 	// Prefix of the keyspace. Default "/immortals/".
 	Prefix string
 	// LeaseTTL of the member's session: whole seconds, from lease.MinTTL
@@ -71,15 +76,16 @@ const (
 
 // Main is one member.
 type Main struct {
-	cfg  Config
-	log  *slog.Logger
-	etcd *embedetcd.Server
-	cli  *clientv3.Client
-	// endpoints the client uses (the embedded etcd's, when there is one).
-	endpoints []string
-	sup       *supervisor.Supervisor
-	httpLn    net.Listener
-	httpSrv   *http.Server
+	cfg     Config
+	log     *slog.Logger
+	etcd    *embedetcd.Server
+	cli     *clientv3.Client
+	sup     *supervisor.Supervisor
+	httpLn  net.Listener
+	httpSrv *http.Server
+	// denied receives the first request etcd refused for authentication or
+	// permission.
+	denied chan error
 }
 
 // New checks cfg and returns a member that is not started yet.
@@ -119,7 +125,15 @@ func New(cfg Config) (*Main, error) {
 	if cfg.CheckpointInterval > cfg.LeaseTTL/2 {
 		return nil, fmt.Errorf("--checkpoint-interval (%s) must be at most half of --lease-ttl (%s): a member gives its lives up when no heartbeat is applied for a TTL, so one failed heartbeat must not be enough", cfg.CheckpointInterval, cfg.LeaseTTL)
 	}
-	return &Main{cfg: cfg, log: cfg.Logger}, nil
+	cfg.Etcd.Endpoints = cfg.Endpoints
+	if len(cfg.Endpoints) == 0 {
+		if cfg.Etcd.TLS() || cfg.Etcd.User != "" || cfg.Etcd.Password != "" {
+			return nil, errors.New("etcd TLS and auth settings (--etcd-cacert, --etcd-cert, --etcd-key, --etcd-user, a password) need --etcd-endpoints: the embedded etcd serves plain http on loopback only")
+		}
+	} else if err := cfg.Etcd.Validate(); err != nil {
+		return nil, err
+	}
+	return &Main{cfg: cfg, log: cfg.Logger, denied: make(chan error, 1)}, nil
 }
 
 // Ready reports whether the member serves (for /readyz and tests).
@@ -157,19 +171,23 @@ func (m *Main) Open() error {
 		m.etcd = srv
 		endpoints = []string{srv.Endpoint()}
 	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:            endpoints,
-		DialTimeout:          5 * time.Second,
-		DialKeepAliveTime:    2 * time.Second,
-		DialKeepAliveTimeout: 2 * time.Second,
-		Logger:               zap.NewNop(),
-	})
+	ec := m.cfg.Etcd
+	ec.Endpoints = endpoints
+	ec.DialTimeout = 5 * time.Second
+	ec.DialKeepAliveTime, ec.DialKeepAliveTimeout = 2*time.Second, 2*time.Second
+	ec.OnDenied = func(err error) {
+		select {
+		case m.denied <- err:
+		default:
+		}
+	}
+	m.cfg.Etcd = ec
+	cli, err := etcdclient.New(ec)
 	if err != nil {
 		m.Close()
-		return fmt.Errorf("etcd client for %v: %w", endpoints, err)
+		return etcdclient.Explain(err, ec, m.cfg.Prefix)
 	}
 	m.cli = cli
-	m.endpoints = endpoints
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -208,9 +226,42 @@ func (m *Main) Open() error {
 		})
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		m.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go func() { _ = m.httpSrv.Serve(ln) }()
+		srv := m.httpSrv // Close may clear the field before Serve starts
+		go func() { _ = srv.Serve(ln) }()
 	}
 	return nil
+}
+
+// preflight checks, before the member campaigns, that etcd takes its
+// credentials and lets it read and write the prefix: a refusal ends Run
+// with the worded cause (authentication, permission on the prefix, TLS).
+// An etcd that does not answer is waited for, as the supervisor would; a
+// ctx that ends first is no error. A refusal here also reaches m.denied,
+// but Run returns before it looks there.
+func (m *Main) preflight(ctx context.Context) error {
+	retry := backoff.New(200*time.Millisecond, 5*time.Second)
+	var warned time.Time
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := etcdclient.Check(cctx, m.cli, m.cfg.Prefix)
+		cancel()
+		if ctx.Err() != nil {
+			return nil // stopped before the check: nothing to report
+		}
+		if err == nil {
+			return nil
+		}
+		err = etcdclient.Explain(err, m.cfg.Etcd, m.cfg.Prefix)
+		var p *etcdclient.Problem
+		if errors.As(err, &p) && p.Cause != "unreachable" {
+			return err
+		}
+		if time.Since(warned) >= probeEvery {
+			m.log.Warn("cannot reach etcd; will retry", "err", err)
+			warned = time.Now()
+		}
+		retry.Wait(ctx)
+	}
 }
 
 func (m *Main) dataDir() string {
@@ -228,6 +279,12 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.etcd != nil {
 		etcdErr = m.etcd.Err()
 	}
+	if err := m.preflight(ctx); err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return nil // stopped while waiting for etcd
+	}
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	fatal := make(chan error, 1)
@@ -235,6 +292,13 @@ func (m *Main) Run(ctx context.Context) error {
 		select {
 		case err := <-etcdErr:
 			fatal <- fmt.Errorf("embedded etcd failed: %w", err)
+			cancel()
+		case err := <-m.denied:
+			// Every write of a holder is fenced through etcd: one it may
+			// no longer make is a life it can no longer run safely.
+			err = etcdclient.Explain(err, m.cfg.Etcd, m.cfg.Prefix)
+			m.log.Error("etcd refused this member's credentials: stopping every life and exiting", "err", err)
+			fatal <- err
 			cancel()
 		case <-runCtx.Done():
 		}
@@ -271,7 +335,12 @@ const (
 // an etcd): the etcd client itself only ever says "context deadline
 // exceeded". It stops when ctx ends.
 func (m *Main) probeWhileUnready(ctx context.Context) {
-	endpoints := m.endpoints
+	endpoints := m.cfg.Etcd.Endpoints
+	tlsCfg, err := m.cfg.Etcd.TLSConfig()
+	if err != nil {
+		m.log.Warn("cannot probe the etcd endpoints", "err", err)
+		return
+	}
 	t := time.NewTimer(probeFirst)
 	defer t.Stop()
 	for {
@@ -288,7 +357,7 @@ func (m *Main) probeWhileUnready(ctx context.Context) {
 		errs := make([]error, len(endpoints))
 		var wg sync.WaitGroup
 		for i, ep := range endpoints {
-			wg.Go(func() { errs[i] = etcdprobe.Probe(pctx, ep, nil) })
+			wg.Go(func() { errs[i] = etcdclient.Probe(pctx, ep, tlsCfg) })
 		}
 		wg.Wait()
 		cancel()

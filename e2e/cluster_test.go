@@ -24,6 +24,10 @@ type Options struct {
 	CheckpointInterval time.Duration
 	// Prefix is the keyspace prefix; default /immortals/.
 	Prefix string
+	// Secure runs etcd with TLS, client certificates and (once the test
+	// enables it) auth, and the members with their certificates and the
+	// etcd user immortald: see secure_test.go. Docker backend only.
+	Secure bool
 }
 
 func (o Options) withDefaults() Options {
@@ -102,6 +106,9 @@ func newCluster(t *testing.T, opts Options) Cluster {
 	case "", "docker":
 		return newDockerCluster(t, opts)
 	case "kind":
+		if opts.Secure {
+			t.Skip("the kind backend has no Secure mode; deploy/overlays/tls is its counterpart")
+		}
 		return newKindCluster(t, opts)
 	default:
 		t.Fatalf("IMMORTALD_E2E_BACKEND=%q: want docker or kind", b)

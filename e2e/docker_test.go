@@ -159,6 +159,7 @@ type dockerCluster struct {
 	mu      sync.Mutex
 	members map[string]*dockerMember
 	order   []string
+	certs   string // with Options.Secure: the certificates, mounted at /certs
 }
 
 func newDockerCluster(t *testing.T, opts Options) *dockerCluster {
@@ -179,12 +180,18 @@ func newDockerCluster(t *testing.T, opts Options) *dockerCluster {
 	runT(t, time.Minute, "docker", append(append([]string{"network", "create"}, labels...), c.base)...)
 	t.Cleanup(c.cleanup)
 
+	scheme, tlsArgs := "http", []string(nil)
+	if opts.Secure {
+		c.certs = secureFiles(t, []string{"etcd1", "etcd2", "etcd3"})
+		scheme, tlsArgs = "https", secureEtcdArgs()
+		labels = append(labels, "-v", c.certs+":"+secureDir+":ro")
+	}
 	var initial []string
 	for i := 1; i <= 3; i++ {
 		e := &dockerEtcd{name: fmt.Sprintf("etcd%d", i)}
 		e.container = c.base + "-" + e.name
 		c.etcd = append(c.etcd, e)
-		initial = append(initial, fmt.Sprintf("%s=http://%s:2380", e.name, e.name))
+		initial = append(initial, fmt.Sprintf("%s=%s://%s:2380", e.name, scheme, e.name))
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(c.etcd))
@@ -196,16 +203,17 @@ func newDockerCluster(t *testing.T, opts Options) *dockerCluster {
 				return append(append([]string{"run", "-d", "--name", e.container, "--hostname", e.name,
 					"--network", c.base, "--network-alias", e.name, "-p", fmt.Sprintf("127.0.0.1:%d:2379", port),
 					"-v", "/var/lib/etcd"}, labels...),
-					etcdImage,
-					"--name", e.name,
-					"--data-dir", "/var/lib/etcd/data",
-					"--listen-client-urls", "http://0.0.0.0:2379",
-					"--advertise-client-urls", fmt.Sprintf("http://%s:2379", e.name),
-					"--listen-peer-urls", "http://0.0.0.0:2380",
-					"--initial-advertise-peer-urls", fmt.Sprintf("http://%s:2380", e.name),
-					"--initial-cluster", strings.Join(initial, ","),
-					"--initial-cluster-token", c.base,
-					"--initial-cluster-state", "new",
+					append([]string{etcdImage,
+						"--name", e.name,
+						"--data-dir", "/var/lib/etcd/data",
+						"--listen-client-urls", scheme + "://0.0.0.0:2379",
+						"--advertise-client-urls", fmt.Sprintf("%s://%s:2379", scheme, e.name),
+						"--listen-peer-urls", scheme + "://0.0.0.0:2380",
+						"--initial-advertise-peer-urls", fmt.Sprintf("%s://%s:2380", scheme, e.name),
+						"--initial-cluster", strings.Join(initial, ","),
+						"--initial-cluster-token", c.base,
+						"--initial-cluster-state", "new",
+					}, tlsArgs...)...,
 				)
 			}, e.container)
 		}()
@@ -218,7 +226,13 @@ func newDockerCluster(t *testing.T, opts Options) *dockerCluster {
 	for _, e := range c.etcd {
 		eps = append(eps, c.EtcdEndpoint(e.name))
 	}
-	cli, err := newEtcdClient(eps)
+	var cli *clientv3.Client
+	var err error
+	if opts.Secure {
+		cli, err = newSecureEtcdClient(c.certs, eps)
+	} else {
+		cli, err = newEtcdClient(eps)
+	}
 	must(t, err)
 	c.cli = cli
 	must(t, waitEtcd(cli, 60*time.Second))
@@ -302,9 +316,13 @@ func (c *dockerCluster) Options() Options         { return c.opts }
 func (c *dockerCluster) Client() *clientv3.Client { return c.cli }
 
 func (c *dockerCluster) etcdEndpoints() string {
+	scheme := "http"
+	if c.opts.Secure {
+		scheme = "https"
+	}
 	var eps []string
 	for _, e := range c.etcd {
-		eps = append(eps, fmt.Sprintf("http://%s:2379", e.name))
+		eps = append(eps, fmt.Sprintf("%s://%s:2379", scheme, e.name))
 	}
 	return strings.Join(eps, ",")
 }
@@ -327,8 +345,12 @@ func (c *dockerCluster) AddMembers(ctx context.Context, n int) ([]string, error)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var secure []string
+			if c.opts.Secure {
+				secure = append([]string{"-v", c.certs + ":" + secureDir + ":ro"}, secureMemberEnv()...)
+			}
 			errs[i] = c.runWithPort(&m.port, func(port int) []string {
-				return []string{"run", "-d", "--name", m.container, "--hostname", m.id,
+				return dockerRunWith(secure, []string{"run", "-d", "--name", m.container, "--hostname", m.id,
 					"--network", c.base, "--network-alias", m.id,
 					"-p", fmt.Sprintf("127.0.0.1:%d:8080", port),
 					"--label", labelCluster + "=" + c.base, "--label", labelOwner + "=" + strconv.Itoa(os.Getpid()),
@@ -340,7 +362,7 @@ func (c *dockerCluster) AddMembers(ctx context.Context, n int) ([]string, error)
 					"-e", "IMMORTALD_CHECKPOINT_INTERVAL=" + c.opts.CheckpointInterval.String(),
 					"-e", "IMMORTALD_LOG_LEVEL=" + logLevel,
 					daemonImage, "run", "--id", m.id, "--http-addr", ":8080",
-				}
+				})
 			}, m.container)
 		}()
 	}
@@ -524,5 +546,9 @@ func (c *dockerCluster) Etcdctl(ctx context.Context, args ...string) (cmdResult,
 	if container == "" {
 		return cmdResult{}, fmt.Errorf("etcdctl: every etcd member is down")
 	}
-	return run(ctx, "docker", append([]string{"exec", container, "/etcdctl", "--command-timeout", "10s"}, args...)...)
+	argv := []string{"exec", container, "/etcdctl", "--command-timeout", "10s"}
+	if c.opts.Secure {
+		argv = append(argv, secureEtcdctlArgs()...)
+	}
+	return run(ctx, "docker", append(argv, args...)...)
 }

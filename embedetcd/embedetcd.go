@@ -3,12 +3,16 @@
 // integration tests.
 //
 // Guarantees: Start returns only once the server serves clients, or with an
-// error; Close stops it and releases its ports and data directory lock.
+// error; Close stops it and releases its ports and data directory lock. It
+// listens on loopback only (127.0.0.0/8, ::1 or localhost), in plain http:
+// Start refuses any other client or peer address, so the embedded etcd,
+// which has neither TLS nor auth, is never reachable from another machine.
 package embedetcd
 
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"time"
 
@@ -20,10 +24,11 @@ type Config struct {
 	// Dir holds the data. Default "immortald.etcd".
 	Dir string
 	// ClientURL is where clients connect. Default http://127.0.0.1:2379;
-	// port 0 picks a free port (see Server.Endpoint).
+	// port 0 picks a free port (see Server.Endpoint). Its host must be
+	// loopback.
 	ClientURL string
 	// PeerURL is the raft peer URL. Default http://127.0.0.1:2380; port 0
-	// picks a free port.
+	// picks a free port. Its host must be loopback.
 	PeerURL string
 	// LogLevel of etcd's own log (zap): debug, info, warn, error, fatal.
 	// Default fatal: etcd logs harmless errors on every clean stop, and real
@@ -63,6 +68,11 @@ func Start(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedded etcd peer URL %q: %w", cfg.PeerURL, err)
 	}
+	for _, u := range []*url.URL{cu, pu} {
+		if !isLoopback(u.Hostname()) {
+			return nil, fmt.Errorf("embedded etcd URL %q: the host must be loopback (127.0.0.1, ::1 or localhost): the embedded etcd has no TLS and no auth", u.String())
+		}
+	}
 	ec := embed.NewConfig()
 	ec.Name = "immortald"
 	ec.Dir = cfg.Dir
@@ -88,6 +98,27 @@ func Start(cfg Config) (*Server, error) {
 		e.Close()
 		return nil, errors.New("embedded etcd did not become ready in time")
 	}
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Addrs returns the address of every listener the server has: clients and
+// peers.
+func (s *Server) Addrs() []net.Addr {
+	var out []net.Addr
+	for _, l := range s.e.Clients {
+		out = append(out, l.Addr())
+	}
+	for _, p := range s.e.Peers {
+		out = append(out, p.Addr())
+	}
+	return out
 }
 
 // Endpoint returns the address clients reach the server at.

@@ -1,4 +1,4 @@
-package etcdprobe_test
+package etcdclient_test
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/immortald/immortald/internal/etcdprobe"
+	"github.com/immortald/immortald/etcdclient"
 	"github.com/immortald/immortald/internal/etcdtest"
 )
 
@@ -18,7 +18,7 @@ func probe(t *testing.T, ep string, tlsCfg *tls.Config) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	return etcdprobe.Probe(ctx, ep, tlsCfg)
+	return etcdclient.Probe(ctx, ep, tlsCfg)
 }
 
 func TestProbeNamesTheCause(t *testing.T) {

@@ -1,4 +1,4 @@
-// Package etcdprobe tells why an etcd endpoint cannot be reached.
+// Probe: why an etcd endpoint cannot be reached.
 //
 // The etcd client retries every failed connection behind its balancer, so
 // a call to an endpoint that refuses connections, never answers, speaks
@@ -6,13 +6,11 @@
 // asks one endpoint for its status over a connection of its own, without
 // retries, and returns the transport's own reason: connection refused, no
 // answer in time, a TLS handshake that failed, or a server that is not an
-// etcd.
-//
-// Guarantees: Probe sends one Status request (etcd's Maintenance service,
-// which needs no permission) to the endpoint named and nowhere else, and
-// returns within the context's deadline. Its errors name the endpoint and
-// carry no credential.
-package etcdprobe
+// etcd. It sends one Status request (etcd's Maintenance service, which
+// needs no permission) to the endpoint named and nowhere else, returns
+// within the context's deadline, and its errors carry no credential.
+
+package etcdclient
 
 import (
 	"context"

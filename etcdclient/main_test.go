@@ -1,0 +1,13 @@
+package etcdclient_test
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// TestMain fails the package if a test leaves a goroutine behind: a client
+// not closed, a handshake left hanging.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
