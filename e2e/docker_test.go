@@ -154,6 +154,7 @@ type dockerCluster struct {
 	t       *testing.T
 	opts    Options
 	base    string // unique prefix of every container name; also the network
+	peerNet string // with Options.PeerNetwork: the etcd members' own network
 	cli     *clientv3.Client
 	etcd    []*dockerEtcd
 	mu      sync.Mutex
@@ -178,13 +179,19 @@ func newDockerCluster(t *testing.T, opts Options) *dockerCluster {
 	labels := []string{"--label", labelCluster + "=" + c.base, "--label", labelOwner + "=" + strconv.Itoa(os.Getpid())}
 	runT(t, time.Minute, "docker", append(append([]string{"network", "create"}, labels...), c.base)...)
 	t.Cleanup(c.cleanup)
+	if opts.PeerNetwork {
+		// Internal: no gateway, so the client network stays each etcd
+		// container's default route and carries its published port.
+		c.peerNet = c.base + "-peer"
+		runT(t, time.Minute, "docker", append(append([]string{"network", "create", "--internal"}, labels...), c.peerNet)...)
+	}
 
 	var initial []string
 	for i := 1; i <= 3; i++ {
 		e := &dockerEtcd{name: fmt.Sprintf("etcd%d", i)}
 		e.container = c.base + "-" + e.name
 		c.etcd = append(c.etcd, e)
-		initial = append(initial, fmt.Sprintf("%s=http://%s:2380", e.name, e.name))
+		initial = append(initial, fmt.Sprintf("%s=http://%s:2380", e.name, c.peerHost(e.name)))
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(c.etcd))
@@ -192,8 +199,12 @@ func newDockerCluster(t *testing.T, opts Options) *dockerCluster {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var joinPeers func(context.Context) error
+			if c.peerNet != "" {
+				joinPeers = func(ctx context.Context) error { return c.joinPeerNet(ctx, e) }
+			}
 			errs[i] = c.runWithPort(&e.port, func(port int) []string {
-				return append(append([]string{"run", "-d", "--name", e.container, "--hostname", e.name,
+				return append(append([]string{"--name", e.container, "--hostname", e.name,
 					"--network", c.base, "--network-alias", e.name, "-p", fmt.Sprintf("127.0.0.1:%d:2379", port),
 					"-v", "/var/lib/etcd"}, labels...),
 					etcdImage,
@@ -202,12 +213,12 @@ func newDockerCluster(t *testing.T, opts Options) *dockerCluster {
 					"--listen-client-urls", "http://0.0.0.0:2379",
 					"--advertise-client-urls", fmt.Sprintf("http://%s:2379", e.name),
 					"--listen-peer-urls", "http://0.0.0.0:2380",
-					"--initial-advertise-peer-urls", fmt.Sprintf("http://%s:2380", e.name),
+					"--initial-advertise-peer-urls", fmt.Sprintf("http://%s:2380", c.peerHost(e.name)),
 					"--initial-cluster", strings.Join(initial, ","),
 					"--initial-cluster-token", c.base,
 					"--initial-cluster-state", "new",
 				)
-			}, e.container)
+			}, e.container, joinPeers)
 		}()
 	}
 	wg.Wait()
@@ -225,9 +236,10 @@ func newDockerCluster(t *testing.T, opts Options) *dockerCluster {
 	return c
 }
 
-// runWithPort runs `docker run` with a free host port, trying again with
-// another port if the one picked was taken in the meantime.
-func (c *dockerCluster) runWithPort(port *int, args func(port int) []string, container string) error {
+// runWithPort creates a container with a free host port, calls prepare (if
+// any) on it and starts it, trying again with another port if the one picked
+// was taken in the meantime. args are `docker create`'s.
+func (c *dockerCluster) runWithPort(port *int, args func(port int) []string, container string, prepare func(context.Context) error) error {
 	var err error
 	for try := 0; try < 5; try++ {
 		var p int
@@ -235,7 +247,13 @@ func (c *dockerCluster) runWithPort(port *int, args func(port int) []string, con
 			return err
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		_, err = run(ctx, "docker", args(p)...)
+		_, err = run(ctx, "docker", append([]string{"create"}, args(p)...)...)
+		if err == nil && prepare != nil {
+			err = prepare(ctx)
+		}
+		if err == nil {
+			_, err = run(ctx, "docker", "start", container)
+		}
 		cancel()
 		if err == nil {
 			*port = p
@@ -248,6 +266,20 @@ func (c *dockerCluster) runWithPort(port *int, args func(port int) []string, con
 		_, _ = run(ctx, "docker", "rm", "-f", "-v", container)
 		cancel()
 	}
+	return err
+}
+
+// peerHost is the name etcd member name is reached at by its peers: on the
+// peer network when there is one, else on the one network.
+func (c *dockerCluster) peerHost(name string) string {
+	if c.peerNet == "" {
+		return name
+	}
+	return name + "-peer"
+}
+
+func (c *dockerCluster) joinPeerNet(ctx context.Context, e *dockerEtcd) error {
+	_, err := run(ctx, "docker", "network", "connect", "--alias", c.peerHost(e.name), c.peerNet, e.container)
 	return err
 }
 
@@ -282,7 +314,7 @@ func (c *dockerCluster) cleanup() {
 		c.cli.Close()
 	}
 	if os.Getenv("IMMORTALD_E2E_KEEP") != "" {
-		t.Logf("IMMORTALD_E2E_KEEP: leaving containers %v and network %s", names, c.base)
+		t.Logf("IMMORTALD_E2E_KEEP: leaving containers %v and networks %s %s", names, c.base, c.peerNet)
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -293,8 +325,13 @@ func (c *dockerCluster) cleanup() {
 			t.Errorf("cleanup: %v", err)
 		}
 	}
-	if _, err := run(ctx, "docker", "network", "rm", c.base); err != nil {
-		t.Errorf("cleanup: %v", err)
+	for _, n := range []string{c.base, c.peerNet} {
+		if n == "" {
+			continue
+		}
+		if _, err := run(ctx, "docker", "network", "rm", n); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
 	}
 }
 
@@ -328,7 +365,7 @@ func (c *dockerCluster) AddMembers(ctx context.Context, n int) ([]string, error)
 		go func() {
 			defer wg.Done()
 			errs[i] = c.runWithPort(&m.port, func(port int) []string {
-				return []string{"run", "-d", "--name", m.container, "--hostname", m.id,
+				return []string{"--name", m.container, "--hostname", m.id,
 					"--network", c.base, "--network-alias", m.id,
 					"-p", fmt.Sprintf("127.0.0.1:%d:8080", port),
 					"--label", labelCluster + "=" + c.base, "--label", labelOwner + "=" + strconv.Itoa(os.Getpid()),
@@ -341,7 +378,7 @@ func (c *dockerCluster) AddMembers(ctx context.Context, n int) ([]string, error)
 					"-e", "IMMORTALD_LOG_LEVEL=" + logLevel,
 					daemonImage, "run", "--id", m.id, "--http-addr", ":8080",
 				}
-			}, m.container)
+			}, m.container, nil)
 		}()
 	}
 	wg.Wait()
@@ -507,6 +544,31 @@ func (c *dockerCluster) EtcdKill(ctx context.Context, name string) error {
 }
 func (c *dockerCluster) EtcdStart(ctx context.Context, name string) error {
 	return c.etcdDocker(ctx, name, false, "start")
+}
+
+// EtcdCutPeers disconnects an etcd member from the peer network: it keeps
+// answering clients, but hears no peer. EtcdJoinPeers connects it again.
+func (c *dockerCluster) EtcdCutPeers(ctx context.Context, name string) error {
+	return c.etcdPeers(ctx, name, false)
+}
+
+func (c *dockerCluster) EtcdJoinPeers(ctx context.Context, name string) error {
+	return c.etcdPeers(ctx, name, true)
+}
+
+func (c *dockerCluster) etcdPeers(ctx context.Context, name string, join bool) error {
+	e, err := c.etcdNode(name)
+	if err != nil {
+		return err
+	}
+	if c.peerNet == "" {
+		return fmt.Errorf("etcd member %s: the cluster has no peer network (Options.PeerNetwork)", name)
+	}
+	if join {
+		return c.joinPeerNet(ctx, e)
+	}
+	_, err = run(ctx, "docker", "network", "disconnect", c.peerNet, e.container)
+	return err
 }
 
 // Etcdctl runs /etcdctl inside an etcd container that is up, against its own
