@@ -14,9 +14,9 @@ import (
 	"github.com/spf13/cobra"
 	etcdversion "go.etcd.io/etcd/api/v3/version"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/immortald/immortald/daemon"
+	"github.com/immortald/immortald/internal/etcdclient"
 	"github.com/immortald/immortald/registry"
 )
 
@@ -30,7 +30,7 @@ func (a *app) client() (*clientv3.Client, registry.Keys, error) {
 	if len(eps) == 0 {
 		eps = []string{"127.0.0.1:2379"}
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := etcdclient.New(eps)
 	if err != nil {
 		return nil, keys, fmt.Errorf("etcd at %s: %w", strings.Join(eps, ","), err)
 	}

@@ -21,9 +21,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/immortald/immortald/embedetcd"
+	"github.com/immortald/immortald/internal/etcdclient"
 	"github.com/immortald/immortald/lease"
 	"github.com/immortald/immortald/registry"
 	"github.com/immortald/immortald/supervisor"
@@ -140,13 +140,7 @@ func (m *Main) Open() error {
 		m.etcd = srv
 		endpoints = []string{srv.Endpoint()}
 	}
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:            endpoints,
-		DialTimeout:          5 * time.Second,
-		DialKeepAliveTime:    2 * time.Second,
-		DialKeepAliveTimeout: 2 * time.Second,
-		Logger:               zap.NewNop(),
-	})
+	cli, err := etcdclient.New(endpoints)
 	if err != nil {
 		m.Close()
 		return fmt.Errorf("etcd client for %v: %w", endpoints, err)
