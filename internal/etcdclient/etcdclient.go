@@ -14,10 +14,13 @@
 // handler, so even a write is safe to send again.
 //
 // The connection settings bound how long a member takes to talk to etcd
-// again after a path that dropped bytes: a dead connection is noticed by
-// keep-alive pings within KeepAliveTime+KeepAliveTimeout, a connection
-// attempt that hangs is given up after MinConnectTimeout, and attempts are
-// at most MaxReconnectDelay apart (gRPC's defaults are 20 s and 120 s).
+// again after a path that dropped bytes. A dead connection is noticed by the
+// kernel once data sent on it goes unacknowledged for KeepAliveTimeout (gRPC
+// sets it as the socket's TCP_USER_TIMEOUT; a member always has a request out
+// within a checkpoint interval), or else by a keep-alive ping unanswered for
+// KeepAliveTimeout; a connection attempt that hangs is given up after
+// MinConnectTimeout, and attempts are at most MaxReconnectDelay apart
+// (gRPC's defaults are 20 s and 120 s).
 package etcdclient
 
 import (
@@ -34,8 +37,10 @@ import (
 
 // Connection settings; see the package comment.
 const (
-	DialTimeout       = 5 * time.Second
-	KeepAliveTime     = 2 * time.Second
+	DialTimeout = 5 * time.Second
+	// KeepAliveTime is gRPC's floor: it raises anything lower to 10 s
+	// (the 2 s asked for before was silently raised).
+	KeepAliveTime     = 10 * time.Second
 	KeepAliveTimeout  = 2 * time.Second
 	MinConnectTimeout = 3 * time.Second
 	MaxReconnectDelay = 2 * time.Second
