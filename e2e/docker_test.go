@@ -338,15 +338,23 @@ func (c *dockerCluster) cleanup() {
 func (c *dockerCluster) Options() Options         { return c.opts }
 func (c *dockerCluster) Client() *clientv3.Client { return c.cli }
 
-func (c *dockerCluster) etcdEndpoints() string {
+// etcdEndpoints are the client URLs of the etcd members named, as the
+// members reach them.
+func etcdEndpoints(names []string) string {
 	var eps []string
-	for _, e := range c.etcd {
-		eps = append(eps, fmt.Sprintf("http://%s:2379", e.name))
+	for _, n := range names {
+		eps = append(eps, fmt.Sprintf("http://%s:2379", n))
 	}
 	return strings.Join(eps, ",")
 }
 
 func (c *dockerCluster) AddMembers(ctx context.Context, n int) ([]string, error) {
+	return c.addMembers(ctx, n, c.EtcdMembers())
+}
+
+// addMembers starts n members that are given the endpoints of the etcd
+// members named in etcds only.
+func (c *dockerCluster) addMembers(ctx context.Context, n int, etcds []string) ([]string, error) {
 	c.mu.Lock()
 	var ms []*dockerMember
 	for range n {
@@ -371,7 +379,7 @@ func (c *dockerCluster) AddMembers(ctx context.Context, n int) ([]string, error)
 					"--label", labelCluster + "=" + c.base, "--label", labelOwner + "=" + strconv.Itoa(os.Getpid()),
 					// Settings through the environment, as a Deployment would
 					// give them; the id through a flag.
-					"-e", "IMMORTALD_ETCD_ENDPOINTS=" + c.etcdEndpoints(),
+					"-e", "IMMORTALD_ETCD_ENDPOINTS=" + etcdEndpoints(etcds),
 					"-e", "IMMORTALD_PREFIX=" + c.opts.Prefix,
 					"-e", "IMMORTALD_LEASE_TTL=" + c.opts.LeaseTTL.String(),
 					"-e", "IMMORTALD_CHECKPOINT_INTERVAL=" + c.opts.CheckpointInterval.String(),

@@ -15,12 +15,12 @@ import (
 
 // TestEtcdMemberIsolated: one etcd member of three is cut off from its peers
 // for 18 s while it still answers clients (its peer network is disconnected,
-// its client network is not). The two others are a quorum the whole time, and
-// every immortald member lists all three endpoints, so every member reaches
-// that quorum: none may lose its session, and no life may go unheld longer
-// than the TTL plus a campaign round (3 s of slack for this 2-core machine).
-// The isolated member is made the etcd leader first (etcdctl move-leader), or
-// is a follower.
+// its client network is not). The two others are a quorum the whole time.
+// Three immortald members list all three etcd endpoints, a fourth only the
+// two healthy ones; every one reaches that quorum, so none may lose its
+// session, and no life may go unheld longer than the TTL plus a campaign
+// round (3 s of slack for this 2-core machine). The isolated member is made
+// the etcd leader first (etcdctl move-leader), or is a follower.
 func TestEtcdMemberIsolated(t *testing.T) {
 	if os.Getenv("IMMORTALD_E2E_BACKEND") == "kind" {
 		t.Skip("needs a peer network of its own for etcd: docker backend only")
@@ -33,39 +33,25 @@ func testEtcdMemberIsolated(t *testing.T, leader bool) {
 	const isolation = 18 * time.Second
 	e := setup(t, Options{LeaseTTL: 5 * time.Second, PeerNetwork: true})
 	c, chk, o := e.c, e.chk, e.o
+	victim := c.EtcdMembers()[2]
 	ids := e.addMembers(3)
+	healthyOnly, err := c.(*dockerCluster).addMembers(ctxT(3*time.Minute), 1, without(c.EtcdMembers(), victim))
+	must(t, err)
+	waitReady(t, c, 60*time.Second, healthyOnly...)
+	chk.Note("member %v lists only the etcd members other than %s", healthyOnly, victim)
+	ids = append(ids, healthyOnly...)
 	names := lifeNames("I", 30)
 	e.putLives(names)
 	chk.WaitRunning(t, names, time.Time{}, 60*time.Second)
 	e.settle(names, 60*time.Second)
 	e.waitAge(names, 2*time.Second)
 
-	// The victim is a follower now; for the leader case it is made the
-	// leader, as an operator would.
-	cur := e.etcdLeader()
-	victim := ""
-	for _, n := range c.EtcdMembers() {
-		if n != cur {
-			victim = n
-			break
-		}
-	}
-	if leader {
-		st, err := c.Client().Status(ctxT(10*time.Second), c.EtcdEndpoint(victim))
-		must(t, err)
-		var urls []string
-		for _, n := range c.EtcdMembers() {
-			urls = append(urls, "http://"+n+":2379") // as the etcd containers reach each other's client port
-		}
-		e.etcdctl("--endpoints", strings.Join(urls, ","), "move-leader", fmt.Sprintf("%x", st.Header.MemberId))
-		waitFor(t, 30*time.Second, victim+" to lead", func() (bool, string) {
-			l := e.etcdLeader()
-			return l == victim, "leader is " + l
-		})
-		chk.Note("moved the etcd leadership to %s", victim)
-		// The move costs nothing, but let every member renew and
-		// checkpoint under the new leader before the cut.
-		chk.WaitRunning(t, names, time.Now().Add(2*o.CheckpointInterval), 30*time.Second)
+	// The victim leads, or follows, as an operator would arrange it.
+	switch cur := e.etcdLeader(); {
+	case leader && cur != victim:
+		e.moveEtcdLeader(victim, names)
+	case !leader && cur == victim:
+		e.moveEtcdLeader(c.EtcdMembers()[0], names)
 	}
 	before := map[string]int{}
 	for _, id := range ids {
@@ -140,7 +126,7 @@ func testEtcdMemberIsolated(t *testing.T, leader bool) {
 		}
 	}
 	e.waitExactlyOnce(names, ids, 30*time.Second)
-	report(t, "etcd-member-isolated", "victim", victim, "was_leader", leader, "isolated_ms", ms(back.Sub(at)),
+	report(t, "etcd-member-isolated", "victim", victim, "was_leader", leader, "members", len(ids), "isolated_ms", ms(back.Sub(at)),
 		"sessions_lost", lost, "holder_changes", changes, "worst_unheld_ms", ms(unheld), "max_checkpoint_gap_ms", ms(gap),
 		"etcd_rejoin_ms", ms(rejoin), "lease_ttl_ms", ms(o.LeaseTTL))
 	chk.Check(t)
@@ -155,4 +141,23 @@ func (e *env) sessionLosses(id string) int {
 		e.t.Fatalf("no immortald_session_losses_total in /metrics of %s", id)
 	}
 	return int(n)
+}
+
+// moveEtcdLeader makes the etcd member named the leader (etcdctl
+// move-leader), and waits until the lives are checkpointed under it.
+func (e *env) moveEtcdLeader(to string, names []string) {
+	e.t.Helper()
+	st, err := e.c.Client().Status(ctxT(10*time.Second), e.c.EtcdEndpoint(to))
+	must(e.t, err)
+	var urls []string
+	for _, n := range e.c.EtcdMembers() {
+		urls = append(urls, "http://"+n+":2379") // as the etcd containers reach each other's client port
+	}
+	e.etcdctl("--endpoints", strings.Join(urls, ","), "move-leader", fmt.Sprintf("%x", st.Header.MemberId))
+	waitFor(e.t, 30*time.Second, to+" to lead", func() (bool, string) {
+		l := e.etcdLeader()
+		return l == to, "leader is " + l
+	})
+	e.chk.Note("moved the etcd leadership to %s", to)
+	e.chk.WaitRunning(e.t, names, time.Now().Add(2*e.o.CheckpointInterval), 30*time.Second)
 }
