@@ -173,8 +173,7 @@ func (m *Main) Open() error {
 	}
 	ec := m.cfg.Etcd
 	ec.Endpoints = endpoints
-	ec.DialTimeout = 5 * time.Second
-	ec.DialKeepAliveTime, ec.DialKeepAliveTimeout = 2*time.Second, 2*time.Second
+	ec.DialTimeout = etcdclient.DialTimeout
 	ec.OnDenied = func(err error) {
 		select {
 		case m.denied <- err:

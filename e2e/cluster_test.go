@@ -28,6 +28,10 @@ type Options struct {
 	// enables it) auth, and the members with their certificates and the
 	// etcd user immortald: see secure_test.go. Docker backend only.
 	Secure bool
+	// PeerNetwork puts etcd's peer traffic on a network of its own, apart
+	// from the one clients use, so that EtcdCutPeers can cut a member off
+	// from its peers alone. Docker backend only.
+	PeerNetwork bool
 }
 
 func (o Options) withDefaults() Options {
@@ -89,6 +93,10 @@ type Cluster interface {
 	EtcdStop(ctx context.Context, name string) error
 	EtcdKill(ctx context.Context, name string) error
 	EtcdStart(ctx context.Context, name string) error
+	// EtcdCutPeers cuts an etcd member off from its peers while it still
+	// answers clients (needs Options.PeerNetwork); EtcdJoinPeers undoes it.
+	EtcdCutPeers(ctx context.Context, name string) error
+	EtcdJoinPeers(ctx context.Context, name string) error
 	// Etcdctl runs etcdctl against the cluster, as a user would.
 	Etcdctl(ctx context.Context, args ...string) (cmdResult, error)
 }

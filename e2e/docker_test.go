@@ -154,6 +154,7 @@ type dockerCluster struct {
 	t       *testing.T
 	opts    Options
 	base    string // unique prefix of every container name; also the network
+	peerNet string // with Options.PeerNetwork: the etcd members' own network
 	cli     *clientv3.Client
 	etcd    []*dockerEtcd
 	mu      sync.Mutex
@@ -179,6 +180,12 @@ func newDockerCluster(t *testing.T, opts Options) *dockerCluster {
 	labels := []string{"--label", labelCluster + "=" + c.base, "--label", labelOwner + "=" + strconv.Itoa(os.Getpid())}
 	runT(t, time.Minute, "docker", append(append([]string{"network", "create"}, labels...), c.base)...)
 	t.Cleanup(c.cleanup)
+	if opts.PeerNetwork {
+		// Internal: no gateway, so the client network stays each etcd
+		// container's default route and carries its published port.
+		c.peerNet = c.base + "-peer"
+		runT(t, time.Minute, "docker", append(append([]string{"network", "create", "--internal"}, labels...), c.peerNet)...)
+	}
 
 	scheme, tlsArgs := "http", []string(nil)
 	if opts.Secure {
@@ -191,7 +198,7 @@ func newDockerCluster(t *testing.T, opts Options) *dockerCluster {
 		e := &dockerEtcd{name: fmt.Sprintf("etcd%d", i)}
 		e.container = c.base + "-" + e.name
 		c.etcd = append(c.etcd, e)
-		initial = append(initial, fmt.Sprintf("%s=%s://%s:2380", e.name, scheme, e.name))
+		initial = append(initial, fmt.Sprintf("%s=%s://%s:2380", e.name, scheme, c.peerHost(e.name)))
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(c.etcd))
@@ -199,8 +206,12 @@ func newDockerCluster(t *testing.T, opts Options) *dockerCluster {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var joinPeers func(context.Context) error
+			if c.peerNet != "" {
+				joinPeers = func(ctx context.Context) error { return c.joinPeerNet(ctx, e) }
+			}
 			errs[i] = c.runWithPort(&e.port, func(port int) []string {
-				return append(append([]string{"run", "-d", "--name", e.container, "--hostname", e.name,
+				return append(append([]string{"--name", e.container, "--hostname", e.name,
 					"--network", c.base, "--network-alias", e.name, "-p", fmt.Sprintf("127.0.0.1:%d:2379", port),
 					"-v", "/var/lib/etcd"}, labels...),
 					append([]string{etcdImage,
@@ -209,13 +220,13 @@ func newDockerCluster(t *testing.T, opts Options) *dockerCluster {
 						"--listen-client-urls", scheme + "://0.0.0.0:2379",
 						"--advertise-client-urls", fmt.Sprintf("%s://%s:2379", scheme, e.name),
 						"--listen-peer-urls", scheme + "://0.0.0.0:2380",
-						"--initial-advertise-peer-urls", fmt.Sprintf("%s://%s:2380", scheme, e.name),
+						"--initial-advertise-peer-urls", fmt.Sprintf("%s://%s:2380", scheme, c.peerHost(e.name)),
 						"--initial-cluster", strings.Join(initial, ","),
 						"--initial-cluster-token", c.base,
 						"--initial-cluster-state", "new",
 					}, tlsArgs...)...,
 				)
-			}, e.container)
+			}, e.container, joinPeers)
 		}()
 	}
 	wg.Wait()
@@ -239,9 +250,10 @@ func newDockerCluster(t *testing.T, opts Options) *dockerCluster {
 	return c
 }
 
-// runWithPort runs `docker run` with a free host port, trying again with
-// another port if the one picked was taken in the meantime.
-func (c *dockerCluster) runWithPort(port *int, args func(port int) []string, container string) error {
+// runWithPort creates a container with a free host port, calls prepare (if
+// any) on it and starts it, trying again with another port if the one picked
+// was taken in the meantime. args are `docker create`'s.
+func (c *dockerCluster) runWithPort(port *int, args func(port int) []string, container string, prepare func(context.Context) error) error {
 	var err error
 	for try := 0; try < 5; try++ {
 		var p int
@@ -249,7 +261,13 @@ func (c *dockerCluster) runWithPort(port *int, args func(port int) []string, con
 			return err
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		_, err = run(ctx, "docker", args(p)...)
+		_, err = run(ctx, "docker", append([]string{"create"}, args(p)...)...)
+		if err == nil && prepare != nil {
+			err = prepare(ctx)
+		}
+		if err == nil {
+			_, err = run(ctx, "docker", "start", container)
+		}
 		cancel()
 		if err == nil {
 			*port = p
@@ -262,6 +280,20 @@ func (c *dockerCluster) runWithPort(port *int, args func(port int) []string, con
 		_, _ = run(ctx, "docker", "rm", "-f", "-v", container)
 		cancel()
 	}
+	return err
+}
+
+// peerHost is the name etcd member name is reached at by its peers: on the
+// peer network when there is one, else on the one network.
+func (c *dockerCluster) peerHost(name string) string {
+	if c.peerNet == "" {
+		return name
+	}
+	return name + "-peer"
+}
+
+func (c *dockerCluster) joinPeerNet(ctx context.Context, e *dockerEtcd) error {
+	_, err := run(ctx, "docker", "network", "connect", "--alias", c.peerHost(e.name), c.peerNet, e.container)
 	return err
 }
 
@@ -296,7 +328,7 @@ func (c *dockerCluster) cleanup() {
 		c.cli.Close()
 	}
 	if os.Getenv("IMMORTALD_E2E_KEEP") != "" {
-		t.Logf("IMMORTALD_E2E_KEEP: leaving containers %v and network %s", names, c.base)
+		t.Logf("IMMORTALD_E2E_KEEP: leaving containers %v and networks %s %s", names, c.base, c.peerNet)
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -307,27 +339,40 @@ func (c *dockerCluster) cleanup() {
 			t.Errorf("cleanup: %v", err)
 		}
 	}
-	if _, err := run(ctx, "docker", "network", "rm", c.base); err != nil {
-		t.Errorf("cleanup: %v", err)
+	for _, n := range []string{c.base, c.peerNet} {
+		if n == "" {
+			continue
+		}
+		if _, err := run(ctx, "docker", "network", "rm", n); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
 	}
 }
 
 func (c *dockerCluster) Options() Options         { return c.opts }
 func (c *dockerCluster) Client() *clientv3.Client { return c.cli }
 
-func (c *dockerCluster) etcdEndpoints() string {
+// etcdEndpoints are the client URLs of the etcd members named, as the
+// members reach them.
+func (c *dockerCluster) etcdEndpoints(names []string) string {
 	scheme := "http"
 	if c.opts.Secure {
 		scheme = "https"
 	}
 	var eps []string
-	for _, e := range c.etcd {
-		eps = append(eps, fmt.Sprintf("%s://%s:2379", scheme, e.name))
+	for _, n := range names {
+		eps = append(eps, fmt.Sprintf("%s://%s:2379", scheme, n))
 	}
 	return strings.Join(eps, ",")
 }
 
 func (c *dockerCluster) AddMembers(ctx context.Context, n int) ([]string, error) {
+	return c.addMembers(ctx, n, c.EtcdMembers())
+}
+
+// addMembers starts n members that are given the endpoints of the etcd
+// members named in etcds only.
+func (c *dockerCluster) addMembers(ctx context.Context, n int, etcds []string) ([]string, error) {
 	c.mu.Lock()
 	var ms []*dockerMember
 	for range n {
@@ -350,20 +395,20 @@ func (c *dockerCluster) AddMembers(ctx context.Context, n int) ([]string, error)
 				secure = append([]string{"-v", c.certs + ":" + secureDir + ":ro"}, secureMemberEnv()...)
 			}
 			errs[i] = c.runWithPort(&m.port, func(port int) []string {
-				return dockerRunWith(secure, []string{"run", "-d", "--name", m.container, "--hostname", m.id,
+				return append(secure, "--name", m.container, "--hostname", m.id,
 					"--network", c.base, "--network-alias", m.id,
 					"-p", fmt.Sprintf("127.0.0.1:%d:8080", port),
-					"--label", labelCluster + "=" + c.base, "--label", labelOwner + "=" + strconv.Itoa(os.Getpid()),
+					"--label", labelCluster+"="+c.base, "--label", labelOwner+"="+strconv.Itoa(os.Getpid()),
 					// Settings through the environment, as a Deployment would
 					// give them; the id through a flag.
-					"-e", "IMMORTALD_ETCD_ENDPOINTS=" + c.etcdEndpoints(),
-					"-e", "IMMORTALD_PREFIX=" + c.opts.Prefix,
-					"-e", "IMMORTALD_LEASE_TTL=" + c.opts.LeaseTTL.String(),
-					"-e", "IMMORTALD_CHECKPOINT_INTERVAL=" + c.opts.CheckpointInterval.String(),
-					"-e", "IMMORTALD_LOG_LEVEL=" + logLevel,
+					"-e", "IMMORTALD_ETCD_ENDPOINTS="+c.etcdEndpoints(etcds),
+					"-e", "IMMORTALD_PREFIX="+c.opts.Prefix,
+					"-e", "IMMORTALD_LEASE_TTL="+c.opts.LeaseTTL.String(),
+					"-e", "IMMORTALD_CHECKPOINT_INTERVAL="+c.opts.CheckpointInterval.String(),
+					"-e", "IMMORTALD_LOG_LEVEL="+logLevel,
 					daemonImage, "run", "--id", m.id, "--http-addr", ":8080",
-				})
-			}, m.container)
+				)
+			}, m.container, nil)
 		}()
 	}
 	wg.Wait()
@@ -529,6 +574,31 @@ func (c *dockerCluster) EtcdKill(ctx context.Context, name string) error {
 }
 func (c *dockerCluster) EtcdStart(ctx context.Context, name string) error {
 	return c.etcdDocker(ctx, name, false, "start")
+}
+
+// EtcdCutPeers disconnects an etcd member from the peer network: it keeps
+// answering clients, but hears no peer. EtcdJoinPeers connects it again.
+func (c *dockerCluster) EtcdCutPeers(ctx context.Context, name string) error {
+	return c.etcdPeers(ctx, name, false)
+}
+
+func (c *dockerCluster) EtcdJoinPeers(ctx context.Context, name string) error {
+	return c.etcdPeers(ctx, name, true)
+}
+
+func (c *dockerCluster) etcdPeers(ctx context.Context, name string, join bool) error {
+	e, err := c.etcdNode(name)
+	if err != nil {
+		return err
+	}
+	if c.peerNet == "" {
+		return fmt.Errorf("etcd member %s: the cluster has no peer network (Options.PeerNetwork)", name)
+	}
+	if join {
+		return c.joinPeerNet(ctx, e)
+	}
+	_, err = run(ctx, "docker", "network", "disconnect", c.peerNet, e.container)
+	return err
 }
 
 // Etcdctl runs /etcdctl inside an etcd container that is up, against its own

@@ -120,14 +120,21 @@ func (e *env) mostLoaded(ids []string) (string, []string) {
 // livesHeld reads immortald_lives_held from a member's /metrics: the lives
 // it runs by its own account. found is false when the metric is missing.
 func (e *env) livesHeld(id string) (n int, found bool, err error) {
+	v, found, err := e.metric(id, "immortald_lives_held")
+	return int(v), found, err
+}
+
+// metric reads one unlabelled metric from a member's /metrics. found is
+// false when the metric is missing.
+func (e *env) metric(id, name string) (v float64, found bool, err error) {
 	page, err := e.c.Metrics(ctxT(10*time.Second), id)
 	if err != nil {
 		return 0, false, err
 	}
 	for _, line := range strings.Split(page, "\n") {
-		if v, ok := strings.CutPrefix(line, "immortald_lives_held "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			return int(f), err == nil, err
+		if s, ok := strings.CutPrefix(line, name+" "); ok {
+			v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+			return v, err == nil, err
 		}
 	}
 	return 0, false, nil

@@ -5,6 +5,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -437,6 +438,13 @@ func (c *kindCluster) EtcdStart(ctx context.Context, name string) error {
 		return ok, fmt.Sprint(err), nil
 	})
 }
+
+func (c *kindCluster) EtcdCutPeers(context.Context, string) error  { return errNotOnKind }
+func (c *kindCluster) EtcdJoinPeers(context.Context, string) error { return errNotOnKind }
+
+// errNotOnKind: the etcd pods share the pod network; there is no network of
+// peer traffic alone to cut.
+var errNotOnKind = errors.New("not supported by the kind backend")
 
 func (c *kindCluster) Etcdctl(ctx context.Context, args ...string) (cmdResult, error) {
 	c.mu.Lock()

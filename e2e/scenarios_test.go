@@ -181,6 +181,9 @@ func testIsolated(t *testing.T, scenario string, isolate, restore func(Cluster, 
 		return n == want, fmt.Sprintf("it runs %d lives, holds %d in etcd", n, want), nil
 	}))
 	waitReady(t, c, 30*time.Second, holder)
+	// How long it took to talk to etcd again: a new session and the wanted
+	// lives read (bounded by the etcd client's reconnection settings).
+	readyAfter := time.Since(back)
 	waitFor(t, 30*time.Second, holder+" to be listed as a member again", func() (bool, string) {
 		mem := listMembers(t, c, others[0])
 		_, ok := mem[holder]
@@ -226,7 +229,7 @@ func testIsolated(t *testing.T, scenario string, isolate, restore func(Cluster, 
 	}
 	report(t, scenario, "lives", len(names), "failover_ms", fo.Max, "failover_ms_avg", fo.Avg,
 		"age_loss_ms", loss.Max, "age_loss_ms_avg", loss.Avg, "isolated_ms", ms(back.Sub(at)),
-		orderKey, order, "lease_ttl_ms", ms(o.LeaseTTL))
+		orderKey, order, "ready_after_restore_ms", ms(readyAfter), "lease_ttl_ms", ms(o.LeaseTTL))
 	chk.Check(t)
 }
 

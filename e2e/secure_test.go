@@ -75,12 +75,6 @@ func secureMemberEnv() []string {
 	return out
 }
 
-// dockerRunWith returns argv ("run", options..., image, args...) with
-// extra options right after "run".
-func dockerRunWith(extra []string, argv []string) []string {
-	return append(append([]string{argv[0]}, extra...), argv[1:]...)
-}
-
 // secureEtcdctlArgs make etcdctl in an etcd container act as root.
 func secureEtcdctlArgs() []string {
 	return []string{"--endpoints", "https://127.0.0.1:2379", "--cacert", secureDir + "/ca.crt",

@@ -67,10 +67,11 @@ type Config struct {
 	User     string
 	Password string
 	// DialTimeout bounds the first connection and, with a User, the
-	// authentication at New. Default 5s.
+	// authentication at New. Default DialTimeout (5s).
 	DialTimeout time.Duration
 	// DialKeepAliveTime and DialKeepAliveTimeout are gRPC keepalive pings
-	// on the connection (0: off).
+	// on the connection. Default KeepAliveTime and KeepAliveTimeout (see
+	// leader.go: gRPC raises a time below 10 s to 10 s).
 	DialKeepAliveTime, DialKeepAliveTimeout time.Duration
 	// OnDenied, if set, is called (from the request's goroutine, so it must
 	// not block) with every request error that is an authentication or
@@ -221,7 +222,10 @@ func New(cfg Config) (*clientv3.Client, error) {
 		return nil, err
 	}
 	if cfg.DialTimeout == 0 {
-		cfg.DialTimeout = 5 * time.Second
+		cfg.DialTimeout = DialTimeout
+	}
+	if cfg.DialKeepAliveTime == 0 {
+		cfg.DialKeepAliveTime, cfg.DialKeepAliveTimeout = KeepAliveTime, KeepAliveTimeout
 	}
 	cc := clientv3.Config{
 		Endpoints:            cfg.Endpoints,
@@ -231,6 +235,7 @@ func New(cfg Config) (*clientv3.Client, error) {
 		Username:             cfg.User,
 		Password:             cfg.Password,
 		Logger:               zap.NewNop(),
+		DialOptions:          connectOptions(),
 	}
 	if cfg.TLS() {
 		creds := &reloadingTLS{info: tlsInfo(cfg)}

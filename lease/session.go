@@ -10,7 +10,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/immortald/immortald/etcdclient"
 )
 
 // MinTTL is the shortest lease TTL accepted: etcd's practical floor (its
@@ -71,10 +72,10 @@ func (c *Config) setDefaults() {
 
 // Session is one member's lease, with its safe deadline.
 type Session struct {
-	cfg  Config
-	cli  *clientv3.Client
-	conc *concurrency.Session
-	dl   *deadline
+	cfg   Config
+	cli   *clientv3.Client
+	lease clientv3.LeaseID
+	dl    *deadline
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -82,35 +83,35 @@ type Session struct {
 	once   sync.Once
 }
 
-// Open grants a lease and starts renewing it.
+// Open grants a lease and starts renewing it. Like a renewal, the grant
+// requires an etcd leader and gives up when its answer would come too late
+// to be of use (after TTL minus the margin, the safe deadline of the lease).
+//
+// Only the renewals this session sends itself decide whether it lives: no
+// keep-alive stream of the client (concurrency.Session's) can end it, since
+// such a stream can sit on an etcd member cut off from its peers until the
+// client's own deadline for it closes it, a TTL later, while the lease is
+// renewed through the other members.
 func Open(ctx context.Context, cli *clientv3.Client, cfg Config) (*Session, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	sent := cfg.Clock.Now()
-	// A grant that etcd does not answer within a TTL would not leave a
-	// useful deadline anyway; without a bound it would wait forever on an
-	// endpoint that cannot be reached, and say nothing.
-	gctx, gcancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), cfg.TTL)
+	// A grant that etcd does not answer before the safe deadline it would
+	// start would leave no useful deadline; without a bound it would wait
+	// forever on an endpoint that cannot be reached, and say nothing.
+	gctx, gcancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), cfg.TTL-cfg.Margin)
 	grant, err := cli.Grant(gctx, int64(cfg.TTL/time.Second))
 	gcancel()
 	if err != nil {
 		return nil, fmt.Errorf("grant lease of %s: %w", cfg.TTL, err)
 	}
 	rctx, cancel := context.WithCancel(context.Background())
-	conc, err := concurrency.NewSession(cli, concurrency.WithLease(grant.ID), concurrency.WithContext(rctx))
-	if err != nil {
-		cancel()
-		revokeCtx, rc := context.WithTimeout(context.Background(), time.Second)
-		defer rc()
-		_, _ = cli.Revoke(revokeCtx, grant.ID)
-		return nil, fmt.Errorf("start session: %w", err)
-	}
 	s := &Session{
 		cfg:    cfg,
 		cli:    cli,
-		conc:   conc,
+		lease:  grant.ID,
 		dl:     newDeadline(cfg.Clock, cfg.Margin, sent, time.Duration(grant.TTL)*time.Second),
 		cancel: cancel,
 		done:   make(chan struct{}),
@@ -122,10 +123,7 @@ func Open(ctx context.Context, cli *clientv3.Client, cfg Config) (*Session, erro
 }
 
 // Lease returns the lease id.
-func (s *Session) Lease() clientv3.LeaseID { return s.conc.Lease() }
-
-// Concurrency returns the underlying session, for concurrency.NewElection.
-func (s *Session) Concurrency() *concurrency.Session { return s.conc }
+func (s *Session) Lease() clientv3.LeaseID { return s.lease }
 
 // Done is closed when the session is lost or closed.
 func (s *Session) Done() <-chan struct{} { return s.done }
@@ -151,7 +149,6 @@ func (s *Session) Abandon() { s.stop() }
 func (s *Session) stop() {
 	s.lose()
 	s.cancel()
-	s.conc.Orphan()
 	s.wg.Wait()
 	s.dl.close()
 }
@@ -166,7 +163,6 @@ func (s *Session) watch(ctx context.Context) {
 		if ctx.Err() == nil {
 			s.cfg.Logger.Warn("lease safe deadline passed without a renewal", "lease", fmt.Sprintf("%x", int64(s.Lease())))
 		}
-	case <-s.conc.Done():
 	case <-ctx.Done():
 	}
 	s.lose()
@@ -174,6 +170,10 @@ func (s *Session) watch(ctx context.Context) {
 
 // renewalsInFlight bounds the renewals outstanding at once.
 const renewalsInFlight = 4
+
+// noLeaderTries is how many times a renewal is sent while the answer is "no
+// leader": on as many endpoints, balanced round robin, when there are three.
+const noLeaderTries = 3
 
 // renew sends a keep-alive every TTL/4 and moves the safe deadline with each
 // acknowledgement. Renewals do not wait for each other: one stuck on an etcd
@@ -209,13 +209,18 @@ func (s *Session) renew(ctx context.Context) {
 	}
 }
 
-// renewOnce sends one keep-alive, sent at sent. Without an etcd leader it
-// fails at once; it gives up when its answer could no longer move the
-// deadline.
+// renewOnce sends one keep-alive, sent at sent. A member without an etcd
+// leader refuses it at once, before doing anything, and clientv3 does not
+// send it again: it is sent again here, to the next endpoint, up to
+// noLeaderTries times in all. It gives up when its answer could no longer
+// move the deadline.
 func (s *Session) renewOnce(ctx context.Context, sent time.Time) {
 	rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), s.cfg.TTL-s.cfg.Margin)
 	defer cancel()
 	resp, err := s.cli.KeepAliveOnce(rctx, s.Lease())
+	for try := 1; try < noLeaderTries && etcdclient.IsNoLeader(err) && rctx.Err() == nil; try++ {
+		resp, err = s.cli.KeepAliveOnce(rctx, s.Lease())
+	}
 	switch {
 	case errors.Is(err, rpctypes.ErrLeaseNotFound):
 		s.cfg.Logger.Warn("lease is gone on the server", "lease", fmt.Sprintf("%x", int64(s.Lease())))

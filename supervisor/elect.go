@@ -783,7 +783,9 @@ func (s *Supervisor) watchElections(gen *generation, rev int64) {
 			// The holder that left most likely wrote a last heartbeat
 			// first: one read of the heartbeats, so that the direct
 			// starts carry the ages forward to it.
-			resp, err := s.cfg.Client.Get(gen.ctx, k.Heartbeats(), clientv3.WithPrefix())
+			ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(gen.ctx), s.batchTimeout())
+			resp, err := s.cfg.Client.Get(ctx, k.Heartbeats(), clientv3.WithPrefix())
+			cancel()
 			s.mu.Lock()
 			if err == nil {
 				s.learnBeatsLocked(resp.Kvs)
@@ -827,7 +829,9 @@ func (s *Supervisor) watchGen(gen *generation, prefix string, rev int64, handle 
 		if gen.ctx.Err() != nil {
 			return
 		}
-		resp, err := s.cfg.Client.Get(gen.ctx, prefix, clientv3.WithCountOnly())
+		ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(gen.ctx), s.batchTimeout())
+		resp, err := s.cfg.Client.Get(ctx, prefix, clientv3.WithCountOnly())
+		cancel()
 		if err != nil {
 			select {
 			case <-gen.ctx.Done():

@@ -215,8 +215,12 @@ func (s *Supervisor) openSession(ctx context.Context) (*lease.Session, int64) {
 // register writes members/<id> on the session's lease, unless a live
 // member with the same id holds it: two members with one id would be
 // indistinguishable in every record. It returns the revision of the write.
+// It gives up at the session's safe deadline, past which the session is of
+// no use.
 func (s *Supervisor) register(ctx context.Context, sess *lease.Session) (int64, error) {
 	key := s.cfg.Keys.Member(s.cfg.ID)
+	ctx, cancel := context.WithDeadline(clientv3.WithRequireLeader(ctx), sess.Deadline())
+	defer cancel()
 	resp, err := s.cfg.Client.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, string(s.memberRecord(0).Marshal()), clientv3.WithLease(sess.Lease()))).

@@ -40,11 +40,11 @@ func MustStartIn(tb testing.TB, dir string) *Server {
 	return &Server{Server: s, Dir: dir}
 }
 
-// MustClient returns a client of endpoint, closed at cleanup.
-func MustClient(tb testing.TB, endpoint string) *clientv3.Client {
+// MustClient returns a plain client of endpoints, closed at cleanup.
+func MustClient(tb testing.TB, endpoints ...string) *clientv3.Client {
 	tb.Helper()
 	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:            []string{endpoint},
+		Endpoints:            endpoints,
 		DialTimeout:          5 * time.Second,
 		DialKeepAliveTime:    time.Second,
 		DialKeepAliveTimeout: time.Second,
