@@ -34,7 +34,13 @@ func secureFiles(t *testing.T, etcdNames []string) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "immortald-e2e-certs")
 	must(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() {
+		if os.Getenv("IMMORTALD_E2E_KEEP") != "" {
+			t.Logf("IMMORTALD_E2E_KEEP: leaving the certificates in %s", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	})
 	root, err := filepath.Abs("..")
 	must(t, err)
 	runT(t, 5*time.Minute, "go", "-C", root, "run", "./cmd/devcerts", "-out", dir, "-hosts", strings.Join(etcdNames, ",")+",localhost,127.0.0.1")
