@@ -34,10 +34,16 @@ func secureFiles(t *testing.T, etcdNames []string) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "immortald-e2e-certs")
 	must(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() {
+		if os.Getenv("IMMORTALD_E2E_KEEP") != "" {
+			t.Logf("IMMORTALD_E2E_KEEP: leaving the certificates in %s", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	})
 	root, err := filepath.Abs("..")
 	must(t, err)
-	runT(t, 5*time.Minute, "go", "-C", root, "run", "./cmd/devcerts", "-out", dir, "-hosts", strings.Join(etcdNames, ",")+",localhost,127.0.0.1")
+	runT(t, 5*time.Minute, "go", "-C", root, "run", "./cmd/devcerts", "-out", dir, "-hosts", strings.Join(etcdNames, ","), "-kubernetes-names=false")
 	must(t, os.WriteFile(filepath.Join(dir, "password"), []byte(securePassword+"\n"), 0o600))
 	must(t, os.WriteFile(filepath.Join(dir, "wrong-password"), []byte("not-"+securePassword+"\n"), 0o600))
 	// Test files only: readable by the containers' user.
@@ -111,9 +117,7 @@ func newSecureEtcdClient(dir string, endpoints []string) (*clientv3.Client, erro
 // are handed off; a wrong password gets one line naming it; no log, CLI
 // output or /metrics shows the password or a key.
 func TestSecure(t *testing.T) {
-	// The production TTL: with auth on, every (re)authentication is a
-	// bcrypt on an etcd member, which a loaded 2-core machine feels.
-	e := setup(t, Options{Secure: true, LeaseTTL: 5 * time.Second})
+	e := setup(t, Options{Secure: true})
 	c, chk, o := e.c, e.chk, e.o
 	// The README's least-privilege role, then auth on.
 	for _, args := range [][]string{

@@ -41,7 +41,8 @@ func run(args []string) error {
 	ns := fs.String("namespace", "default", "namespace of the etcd Service (for the server certificate's names)")
 	service := fs.String("service", "etcd", "name of etcd's headless Service")
 	replicas := fs.Int("replicas", 3, "etcd members (etcd-0 ... etcd-N-1)")
-	extra := fs.String("hosts", "", "more comma-separated names or IPs for etcd's server certificate")
+	extra := fs.String("hosts", "", "more comma-separated names or IPs for etcd's server certificate, put first")
+	k8s := fs.Bool("kubernetes-names", true, "name etcd's Kubernetes Service and pods in its certificate")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -52,16 +53,25 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	hosts := []string{"localhost", "127.0.0.1", *service, fmt.Sprintf("%s.%s.svc", *service, *ns), fmt.Sprintf("%s.%s.svc.cluster.local", *service, *ns)}
-	for i := range *replicas {
-		pod := fmt.Sprintf("%s-%d", *service, i)
-		hosts = append(hosts, pod, pod+"."+*service, fmt.Sprintf("%s.%s.%s.svc", pod, *service, *ns), fmt.Sprintf("%s.%s.%s.svc.cluster.local", pod, *service, *ns))
-	}
+	// etcd checks a peer's client certificate by looking up each DNS name
+	// in it, in order, until one resolves to the peer's address: names
+	// that do not resolve where etcd runs cost a DNS time-out on every new
+	// peer connection. So the names asked for come first, and the
+	// Kubernetes ones can be left out.
+	var hosts []string
 	for _, h := range strings.Split(*extra, ",") {
 		if h = strings.TrimSpace(h); h != "" {
 			hosts = append(hosts, h)
 		}
 	}
+	if *k8s {
+		hosts = append(hosts, *service, fmt.Sprintf("%s.%s.svc", *service, *ns), fmt.Sprintf("%s.%s.svc.cluster.local", *service, *ns))
+		for i := range *replicas {
+			pod := fmt.Sprintf("%s-%d", *service, i)
+			hosts = append(hosts, pod+"."+*service, fmt.Sprintf("%s.%s.%s.svc", pod, *service, *ns), fmt.Sprintf("%s.%s.%s.svc.cluster.local", pod, *service, *ns), pod)
+		}
+	}
+	hosts = append(hosts, "localhost", "127.0.0.1")
 	leaves := []struct {
 		file, secret string
 		leaf         devpki.Leaf
