@@ -55,6 +55,9 @@ type Config struct {
 	EmbeddedClientURL, EmbeddedPeerURL string
 	// Logger. Default slog.Default().
 	Logger *slog.Logger
+	// OnSession, if set, is told each session lease as soon as it is
+	// granted (see supervisor.Config.OnSession).
+	OnSession func(clientv3.LeaseID)
 }
 
 // Main is one member.
@@ -166,6 +169,7 @@ func (m *Main) Open() error {
 		Version:            Version,
 		Logger:             m.log,
 		Metrics:            supervisor.NewMetrics(reg),
+		OnSession:          m.cfg.OnSession,
 	})
 	if err != nil {
 		m.Close()

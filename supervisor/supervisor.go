@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/immortald/immortald/internal/backoff"
 	"log/slog"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -172,6 +173,9 @@ func (s *Supervisor) openSession(ctx context.Context) (*lease.Session, int64) {
 			retry.Wait(ctx)
 			continue
 		}
+		if s.cfg.OnSession != nil {
+			s.cfg.OnSession(sess.Lease())
+		}
 		rev, err := s.register(ctx, sess)
 		if err != nil {
 			s.log.Warn("cannot register member; will retry", "id", s.cfg.ID, "err", err)
@@ -212,7 +216,7 @@ func (s *Supervisor) register(ctx context.Context, sess *lease.Session) (int64, 
 }
 
 func (s *Supervisor) memberRecord(lives int) registry.MemberRecord {
-	return registry.MemberRecord{ID: s.cfg.ID, Address: s.cfg.Address, Version: s.cfg.Version, Started: s.started, Lives: lives}
+	return registry.MemberRecord{ID: s.cfg.ID, Address: s.cfg.Address, Version: s.cfg.Version, Started: s.started, Lives: lives, PID: os.Getpid()}
 }
 
 // startGeneration campaigns for every valid wanted life this member is a
