@@ -22,15 +22,18 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/immortald/immortald/daemon"
 	"github.com/immortald/immortald/registry"
+	"github.com/immortald/immortald/watchdog"
 )
 
 // Execute runs the command line with args and returns the exit code.
 func Execute(args []string, stdout, stderr io.Writer) int {
 	root := newRoot(stdout, stderr)
 	root.SetArgs(args)
+	root.SetContext(context.WithValue(context.Background(), argsKey{}, args))
 	if err := root.Execute(); err != nil {
 		fmt.Fprintf(stderr, "immortald: %v\n", err)
 		var ue usageError
@@ -57,6 +60,7 @@ type app struct {
 var knownSettings = []string{
 	"config", "etcd-endpoints", "prefix", "log-format", "log-level",
 	"id", "lease-ttl", "checkpoint-interval", "http-addr", "data-dir", "output",
+	"watchdog", "restart-member",
 }
 
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
@@ -187,7 +191,7 @@ func (a *app) runCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			m, err := daemon.New(daemon.Config{
+			cfg := daemon.Config{
 				ID:                 a.v.GetString("id"),
 				Endpoints:          a.endpoints(),
 				Prefix:             a.v.GetString("prefix"),
@@ -196,7 +200,22 @@ func (a *app) runCmd() *cobra.Command {
 				HTTPAddr:           a.v.GetString("http-addr"),
 				DataDir:            a.v.GetString("data-dir"),
 				Logger:             log,
-			})
+			}
+			link, err := watchdog.Attach()
+			if err != nil {
+				return err
+			}
+			if link == nil && a.v.GetBool("watchdog") {
+				if _, err := daemon.New(cfg); err != nil {
+					return usageError{err} // bad settings stop here, not in a restart loop
+				}
+				return a.runWatchdog(cmd, cfg, log)
+			}
+			if link != nil {
+				cfg.OnSession = func(id clientv3.LeaseID) { link.Session(int64(id)) }
+				injectPanic(link)
+			}
+			m, err := daemon.New(cfg)
 			if err != nil {
 				return usageError{err}
 			}
@@ -205,6 +224,10 @@ func (a *app) runCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			if link != nil {
+				closing := context.AfterFunc(ctx, link.Closing)
+				defer closing()
+			}
 			return m.Run(ctx)
 		},
 	}
@@ -214,6 +237,8 @@ func (a *app) runCmd() *cobra.Command {
 	f.String("checkpoint-interval", "1s", "time between heartbeats, each a checkpoint of every life's age; below --lease-ttl")
 	f.String("http-addr", ":8080", "address of /livez, /readyz and /metrics (empty: off)")
 	f.String("data-dir", "immortald.etcd", "data directory of the embedded etcd")
+	f.Bool("watchdog", true, "run the member as the child of a watchdog that hands its lives to peers at once when it crashes (false: run it in this process)")
+	f.Bool("restart-member", true, "restart a crashed member, with backoff (false: exit 1 after the revoke; let Kubernetes or systemd restart the process)")
 	return cmd
 }
 
