@@ -76,7 +76,8 @@
 //     a member that dies during its handoff is revoked like any dead one.
 //   - A member that keeps failing is restarted after 250 ms, then 500 ms, up
 //     to 30 s between starts, never in a hot loop; the backoff starts over
-//     once a member has run a minute.
+//     once a member has run 5 s (one that dies later than that is restarted
+//     after 250 ms each time: not a hot loop either).
 //
 // Not covered: a descendant that both left the member's process group and
 // was not orphaned to the watchdog (a grandchild whose parent still runs is

@@ -40,7 +40,7 @@ type Config struct {
 	Restart bool
 	// MinBackoff is the delay before the first restart; it doubles with
 	// each death up to MaxBackoff, and starts over once a member has run
-	// StableAfter. Defaults 250ms, 30s, 60s.
+	// StableAfter. Defaults 250ms, 30s, 5s.
 	MinBackoff, MaxBackoff, StableAfter time.Duration
 	// Signals are forwarded to the member. The first one also means the
 	// watchdog is to stop: it is not restarted after it exits.
@@ -76,7 +76,7 @@ func (c *Config) setDefaults() error {
 		c.MaxBackoff = 30 * time.Second
 	}
 	if c.StableAfter == 0 {
-		c.StableAfter = time.Minute
+		c.StableAfter = 5 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
