@@ -213,6 +213,9 @@ func (a *app) runCmd() *cobra.Command {
 			}
 			if link != nil {
 				cfg.OnSession = func(id clientv3.LeaseID) { link.Session(int64(id)) }
+				for _, id := range link.Leftover() {
+					cfg.Leftover = append(cfg.Leftover, clientv3.LeaseID(id))
+				}
 				injectPanic(link)
 			}
 			m, err := daemon.New(cfg)

@@ -58,6 +58,9 @@ type Config struct {
 	// OnSession, if set, is told each session lease as soon as it is
 	// granted (see supervisor.Config.OnSession).
 	OnSession func(clientv3.LeaseID)
+	// Leftover are leases of a dead predecessor to revoke first (see
+	// supervisor.Config.Leftover).
+	Leftover []clientv3.LeaseID
 }
 
 // Main is one member.
@@ -170,6 +173,7 @@ func (m *Main) Open() error {
 		Logger:             m.log,
 		Metrics:            supervisor.NewMetrics(reg),
 		OnSession:          m.cfg.OnSession,
+		Leftover:           m.cfg.Leftover,
 	})
 	if err != nil {
 		m.Close()

@@ -47,6 +47,10 @@ type Config struct {
 	// is granted, before any key is written on it (the watchdog revokes the
 	// leases of a member that died).
 	OnSession func(clientv3.LeaseID)
+	// Leftover are leases of a dead predecessor of this member (told by its
+	// watchdog) to revoke before the first session, as those of lost
+	// sessions are.
+	Leftover []clientv3.LeaseID
 }
 
 // maxTxnOps is etcd's default limit of operations in one Txn (--max-txn-ops).

@@ -95,6 +95,7 @@ func New(cfg Config) (*Supervisor, error) {
 		beats:   make(map[int64]seenBeat),
 		held:    make(map[string]*heldLife),
 		epoch:   time.Now(),
+		stale:   slices.Clone(cfg.Leftover),
 	}, nil
 }
 
@@ -280,7 +281,7 @@ func (s *Supervisor) revokeStale(ctx context.Context) {
 		cancel()
 		switch {
 		case err == nil:
-			s.log.Info("revoked the lease of a lost session", "lease", fmt.Sprintf("%x", int64(id)))
+			s.log.Info("revoked an old lease of this member (a lost session, or a dead process before this one)", "lease", fmt.Sprintf("%x", int64(id)))
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
 		default:
 			left = append(left, id)

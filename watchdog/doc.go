@@ -27,11 +27,13 @@
 // one locked thread that lives as long as the member does.
 //
 // With the embedded etcd (no endpoints), the etcd ran inside the member and
-// died with it: there is nothing to revoke and no peer that could have used
-// it meanwhile. The watchdog restarts the member; its restarted etcd keeps
-// the old lease (etcd restarts a lease's TTL when it starts), so the new
-// member waits out that TTL before it can register again, as after any
-// restart.
+// died with it: the watchdog has nothing to reach, and no peer could have
+// used that etcd meanwhile. A restarted etcd keeps every lease for another
+// TTL, so the watchdog hands the dead member's leases to the member it
+// starts next (EnvLeftover), which revokes them before it opens its own
+// session, instead of waiting out the TTL to register its id again. The
+// same hand-over covers a lease the watchdog could not revoke because etcd
+// did not answer.
 //
 // Guarantees:
 //   - Only death is proof. The watchdog revokes a lease only after wait(2)

@@ -16,10 +16,17 @@ import (
 // is not under a watchdog.
 const EnvFD = "IMMORTALD_WATCHDOG_FD"
 
+// EnvLeftover names the environment variable that hands a member the
+// leases of its dead predecessor that the watchdog could not revoke (hex,
+// comma-separated): with the embedded etcd, which died with it, or when
+// etcd did not answer. The member revokes them before its first session.
+const EnvLeftover = "IMMORTALD_WATCHDOG_LEFTOVER"
+
 // Link is the member's end of the pipe to its watchdog.
 type Link struct {
-	mu sync.Mutex
-	f  *os.File
+	mu       sync.Mutex
+	f        *os.File
+	leftover []int64
 }
 
 // Attach returns the link to this process's watchdog, or nil when the
@@ -37,7 +44,34 @@ func Attach() (*Link, error) {
 		return nil, fmt.Errorf("watchdog: %s=%q is not a file descriptor above 2", EnvFD, s)
 	}
 	syscall.CloseOnExec(fd)
-	return &Link{f: os.NewFile(uintptr(fd), "watchdog")}, nil
+	l := &Link{f: os.NewFile(uintptr(fd), "watchdog")}
+	if s := os.Getenv(EnvLeftover); s != "" {
+		_ = os.Unsetenv(EnvLeftover)
+		for _, h := range strings.Split(s, ",") {
+			if id, err := strconv.ParseInt(h, 16, 64); err == nil && id != 0 {
+				l.leftover = append(l.leftover, id)
+			}
+		}
+	}
+	return l, nil
+}
+
+// Leftover returns the leases of the dead member before this one that are
+// still to be revoked. Revoking them is safe for the same reason as the
+// watchdog's revoke: their holder is dead.
+func (l *Link) Leftover() []int64 {
+	if l == nil {
+		return nil
+	}
+	return l.leftover
+}
+
+func leftoverEnv(ids []int64) string {
+	hex := make([]string, len(ids))
+	for i, id := range ids {
+		hex[i] = strconv.FormatInt(id, 16)
+	}
+	return EnvLeftover + "=" + strings.Join(hex, ",")
 }
 
 // Session tells the watchdog a lease the member was granted. Call it before

@@ -145,10 +145,13 @@ func (w *Watchdog) Run(ctx context.Context) error {
 	}()
 
 	retry := backoff.New(w.cfg.MinBackoff, w.cfg.MaxBackoff)
-	var last error // why the previous member ended
+	var (
+		last     error   // why the previous member ended
+		leftover []int64 // leases of dead members not revoked yet
+	)
 	for {
 		start := time.Now()
-		d, err := w.runMember()
+		d, err := w.runMember(leftover)
 		if errors.Is(err, errStopped) {
 			return last // a signal came before this member could start
 		}
@@ -162,7 +165,7 @@ func (w *Watchdog) Run(ctx context.Context) error {
 		}
 		w.log.Warn("watchdog: member died", "pid", d.pid, "status", d.status.String(), "graceful_stop_begun", d.rep.closing,
 			"ran", ran.Round(time.Millisecond), "leases", len(d.rep.leases))
-		w.afterDeath(d)
+		leftover = w.afterDeath(d)
 		if w.isStopping() {
 			return fmt.Errorf("%w while stopping: %s", ErrMemberDied, d.status)
 		}
@@ -195,15 +198,19 @@ func (d death) clean() bool { return d.status.Success() && d.rep.closing }
 // waiting happen on one locked OS thread: the member's parent-death signal
 // fires when the thread that forked it ends, not the process, and Go may
 // end an idle thread at any time.
-func (w *Watchdog) runMember() (death, error) {
+func (w *Watchdog) runMember(leftover []int64) (death, error) {
 	r, wr, err := os.Pipe()
 	if err != nil {
 		return death{}, fmt.Errorf("watchdog: pipe: %w", err)
 	}
+	env := append(append([]string(nil), w.cfg.Env...), fmt.Sprintf("%s=%d", EnvFD, 3))
+	if len(leftover) > 0 {
+		env = append(env, leftoverEnv(leftover))
+	}
 	cmd := &exec.Cmd{
 		Path:        w.cfg.Path,
 		Args:        append([]string{w.cfg.Path}, w.cfg.Args...),
-		Env:         append(append([]string(nil), w.cfg.Env...), fmt.Sprintf("%s=%d", EnvFD, 3)),
+		Env:         env,
 		Stdin:       nil,
 		Stdout:      w.cfg.Stdout,
 		Stderr:      w.cfg.Stderr,
@@ -301,15 +308,18 @@ func (w *Watchdog) clearUp(pgid int) bool {
 	}
 }
 
-// afterDeath revokes the dead member's leases, newest first, unless it
-// stopped gracefully or the watchdog has no etcd to reach. It retries until
-// each is gone or has expired on its own (LeaseTTL after the death).
-func (w *Watchdog) afterDeath(d death) {
-	if w.cfg.Revoke == nil || len(d.rep.leases) == 0 {
-		if w.cfg.Revoke == nil && len(d.rep.leases) > 0 {
-			w.log.Info("watchdog: embedded etcd died with the member; nothing to revoke", "leases", len(d.rep.leases))
-		}
-		return
+// afterDeath revokes the dead member's leases, newest first, unless the
+// watchdog has no etcd to reach. It retries until each is gone or has
+// expired on its own (LeaseTTL after the death). It returns the leases it
+// could not revoke, for the next member to revoke when it reaches etcd (a
+// restarted etcd keeps a lease for another TTL).
+func (w *Watchdog) afterDeath(d death) (left []int64) {
+	if len(d.rep.leases) == 0 {
+		return nil
+	}
+	if w.cfg.Revoke == nil {
+		w.log.Info("watchdog: the embedded etcd died with the member; the next member revokes its leases", "leases", len(d.rep.leases))
+		return d.rep.leases
 	}
 	t0 := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.LeaseTTL)
@@ -323,15 +333,14 @@ func (w *Watchdog) afterDeath(d death) {
 				w.log.Info("watchdog: revoked the dead member's lease", "lease", fmt.Sprintf("%x", id), "after_death", time.Since(t0).Round(time.Microsecond))
 				break
 			}
-			if ctx.Err() != nil {
-				w.log.Warn("watchdog: cannot revoke the dead member's lease; it expires after its TTL", "lease", fmt.Sprintf("%x", id), "err", err)
-				return
-			}
-			if !retry.Wait(ctx) {
+			if ctx.Err() != nil || !retry.Wait(ctx) {
+				w.log.Warn("watchdog: cannot revoke the dead member's lease; the next member will, or it expires after its TTL", "lease", fmt.Sprintf("%x", id), "err", err)
+				left = append(left, id)
 				break
 			}
 		}
 	}
+	return left
 }
 
 // forward passes signals to the running member until done ends. The first
