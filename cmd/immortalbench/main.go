@@ -68,8 +68,8 @@ func defaults(quick bool) config {
 			pollEvery:    100 * time.Millisecond,
 			placeTimeout: 10 * time.Second, settleTimeout: 4 * time.Second, moveTimeout: 8 * time.Second,
 			compaction: "5m", leaseTTL: "2s",
-			budget: 85 * time.Second, latencyBudget: 30 * time.Second, baselineBudget: 12 * time.Second,
-			scaleBudget: 22 * time.Second, flapWindow: 2 * time.Second,
+			budget: 90 * time.Second, latencyBudget: 30 * time.Second, baselineBudget: 12 * time.Second,
+			scaleBudget: 26 * time.Second, flapWindow: 2 * time.Second,
 		}
 	}
 	return config{
@@ -99,7 +99,7 @@ func run(args []string) int {
 	lives := fs.Int("lives", 0, "lives of the bulk phase (default 10000 quick, 100000 full)")
 	blLives := fs.Int("baseline-lives", 0, "lives of the baseline (default 100 quick, 1000 full)")
 	only := fs.String("only", "", "run only these phases, comma-separated: latency,baseline,scale,bulk,etcd (etcd: the full run only, unless named)")
-	budget := fs.Duration("budget", 0, "time limit of the run after the build (default 85s quick, 17m30s full); each phase reports what it measured by then")
+	budget := fs.Duration("budget", 0, "time limit of the run after the build (default 90s quick, 17m30s full); each phase reports what it measured by then")
 	leaseTTL := fs.String("lease-ttl", "2s", "the members' --lease-ttl (the failover figures are defined at 2s)")
 	keep := fs.Bool("keep", false, "keep etcd's data directory too (logs are always kept)")
 	check := fs.Bool("check", false, "exit 1 unless every target (the == targets section) is met")
