@@ -75,7 +75,7 @@ e2e: image etcd-image
 bench:
 	$(GO) run ./cmd/immortalbench -out bin/bench.json
 
-## bench-quick: the same in about a minute.
+## bench-quick: the same in about a minute and a half at most.
 bench-quick:
 	$(GO) run ./cmd/immortalbench -quick -out bin/bench-quick.json
 

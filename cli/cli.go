@@ -22,17 +22,24 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/immortald/immortald/daemon"
 	"github.com/immortald/immortald/etcdclient"
 	"github.com/immortald/immortald/registry"
+	"github.com/immortald/immortald/watchdog"
 )
 
 // Execute runs the command line with args and returns the exit code.
 func Execute(args []string, stdout, stderr io.Writer) int {
 	root := newRoot(stdout, stderr)
 	root.SetArgs(args)
+	root.SetContext(context.WithValue(context.Background(), argsKey{}, args))
 	if err := root.Execute(); err != nil {
+		var q quietExit
+		if errors.As(err, &q) {
+			return q.code
+		}
 		fmt.Fprintf(stderr, "immortald: %v\n", err)
 		var ue usageError
 		if errors.As(err, &ue) {
@@ -59,6 +66,7 @@ var knownSettings = []string{
 	"config", "etcd-endpoints", "etcd-cacert", "etcd-cert", "etcd-key", "etcd-user", "etcd-password-file",
 	"prefix", "log-format", "log-level",
 	"id", "lease-ttl", "checkpoint-interval", "http-addr", "data-dir", "output",
+	"watchdog", "restart-member",
 }
 
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
@@ -233,7 +241,7 @@ func (a *app) runCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			m, err := daemon.New(daemon.Config{
+			cfg := daemon.Config{
 				ID:                 a.v.GetString("id"),
 				Endpoints:          etcd.Endpoints,
 				Etcd:               etcd,
@@ -243,24 +251,48 @@ func (a *app) runCmd() *cobra.Command {
 				HTTPAddr:           a.v.GetString("http-addr"),
 				DataDir:            a.v.GetString("data-dir"),
 				Logger:             log,
-			})
+			}
+			link, err := watchdog.Attach()
+			if err != nil {
+				return err
+			}
+			if link == nil && a.v.GetBool("watchdog") {
+				if _, err := daemon.New(cfg); err != nil {
+					return usageError{err} // bad settings stop here, not in a restart loop
+				}
+				return a.runWatchdog(cmd, cfg, log)
+			}
+			if link != nil {
+				cfg.OnSession = func(id clientv3.LeaseID) { link.Session(int64(id)) }
+				for _, id := range link.Leftover() {
+					cfg.Leftover = append(cfg.Leftover, clientv3.LeaseID(id))
+				}
+				injectPanic(link)
+			}
+			m, err := daemon.New(cfg)
 			if err != nil {
 				return usageError{err}
 			}
 			if err := m.Open(); err != nil {
-				return err
+				return fatalToWatchdog(link, err)
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			return m.Run(ctx)
+			if link != nil {
+				closing := context.AfterFunc(ctx, link.Closing)
+				defer closing()
+			}
+			return fatalToWatchdog(link, m.Run(ctx))
 		},
 	}
 	f := cmd.Flags()
 	f.String("id", "", "member id (default: the hostname; in Kubernetes, the pod name)")
-	f.String("lease-ttl", "5s", "session lease TTL: whole seconds, at least 2s")
-	f.String("checkpoint-interval", "1s", "time between heartbeats, each a checkpoint of every life's age; below --lease-ttl")
+	f.String("lease-ttl", "5s", "session lease TTL: whole seconds, from 2s to 10m")
+	f.String("checkpoint-interval", "1s", "time between heartbeats, each a checkpoint of every life's age: from 100ms to 1m, at most half of --lease-ttl")
 	f.String("http-addr", ":8080", "address of /livez, /readyz and /metrics (empty: off)")
 	f.String("data-dir", "immortald.etcd", "data directory of the embedded etcd")
+	f.Bool("watchdog", true, "run the member as the child of a watchdog that hands its lives to peers at once when it crashes (false: run it in this process)")
+	f.Bool("restart-member", true, "restart a crashed member, with backoff (false: exit 1 after the revoke; let Kubernetes or systemd restart the process)")
 	return cmd
 }
 

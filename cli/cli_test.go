@@ -241,7 +241,7 @@ func TestLs(t *testing.T) {
 func TestMembers(t *testing.T) {
 	ep, etcd := server(t)
 	started := time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
-	m := registry.MemberRecord{ID: "m1", Address: ":8080", Version: "dev", Started: started, Lives: 2}
+	m := registry.MemberRecord{ID: "m1", Address: ":8080", Version: "dev", Started: started, Lives: 2, PID: 4242}
 	for k, v := range map[string]string{"/immortals/members/m1": string(m.Marshal()), "/immortals/members/m2": "garbage"} {
 		if _, err := etcd.Put(context.Background(), k, v); err != nil {
 			t.Fatal(err)
@@ -252,11 +252,11 @@ func TestMembers(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || r.code != 0 {
 		t.Fatalf("members -o json = %+v (%v)", r, err)
 	}
-	if len(got) != 2 || got[0].ID != "m1" || got[0].Lives != 2 || !got[0].Started.Equal(started) || got[1].ID != "m2 (record does not parse)" {
+	if len(got) != 2 || got[0].ID != "m1" || got[0].Lives != 2 || got[0].PID != 4242 || !got[0].Started.Equal(started) || got[1].ID != "m2 (record does not parse)" {
 		t.Fatalf("members -o json = %+v", got)
 	}
 	r = execute(t, "members", "--etcd-endpoints", ep)
-	if r.code != 0 || !strings.HasPrefix(r.stdout, "ID") || !strings.Contains(r.stdout, "m1") || !strings.Contains(r.stdout, "2024-05-06T07:08:09Z") {
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "ID") || !strings.Contains(r.stdout, "m1") || !strings.Contains(r.stdout, "2024-05-06T07:08:09Z") || !strings.Contains(r.stdout, "4242") {
 		t.Fatalf("members = %+v", r)
 	}
 }

@@ -243,9 +243,9 @@ func (a *app) membersCmd() *cobra.Command {
 				return json.NewEncoder(a.stdout).Encode(members)
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tADDRESS\tVERSION\tSTARTED\tLIVES")
+			fmt.Fprintln(tw, "ID\tADDRESS\tVERSION\tSTARTED\tLIVES\tPID")
 			for _, m := range members {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", m.ID, m.Address, m.Version, m.Started.Format(time.RFC3339), m.Lives)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\n", m.ID, m.Address, m.Version, m.Started.Format(time.RFC3339), m.Lives, m.PID)
 			}
 			return tw.Flush()
 		},

@@ -64,6 +64,12 @@ type Config struct {
 	EmbeddedClientURL, EmbeddedPeerURL string
 	// Logger. Default slog.Default().
 	Logger *slog.Logger
+	// OnSession, if set, is told each session lease as soon as it is
+	// granted (see supervisor.Config.OnSession).
+	OnSession func(clientv3.LeaseID)
+	// Leftover are leases of a dead predecessor to revoke first (see
+	// supervisor.Config.Leftover).
+	Leftover []clientv3.LeaseID
 }
 
 // The range of the checkpoint interval. Each member writes one heartbeat
@@ -201,6 +207,8 @@ func (m *Main) Open() error {
 		Version:            Version,
 		Logger:             m.log,
 		Metrics:            supervisor.NewMetrics(reg),
+		OnSession:          m.cfg.OnSession,
+		Leftover:           m.cfg.Leftover,
 	})
 	if err != nil {
 		m.Close()

@@ -67,8 +67,13 @@ type Cluster interface {
 	Start(ctx context.Context, id string) (string, error)
 	// Stop stops a member gracefully (SIGTERM) and waits until it exits.
 	Stop(ctx context.Context, id string) error
-	// Kill kills a member (SIGKILL).
+	// Kill kills a member (SIGKILL of its top-level process, the
+	// watchdog: the container goes, and the member process with it).
 	Kill(ctx context.Context, id string) error
+	// KillMember kills the member process alone (SIGKILL), leaving its
+	// watchdog, the container's first process, to revoke its lease and
+	// start it again.
+	KillMember(ctx context.Context, id string) error
 	// Freeze suspends every process of a member; Thaw resumes them.
 	Freeze(ctx context.Context, id string) error
 	Thaw(ctx context.Context, id string) error

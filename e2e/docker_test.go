@@ -456,6 +456,36 @@ func (c *dockerCluster) Stop(ctx context.Context, id string) error {
 func (c *dockerCluster) Kill(ctx context.Context, id string) error {
 	return c.docker(ctx, id, "kill", "--signal", "KILL")
 }
+
+// KillMember finds the member process as the only child of the container's
+// first process, by its pid on this host (a scratch image has no kill
+// command to exec), and SIGKILLs it.
+func (c *dockerCluster) KillMember(ctx context.Context, id string) error {
+	m, err := c.member(id)
+	if err != nil {
+		return err
+	}
+	res, err := run(ctx, "docker", "inspect", "--format", "{{.State.Pid}}", m.container)
+	if err != nil {
+		return err
+	}
+	pid1 := strings.TrimSpace(res.Stdout)
+	kids, _ := filepath.Glob("/proc/" + pid1 + "/task/*/children")
+	var pids []int
+	for _, k := range kids {
+		b, _ := os.ReadFile(k)
+		for _, f := range strings.Fields(string(b)) {
+			if p, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, p)
+			}
+		}
+	}
+	if len(pids) != 1 {
+		return fmt.Errorf("member %s: want one member process under the watchdog (pid %s on this host), found %v", id, pid1, pids)
+	}
+	return syscall.Kill(pids[0], syscall.SIGKILL)
+}
+
 func (c *dockerCluster) Freeze(ctx context.Context, id string) error {
 	return c.docker(ctx, id, "pause")
 }

@@ -195,7 +195,7 @@ func (c *kindCluster) cleanup() {
 	}
 	c.mu.Unlock()
 	for _, p := range frozen {
-		_ = c.signal(ctx, p, "CONT")
+		_ = c.signal(ctx, p, "CONT", all)
 	}
 	if keepLogs(t) {
 		if res, err := c.kubectlCtx(ctx, "get", "pods", "-o", "name"); err == nil {
@@ -337,18 +337,44 @@ func (c *kindCluster) proc(ctx context.Context, pod string) (node string, pid st
 	return node, strings.TrimSpace(res.Stdout), nil
 }
 
-func (c *kindCluster) signal(ctx context.Context, pod, sig string) error {
+// signal sends sig to the container's first process (the watchdog), with
+// its children (the member) too if all, or to the children alone if
+// children.
+func (c *kindCluster) signal(ctx context.Context, pod, sig string, who procs) error {
 	node, pid, err := c.proc(ctx, pod)
 	if err != nil {
 		return err
 	}
-	_, err = run(ctx, "docker", "exec", node, "kill", "-"+sig, pid)
+	targets := map[procs]string{
+		first:    pid,
+		all:      pid + " $(cat /proc/" + pid + "/task/*/children)",
+		children: "$(cat /proc/" + pid + "/task/*/children)",
+	}[who]
+	_, err = run(ctx, "docker", "exec", node, "sh", "-c", "kill -"+sig+" "+targets)
 	return err
 }
 
-func (c *kindCluster) Kill(ctx context.Context, id string) error   { return c.signal(ctx, id, "KILL") }
-func (c *kindCluster) Freeze(ctx context.Context, id string) error { return c.signal(ctx, id, "STOP") }
-func (c *kindCluster) Thaw(ctx context.Context, id string) error   { return c.signal(ctx, id, "CONT") }
+// procs says which processes of a pod's container signal reaches.
+type procs int
+
+const (
+	first procs = iota
+	all
+	children
+)
+
+func (c *kindCluster) Kill(ctx context.Context, id string) error {
+	return c.signal(ctx, id, "KILL", first)
+}
+func (c *kindCluster) KillMember(ctx context.Context, id string) error {
+	return c.signal(ctx, id, "KILL", children)
+}
+func (c *kindCluster) Freeze(ctx context.Context, id string) error {
+	return c.signal(ctx, id, "STOP", all)
+}
+func (c *kindCluster) Thaw(ctx context.Context, id string) error {
+	return c.signal(ctx, id, "CONT", all)
+}
 
 // iptables drops the pod's traffic to and from etcd's client port, in the
 // pod's own network namespace; /readyz stays reachable for the kubelet.
@@ -411,7 +437,7 @@ func (c *kindCluster) EtcdEndpoint(name string) string {
 }
 
 func (c *kindCluster) EtcdStop(ctx context.Context, name string) error {
-	if err := c.signal(ctx, name, "STOP"); err != nil {
+	if err := c.signal(ctx, name, "STOP", first); err != nil {
 		return err
 	}
 	c.mu.Lock()
@@ -421,7 +447,7 @@ func (c *kindCluster) EtcdStop(ctx context.Context, name string) error {
 }
 
 func (c *kindCluster) EtcdKill(ctx context.Context, name string) error {
-	return c.signal(ctx, name, "KILL")
+	return c.signal(ctx, name, "KILL", first)
 }
 
 func (c *kindCluster) EtcdStart(ctx context.Context, name string) error {
@@ -430,7 +456,7 @@ func (c *kindCluster) EtcdStart(ctx context.Context, name string) error {
 	delete(c.frozen, name)
 	c.mu.Unlock()
 	if frozen {
-		return c.signal(ctx, name, "CONT")
+		return c.signal(ctx, name, "CONT", first)
 	}
 	// Killed: the kubelet restarts the container; wait for it to be ready.
 	return poll(3*time.Minute, time.Second, "etcd pod "+name+" ready", func() (bool, string, error) {

@@ -85,15 +85,35 @@ func TestDemo(t *testing.T) {
 }
 
 // TestKill: SIGKILL the holder of about 50 lives (150 lives on three
-// members, placed by the daemon; the most loaded one dies). Each of its lives
-// runs again within TTL + 2 s, no age goes down, and each loses at most one
+// members, placed by the daemon; the most loaded one dies): its top-level
+// process, the watchdog, and with it the container. Each of its lives runs
+// again within TTL + 2 s, no age goes down, and each loses at most one
 // checkpoint interval: the time since its holder's last heartbeat, which
 // carried every one of its lives forward.
 func TestKill(t *testing.T) {
+	testKill(t, "kill", "L", Cluster.Kill, func(o Options) time.Duration { return o.LeaseTTL + 2*time.Second }, false)
+}
+
+// TestKillMember: SIGKILL of the member process of the holder of about 50
+// lives, inside its container: the container's first process, the watchdog,
+// sees it die, revokes its lease, and starts it again. Each of its lives runs
+// elsewhere well under the TTL (at most half of it: a lease that expired
+// could not have moved them so soon), loses at most one checkpoint interval,
+// and the checker finds no write of the dead member after its lease ended.
+// The restarted member joins again in the same container.
+func TestKillMember(t *testing.T) {
+	testKill(t, "kill-member", "M", Cluster.KillMember, func(o Options) time.Duration { return o.LeaseTTL / 2 }, true)
+}
+
+// testKill kills the most loaded of three members with kill and checks that
+// its lives run elsewhere within maxFailover, and, if restarted, that the
+// victim runs lives again afterwards.
+func testKill(t *testing.T, scenario, prefix string, kill func(Cluster, context.Context, string) error,
+	maxFailover func(Options) time.Duration, restarted bool) {
 	e := setup(t, Options{})
 	c, chk, o := e.c, e.chk, e.o
 	ids := e.addMembers(3)
-	names := lifeNames("L", 150)
+	names := lifeNames(prefix, 150)
 	e.putLives(names)
 	chk.WaitRunning(t, names, time.Time{}, 60*time.Second)
 	e.settle(names, 60*time.Second)
@@ -101,13 +121,22 @@ func TestKill(t *testing.T) {
 	e.waitAge(held, 2*time.Second)
 
 	at := time.Now()
-	must(t, c.Kill(ctxT(time.Minute), victim))
-	chk.Note("killed %s holding %d lives", victim, len(held))
+	must(t, kill(c, ctxT(time.Minute), victim))
+	chk.Note("%s: %s holding %d lives", scenario, victim, len(held))
 	hs := chk.WaitHandoffs(t, held, at, o.LeaseTTL+30*time.Second)
-	fo, loss := e.handoffStats(hs, victim, o.LeaseTTL+2*time.Second, o.CheckpointInterval+500*time.Millisecond)
+	fo, loss := e.handoffStats(hs, victim, maxFailover(o), o.CheckpointInterval+500*time.Millisecond)
 	e.settle(names, 60*time.Second)
-	e.waitExactlyOnce(names, without(ids, victim), 30*time.Second)
-	report(t, "kill", "lives", len(names), "killed_holder_lives", len(held), "failover_ms", fo.Max, "failover_ms_min", fo.Min,
+	alive := without(ids, victim)
+	if restarted {
+		alive = ids
+		logs, err := c.Logs(ctxT(time.Minute), victim)
+		must(t, err)
+		if !strings.Contains(logs, "revoked the dead member's lease") {
+			t.Errorf("%s's watchdog did not log a revoke", victim)
+		}
+	}
+	e.waitExactlyOnce(names, alive, 60*time.Second)
+	report(t, scenario, "lives", len(names), "killed_holder_lives", len(held), "failover_ms", fo.Max, "failover_ms_min", fo.Min,
 		"failover_ms_avg", fo.Avg, "age_loss_ms", loss.Max, "age_loss_ms_avg", loss.Avg, "lease_ttl_ms", ms(o.LeaseTTL))
 	chk.Check(t)
 }

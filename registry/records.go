@@ -131,6 +131,9 @@ type MemberRecord struct {
 	Started time.Time `json:"started"`
 	// Lives is how many lives the member held when it last wrote the record.
 	Lives int `json:"lives"`
+	// PID is the member's process id (in its PID namespace): the process
+	// whose death its watchdog detects. 0 in records of older members.
+	PID int `json:"pid,omitempty"`
 }
 
 // Marshal encodes m.

@@ -1,6 +1,7 @@
 package registry_test
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -93,6 +94,21 @@ func TestMemberRecordMarshal(t *testing.T) {
 		if !strings.Contains(got, field) {
 			t.Errorf("MemberRecord.Marshal() = %s, want it to contain %s", got, field)
 		}
+	}
+}
+
+func TestMemberRecordPID(t *testing.T) {
+	m := registry.MemberRecord{ID: "m1", PID: 4242}
+	if got := string(m.Marshal()); !strings.Contains(got, `"pid":4242`) {
+		t.Errorf("MemberRecord.Marshal() = %s, want it to contain \"pid\":4242", got)
+	}
+	// A record of a member from before the pid field still parses, with pid 0.
+	var old registry.MemberRecord
+	if err := json.Unmarshal([]byte(`{"id":"m0","address":":8080","version":"v0","started":"2024-01-02T03:04:05Z","lives":2}`), &old); err != nil {
+		t.Fatalf("old record: %v", err)
+	}
+	if old.ID != "m0" || old.Lives != 2 || old.PID != 0 {
+		t.Errorf("old record parsed as %+v, want id m0, lives 2, pid 0", old)
 	}
 }
 

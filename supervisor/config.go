@@ -43,6 +43,14 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics, if set, is updated as lives come and go.
 	Metrics *Metrics
+	// OnSession, if set, is called with each session's lease as soon as it
+	// is granted, before any key is written on it (the watchdog revokes the
+	// leases of a member that died).
+	OnSession func(clientv3.LeaseID)
+	// Leftover are leases of a dead predecessor of this member (told by its
+	// watchdog) to revoke before the first session, as those of lost
+	// sessions are.
+	Leftover []clientv3.LeaseID
 }
 
 // maxTxnOps is etcd's default limit of operations in one Txn (--max-txn-ops).

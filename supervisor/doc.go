@@ -50,6 +50,12 @@
 //     a member record on another lease, or etcd at a revision before the
 //     last heartbeat (restored from older data), ends the session. An age
 //     record of a held life is repaired through the watch of ages/.
+//   - A lease ends before its TTL only by its own member's revoke (a
+//     graceful stop, a lost session) or by its watchdog's once the member
+//     process is dead (package watchdog): every holder's write is guarded
+//     by a key on the lease (clean-up deletes by the revision they read),
+//     so a request of the dead member that etcd applies after the revoke
+//     fails, as it would after the lease's expiry.
 //   - Shutdown stops every life, writes one last heartbeat and revokes the
 //     lease with a fresh context, so peers take over at once and resume
 //     each life at the age it stopped at.

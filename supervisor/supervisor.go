@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -115,6 +116,7 @@ func New(cfg Config) (*Supervisor, error) {
 		beats:   make(map[int64]seenBeat),
 		held:    make(map[string]*heldLife),
 		epoch:   time.Now(),
+		stale:   slices.Clone(cfg.Leftover),
 	}, nil
 }
 
@@ -196,6 +198,9 @@ func (s *Supervisor) openSession(ctx context.Context) (*lease.Session, int64) {
 			retry.Wait(ctx)
 			continue
 		}
+		if s.cfg.OnSession != nil {
+			s.cfg.OnSession(sess.Lease())
+		}
 		rev, err := s.register(ctx, sess)
 		if err != nil {
 			s.log.Warn("cannot register member; will retry", "id", s.cfg.ID, "err", err)
@@ -240,7 +245,7 @@ func (s *Supervisor) register(ctx context.Context, sess *lease.Session) (int64, 
 }
 
 func (s *Supervisor) memberRecord(lives int) registry.MemberRecord {
-	return registry.MemberRecord{ID: s.cfg.ID, Address: s.cfg.Address, Version: s.cfg.Version, Started: s.started, Lives: lives}
+	return registry.MemberRecord{ID: s.cfg.ID, Address: s.cfg.Address, Version: s.cfg.Version, Started: s.started, Lives: lives, PID: os.Getpid()}
 }
 
 // startGeneration campaigns for every valid wanted life this member is a
@@ -310,7 +315,7 @@ func (s *Supervisor) revokeStale(ctx context.Context) {
 		cancel()
 		switch {
 		case err == nil:
-			s.log.Info("revoked the lease of a lost session", "lease", fmt.Sprintf("%x", int64(id)))
+			s.log.Info("revoked an old lease of this member (a lost session, or a dead process before this one)", "lease", fmt.Sprintf("%x", int64(id)))
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
 		default:
 			left = append(left, id)

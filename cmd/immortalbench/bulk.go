@@ -35,12 +35,12 @@ func (b *bench) phaseBulk(ctx context.Context) error {
 	var idle []float64
 	var idlePSS []float64
 	for _, m := range ms {
-		pm, err := readProcMem(m.p.pid)
+		rss, err := treeRSS(m.p.pid)
 		if err != nil {
 			return err
 		}
-		idle = append(idle, float64(pm.RSS))
-		if pss, err := readPSS(m.p.pid); err == nil {
+		idle = append(idle, float64(rss))
+		if pss, err := treePSS(m.p.pid); err == nil {
 			idlePSS = append(idlePSS, float64(pss))
 		}
 	}
@@ -50,7 +50,7 @@ func (b *bench) phaseBulk(ctx context.Context) error {
 	// Bulk put, then wait for every life to have a record.
 	cpuOf := func() (members, etcd float64) {
 		for _, m := range ms {
-			c, _ := readCPU(m.p.pid)
+			c, _ := treeCPU(m.p.pid)
 			members += c
 		}
 		etcd, _ = readCPU(b.etcd.pid)
@@ -223,7 +223,7 @@ func (b *bench) steady(ctx context.Context, n int, idleRSS, idlePSS float64) err
 	ms := b.alive()
 	cpu0 := make([]float64, len(ms))
 	for i, m := range ms {
-		c, err := readCPU(m.p.pid)
+		c, err := treeCPU(m.p.pid)
 		if err != nil {
 			return err
 		}
@@ -245,10 +245,10 @@ func (b *bench) steady(ctx context.Context, n int, idleRSS, idlePSS float64) err
 	pss := make([][]float64, len(ms))
 	for time.Since(t0) < b.cfg.window {
 		for i, m := range ms {
-			if pm, err := readProcMem(m.p.pid); err == nil {
-				rss[i] = append(rss[i], float64(pm.RSS))
+			if v, err := treeRSS(m.p.pid); err == nil {
+				rss[i] = append(rss[i], float64(v))
 			}
-			if p, err := readPSS(m.p.pid); err == nil {
+			if p, err := treePSS(m.p.pid); err == nil {
 				pss[i] = append(pss[i], float64(p))
 			}
 		}
@@ -258,7 +258,7 @@ func (b *bench) steady(ctx context.Context, n int, idleRSS, idlePSS float64) err
 	}
 	var cpu float64
 	for i, m := range ms {
-		c, err := readCPU(m.p.pid)
+		c, err := treeCPU(m.p.pid)
 		if err != nil {
 			return err
 		}

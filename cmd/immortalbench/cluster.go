@@ -138,8 +138,9 @@ func (b *bench) startEtcd(ctx context.Context) error {
 	}
 }
 
-// startMember starts `immortald run` with id and waits until it is ready.
-func (b *bench) startMember(ctx context.Context, id string) (*member, error) {
+// startMember starts `immortald run` with id (and extra flags) and waits
+// until it is ready.
+func (b *bench) startMember(ctx context.Context, id string, extra ...string) (*member, error) {
 	port, err := b.ports.pick()
 	if err != nil {
 		return nil, err
@@ -155,13 +156,13 @@ func (b *bench) startMember(ctx context.Context, id string) (*member, error) {
 	}
 	defer logf.Close()
 	m := &member{id: id, http: fmt.Sprintf("127.0.0.1:%d", port), log: logPath}
-	m.p, err = b.ps.start("immortald "+id, logf, logf,
-		b.bins.immortald, "run",
+	argv := []string{b.bins.immortald, "run",
 		"--id", id,
 		"--etcd-endpoints", b.endpoint,
 		"--http-addr", m.http,
 		"--lease-ttl", b.cfg.leaseTTL,
-		"--log-format", "json")
+		"--log-format", "json"}
+	m.p, err = b.ps.start("immortald "+id, logf, logf, append(argv, extra...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -601,4 +602,51 @@ func (b *bench) memberMetrics(names ...string) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// memberPID reads the pid of id's member process from its record,
+// members/<id> (`immortald members -o json`): under `immortald run`, the
+// watchdog's child.
+func (b *bench) memberPID(ctx context.Context, id string) (int, error) {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := b.cli.Get(rctx, membersPfx+id)
+	if err != nil {
+		return 0, err
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, fmt.Errorf("no member record of %s", id)
+	}
+	var m registry.MemberRecord
+	if err := json.Unmarshal(resp.Kvs[0].Value, &m); err != nil || m.PID == 0 {
+		return 0, fmt.Errorf("member record of %s has no pid: %s", id, resp.Kvs[0].Value)
+	}
+	return m.PID, nil
+}
+
+// waitRestarted waits until m's watchdog has started a new member process
+// in place of old, and the new one is registered and ready.
+func (b *bench) waitRestarted(ctx context.Context, m *member, old int) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if pid, err := b.memberPID(ctx, m.id); err == nil && pid != old {
+			break
+		}
+		if m.p.exited() {
+			return fmt.Errorf("the watchdog of %s exited: %v (log %s)", m.id, m.p.waitErr, m.log)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no new member process of %s 30s after the old one died (log %s)", m.id, m.log)
+		}
+		if err := sleepCtx(ctx, 20*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	if err := b.waitReady(ctx, m, 30*time.Second); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	b.lastStarted = time.Now()
+	b.mu.Unlock()
+	return nil
 }

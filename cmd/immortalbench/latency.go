@@ -66,18 +66,25 @@ func (b *bench) phaseLatency(ctx context.Context) error {
 	var (
 		handoffMS, gracefulGapMS, gracefulResumeDiffMS, shutdownMS []float64
 		failoverS, crashLossMS                                     []float64
-		handoffTrials, failoverTrials                              int
+		memberCrashMS, memberCrashLossMS                           []float64
+		handoffTrials, failoverTrials, memberCrashTrials           int
+		membersLeft                                                int
 		trialErrs                                                  []string
 	)
-	// Alternate SIGTERM and SIGKILL, so that a run cut short by its time
-	// budget still has some of each.
-	var kinds []syscall.Signal
-	for i := range max(b.cfg.handoffTrials, b.cfg.failoverTrials) {
+	// Alternate SIGTERM, SIGKILL of the top-level process (the watchdog:
+	// its member dies with it, and the lease expires) and SIGKILL of the
+	// member process alone (the watchdog revokes its lease), so that a run
+	// cut short by its time budget still has some of each.
+	var kinds []trialKind
+	for i := range max(b.cfg.handoffTrials, b.cfg.failoverTrials, b.cfg.memberCrashTrials) {
 		if i < b.cfg.handoffTrials {
-			kinds = append(kinds, syscall.SIGTERM)
+			kinds = append(kinds, trialKind{sig: syscall.SIGTERM})
 		}
 		if i < b.cfg.failoverTrials {
-			kinds = append(kinds, syscall.SIGKILL)
+			kinds = append(kinds, trialKind{sig: syscall.SIGKILL})
+		}
+		if i < b.cfg.memberCrashTrials {
+			kinds = append(kinds, trialKind{sig: syscall.SIGKILL, member: true})
 		}
 	}
 	defer func() {
@@ -94,6 +101,16 @@ func (b *bench) phaseLatency(ctx context.Context) error {
 		b.rep.set("graceful_resumed_minus_final_age_ms_max", maxOf(gracefulResumeDiffMS))
 		b.rep.set("age_loss_crash_ms", maxOf(crashLossMS))
 		b.rep.set("age_loss_crash_p50_ms", percentile(crashLossMS, 50))
+		b.rep.set("member_crash_p50_ms", percentile(memberCrashMS, 50))
+		b.rep.set("member_crash_p99_ms", percentile(memberCrashMS, 99))
+		b.rep.set("member_crash_max_ms", maxOf(memberCrashMS))
+		b.rep.set("member_crash_trials", memberCrashTrials)
+		b.rep.set("member_crash_samples", len(memberCrashMS))
+		b.rep.set("age_loss_member_crash_ms", maxOf(memberCrashLossMS))
+		b.rep.set("age_loss_member_crash_p50_ms", percentile(memberCrashLossMS, 50))
+		if failoverTrials > 0 {
+			b.rep.set("top_kill_members_left", membersLeft)
+		}
 		b.rep.set("sigterm_exit_p50_ms", percentile(shutdownMS, 50))
 		if len(trialErrs) > 0 {
 			b.rep.set("trial_errors", trialErrs)
@@ -108,11 +125,21 @@ func (b *bench) phaseLatency(ctx context.Context) error {
 		}
 		al.mu.Unlock()
 	}()
-	for i, sig := range kinds {
+	for i, kind := range kinds {
+		sig := kind.sig
 		graceful := sig == syscall.SIGTERM
-		res, err := b.killTrial(ctx, al, probes, sig, i, i < len(kinds)-1)
+		res, err := b.killTrial(ctx, al, probes, kind, i, i < len(kinds)-1)
+		membersLeft += res.memberLeft
 		for _, s := range res.samples {
 			seen := !s.final.at.IsZero() // a record of the victim's was seen
+			if kind.member {
+				memberCrashMS = append(memberCrashMS, ms(s.moved))
+				if seen {
+					atKill := float64(s.final.rec.AgeMS) + ms(res.killAt.Sub(s.final.rec.Time))
+					memberCrashLossMS = append(memberCrashLossMS, atKill-float64(s.newFirst.rec.AgeMS))
+				}
+				continue
+			}
 			if graceful {
 				handoffMS = append(handoffMS, ms(s.moved))
 				if seen {
@@ -128,12 +155,15 @@ func (b *bench) phaseLatency(ctx context.Context) error {
 			}
 		}
 		if len(res.samples) > 0 {
-			if graceful {
+			switch {
+			case kind.member:
+				memberCrashTrials++
+			case graceful:
 				handoffTrials++
-			} else {
+			default:
 				failoverTrials++
 			}
-			fmt.Fprintf(logw, "  trial %d: %s %s holding %d probe lives: moved in %s..%s\n", i, sigName(sig), res.victim,
+			fmt.Fprintf(logw, "  trial %d: %s %s holding %d probe lives: moved in %s..%s\n", i, kind, res.victim,
 				len(res.samples), res.minMoved.Round(time.Millisecond), res.maxMoved.Round(time.Millisecond))
 		}
 		if graceful && res.exit > 0 {
@@ -143,8 +173,8 @@ func (b *bench) phaseLatency(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			trialErrs = append(trialErrs, fmt.Sprintf("trial %d (%s): %v", i, sigName(sig), err))
-			fmt.Fprintf(logw, "  trial %d (%s) failed: %v\n", i, sigName(sig), err)
+			trialErrs = append(trialErrs, fmt.Sprintf("trial %d (%s): %v", i, kind, err))
+			fmt.Fprintf(logw, "  trial %d (%s) failed: %v\n", i, kind, err)
 		}
 	}
 	return nil
@@ -164,6 +194,22 @@ type trialResult struct {
 	exit               time.Duration // signal to process exit
 	samples            []sample
 	minMoved, maxMoved time.Duration
+	memberLeft         int // 1 if the member process outlived its killed watchdog
+}
+
+// trialKind is what a trial does to the member that holds probe lives:
+// sig to the top-level process (`immortald run`, the watchdog), or, with
+// member, SIGKILL to the member process alone.
+type trialKind struct {
+	sig    syscall.Signal
+	member bool
+}
+
+func (k trialKind) String() string {
+	if k.member {
+		return "SIGKILL of the member process"
+	}
+	return sigName(k.sig)
 }
 
 // killTrial waits for the probes to settle, signals the member that holds
@@ -171,7 +217,8 @@ type trialResult struct {
 // has a record of another holder (and each one's last effective age under
 // the victim against the age it resumed at), then (if restart) starts the member again
 // with its id.
-func (b *bench) killTrial(ctx context.Context, al *ageLog, probes []string, sig syscall.Signal, i int, restart bool) (trialResult, error) {
+func (b *bench) killTrial(ctx context.Context, al *ageLog, probes []string, kind trialKind, i int, restart bool) (trialResult, error) {
+	sig := kind.sig
 	var res trialResult
 	if err := b.settle(ctx, al, probes); err != nil {
 		return res, fmt.Errorf("probes did not settle: %w", err)
@@ -215,8 +262,17 @@ func (b *bench) killTrial(ctx context.Context, al *ageLog, probes []string, sig 
 			return res, err
 		}
 	}
+	memberPID, err := b.memberPID(ctx, victim.id)
+	if err != nil {
+		return res, err
+	}
 	res.killAt = time.Now()
-	if err := victim.p.signal(sig); err != nil {
+	if kind.member {
+		err = syscall.Kill(memberPID, syscall.SIGKILL)
+	} else {
+		err = victim.p.signal(sig)
+	}
+	if err != nil {
 		return res, err
 	}
 	moved := func(n string) (obs, bool) {
@@ -227,7 +283,7 @@ func (b *bench) killTrial(ctx context.Context, al *ageLog, probes []string, sig 
 		}
 		return obs{}, false
 	}
-	err := al.waitUntil(ctx, 30*time.Second, func() bool {
+	err = al.waitUntil(ctx, 30*time.Second, func() bool {
 		for _, n := range names {
 			if _, ok := moved(n); !ok {
 				return false
@@ -259,10 +315,18 @@ func (b *bench) killTrial(ctx context.Context, al *ageLog, probes []string, sig 
 	}
 	al.mu.Unlock()
 
+	if kind.member {
+		// Its watchdog revoked the lease and starts the member again.
+		return res, b.waitRestarted(ctx, victim, memberPID)
+	}
 	if !victim.p.wait(20 * time.Second) {
 		return res, fmt.Errorf("%s still runs 20s after %s", victim.id, sigName(sig))
 	}
 	res.exit = victim.p.exitedAt.Sub(res.killAt)
+	if sig == syscall.SIGKILL && !processGone(memberPID, 5*time.Second) {
+		res.memberLeft = 1 // its watchdog is dead, and it runs on
+		fmt.Fprintf(logw, "  trial %d: the member process %d of %s outlived its killed watchdog\n", i, memberPID, victim.id)
+	}
 	if !restart {
 		return res, nil
 	}

@@ -43,6 +43,7 @@ type config struct {
 	lives, baselineLives, scaleLives           int
 	baselineLivesForced                        bool // -baseline-lives given: no CPU cap
 	startTrials, handoffTrials, failoverTrials int
+	memberCrashTrials                          int // SIGKILL of the member process alone
 	baselineStartTrials, baselineFailovers     int
 	baselineRound                              int
 	window, baselineWindow                     time.Duration
@@ -60,27 +61,27 @@ func defaults(quick bool) config {
 	if quick {
 		return config{
 			quick: true, lives: 10000, baselineLives: 100, scaleLives: 10000,
-			startTrials: 10, handoffTrials: 2, failoverTrials: 2,
+			startTrials: 10, handoffTrials: 2, failoverTrials: 2, memberCrashTrials: 3,
 			baselineStartTrials: 10, baselineFailovers: 20, baselineRound: 20,
 			window: 3 * time.Second, baselineWindow: 2 * time.Second,
 			settleExtra: 500 * time.Millisecond, settleQuiet: 1500 * time.Millisecond,
 			pollEvery:    100 * time.Millisecond,
 			placeTimeout: 10 * time.Second, settleTimeout: 4 * time.Second, moveTimeout: 8 * time.Second,
 			compaction: "5m", leaseTTL: "2s",
-			budget: 60 * time.Second, latencyBudget: 18 * time.Second, baselineBudget: 12 * time.Second,
-			scaleBudget: 16 * time.Second, flapWindow: 2 * time.Second,
+			budget: 90 * time.Second, latencyBudget: 30 * time.Second, baselineBudget: 12 * time.Second,
+			scaleBudget: 26 * time.Second, flapWindow: 2 * time.Second,
 		}
 	}
 	return config{
 		lives: 100000, baselineLives: 1000, scaleLives: 10000,
-		startTrials: 100, handoffTrials: 20, failoverTrials: 10,
+		startTrials: 100, handoffTrials: 20, failoverTrials: 10, memberCrashTrials: 100,
 		baselineStartTrials: 100, baselineFailovers: 200, baselineRound: 50,
 		window: 10 * time.Second, baselineWindow: 10 * time.Second,
 		settleExtra: 3 * time.Second, settleQuiet: 2 * time.Second,
 		pollEvery:    250 * time.Millisecond,
 		placeTimeout: 5 * time.Minute, settleTimeout: 60 * time.Second, moveTimeout: 2 * time.Minute,
 		compaction: "5m", leaseTTL: "2s",
-		budget: 14*time.Minute + 30*time.Second, latencyBudget: 3 * time.Minute, baselineBudget: 3*time.Minute + 30*time.Second,
+		budget: 17*time.Minute + 30*time.Second, latencyBudget: 12 * time.Minute, baselineBudget: 3*time.Minute + 30*time.Second,
 		scaleBudget: 2 * time.Minute, flapWindow: 10 * time.Second,
 	}
 }
@@ -98,7 +99,7 @@ func run(args []string) int {
 	lives := fs.Int("lives", 0, "lives of the bulk phase (default 10000 quick, 100000 full)")
 	blLives := fs.Int("baseline-lives", 0, "lives of the baseline (default 100 quick, 1000 full)")
 	only := fs.String("only", "", "run only these phases, comma-separated: latency,baseline,scale,bulk,etcd (etcd: the full run only, unless named)")
-	budget := fs.Duration("budget", 0, "time limit of the run after the build (default 60s quick, 14m30s full); each phase reports what it measured by then")
+	budget := fs.Duration("budget", 0, "time limit of the run after the build (default 90s quick, 17m30s full); each phase reports what it measured by then")
 	leaseTTL := fs.String("lease-ttl", "2s", "the members' --lease-ttl (the failover figures are defined at 2s)")
 	keep := fs.Bool("keep", false, "keep etcd's data directory too (logs are always kept)")
 	check := fs.Bool("check", false, "exit 1 unless every target (the == targets section) is met")

@@ -315,3 +315,51 @@ func parseMetrics(r interface{ Read([]byte) (int, error) }) (map[string]float64,
 	}
 	return out, sc.Err()
 }
+
+// processGone waits up to d for pid to be gone (or a zombie: it runs no
+// code) and reports whether it is.
+func processGone(pid int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return true
+		}
+		if i := strings.LastIndexByte(string(b), ')'); i >= 0 && strings.HasPrefix(strings.TrimSpace(string(b[i+1:])), "Z") {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// tree is a member's processes: its watchdog (`immortald run`) and the
+// watchdog's children (the member).
+func tree(pid int) []int { return append([]int{pid}, children(pid)...) }
+
+// treeSum sums read over a member's processes. The watchdog's reading
+// must succeed; a member between restarts is skipped.
+func treeSum[T int64 | float64](pid int, read func(int) (T, error)) (T, error) {
+	var sum T
+	for i, p := range tree(pid) {
+		v, err := read(p)
+		if err != nil {
+			if i == 0 {
+				return 0, err
+			}
+			continue
+		}
+		sum += v
+	}
+	return sum, nil
+}
+
+// treeRSS, treePSS and treeCPU are readProcMem's RSS, readPSS and readCPU
+// of a member's processes, summed.
+func treeRSS(pid int) (int64, error) {
+	return treeSum(pid, func(p int) (int64, error) { m, err := readProcMem(p); return m.RSS, err })
+}
+func treePSS(pid int) (int64, error)   { return treeSum(pid, readPSS) }
+func treeCPU(pid int) (float64, error) { return treeSum(pid, readCPU) }

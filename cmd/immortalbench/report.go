@@ -37,6 +37,8 @@ var tableSections = []struct {
 	{"immortald (3 members, real processes, lease TTL 2s)", []string{
 		"start_p50_ms", "start_p99_ms", "handoff_p50_ms", "handoff_p99_ms",
 		"failover_p50_s", "failover_p99_s", "age_loss_graceful_ms", "age_loss_crash_ms",
+		"member_crash_p50_ms", "member_crash_p99_ms", "member_crash_max_ms", "member_crash_trials", "member_crash_samples",
+		"age_loss_member_crash_ms", "top_kill_members_left", "member_crash_one_member_ms",
 		"lives", "place_all_s", "failover_all_s", "handoff_all_ms",
 		"rss_bytes_per_life", "cpu_per_1k_lives", "etcd_txn_per_s",
 	}},

@@ -21,7 +21,10 @@ import (
 //  1. one member runs them all;
 //  2. a second member starts, and the first gets SIGTERM: every life is
 //     handed off gracefully at once (handoff_one_member_ms);
-//  3. the first comes back: the lives spread over two members;
+//  3. the first comes back, and the member process of the second (which
+//     holds every life) is SIGKILLed: its watchdog revokes its lease and
+//     the first takes every life (member_crash_one_member_ms); then the
+//     second comes back and the lives spread over two members;
 //  4. two more members start (scale-out 2 -> 4): how long until every member
 //     holds its fair share within 10%, how many lives moved (the minimum is
 //     about half), whether any age was lost, whether any life moved twice.
@@ -50,8 +53,9 @@ func (b *bench) phaseScale(ctx context.Context) error {
 	}
 	b.rep.set("scale_place_one_member_s", time.Since(t0).Seconds())
 
-	// 2. SIGTERM of the member that holds them all, with a ready peer.
-	if _, err := b.startMember(ctx, "s2"); err != nil {
+	// 2. SIGTERM of the member that holds them all, with a ready peer. (s2
+	// is not restarted by its watchdog in step 3: the bench does that.)
+	if _, err := b.startMember(ctx, "s2", "--restart-member=false"); err != nil {
 		return err
 	}
 	b.mu.Lock()
@@ -74,9 +78,39 @@ func (b *bench) phaseScale(ctx context.Context) error {
 		return fmt.Errorf("s1 still runs 30s after SIGTERM")
 	}
 
-	// 3. It comes back: two members share the lives.
-	t0 = time.Now()
+	// 3. It comes back, and the member process of s2, which holds them
+	// all, is SIGKILLed: its watchdog revokes its lease (and exits, with
+	// --restart-member=false) and s1 takes every life at once.
 	if _, err := b.startMember(ctx, "s1"); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	s2 := b.members["s2"]
+	b.mu.Unlock()
+	pid, err := b.memberPID(ctx, "s2")
+	if err != nil {
+		return err
+	}
+	tr.resetMoves()
+	t0 = time.Now()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return err
+	}
+	if err := tr.waitFor(ctx, b.cfg.moveTimeout, func() bool { return tr.placedOn(n, "s1") }); err != nil {
+		return fmt.Errorf("moving %d lives from the killed member process of s2 to s1: %w (holders %v)", n, err, tr.holders())
+	}
+	b.rep.set("member_crash_one_member_ms", ms(time.Since(t0)))
+	mv = tr.moveStats()
+	b.rep.set("member_crash_one_member_age_lost_ms_max", mv.lostMax)
+	fmt.Fprintf(logw, "  scale: SIGKILL of the member process holding all %d lives: all on its peer in %s, age lost at most %.0f ms\n",
+		n, time.Since(t0).Round(time.Millisecond), mv.lostMax)
+	if !s2.p.wait(30 * time.Second) {
+		return fmt.Errorf("the watchdog of s2 still runs 30s after its member died (--restart-member=false)")
+	}
+
+	// s2 comes back: two members share the lives.
+	t0 = time.Now()
+	if _, err := b.startMember(ctx, "s2"); err != nil {
 		return err
 	}
 	two := []string{"s1", "s2"}

@@ -49,6 +49,12 @@ func bars(cfg config) []bar {
 		{"place_all_s", "<=", 30, 10, "the bulk phase's lives (100k; 10k quick) over 3 members running within 30 s"},
 		{"failover_all_s", "<=", t + 10, t + 10, "SIGKILL of a member: all its lives elsewhere within TTL + 10 s"},
 		{"ratio_failover_p99", "<=", 1, 1.5, "failover no slower than the baseline (a quick run has 4 samples)"},
+		{"member_crash_p50_ms", "<", 40, 100, "SIGKILL of a member process: its lives run on a peer (the watchdog revokes the lease), p50 under 40 ms"},
+		{"member_crash_p99_ms", "<", 100, 500, "SIGKILL of a member process: p99 under 100 ms"},
+		{"member_crash_trials", ">=", 100, 1, "at least 100 trials of SIGKILL of a member process"},
+		{"age_loss_member_crash_ms", "<=", 1100, 1100, "SIGKILL of a member process loses at most one checkpoint interval (1 s) and the heartbeat's Txn time"},
+		{"top_kill_members_left", "<=", 0, 0, "SIGKILL of the top-level process: no member process left"},
+		{"member_crash_one_member_ms", "<", 3000, 5000, "SIGKILL of the member process holding 10k lives: all run on its peer within 3 s"},
 		{"checkpoint_interval_effective_s", "<=", 1.1, 1.5, "at the bulk phase's scale every life is still checkpointed each 1 s interval: the worst member's mean interval between applied heartbeats"},
 	}
 	out := make([]bar, 0, len(rows))
