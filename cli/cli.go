@@ -56,7 +56,7 @@ type app struct {
 // settings known to the config file: every flag of every command.
 var knownSettings = []string{
 	"config", "etcd-endpoints", "prefix", "log-format", "log-level",
-	"id", "lease-ttl", "checkpoint-interval", "http-addr", "data-dir", "output",
+	"id", "lease-ttl", "checkpoint-interval", "http-addr", "advertise-addr", "data-dir", "output",
 }
 
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
@@ -194,6 +194,7 @@ func (a *app) runCmd() *cobra.Command {
 				LeaseTTL:           ttl,
 				CheckpointInterval: interval,
 				HTTPAddr:           a.v.GetString("http-addr"),
+				AdvertiseAddr:      a.v.GetString("advertise-addr"),
 				DataDir:            a.v.GetString("data-dir"),
 				Logger:             log,
 			})
@@ -213,6 +214,7 @@ func (a *app) runCmd() *cobra.Command {
 	f.String("lease-ttl", "5s", "session lease TTL: whole seconds, at least 2s")
 	f.String("checkpoint-interval", "1s", "time between heartbeats, each a checkpoint of every life's age; below --lease-ttl")
 	f.String("http-addr", ":8080", "address of /livez, /readyz and /metrics (empty: off)")
+	f.String("advertise-addr", "", "host:port published as this member's address (default: --http-addr as bound, an unspecified host replaced by the hostname)")
 	f.String("data-dir", "immortald.etcd", "data directory of the embedded etcd")
 	return cmd
 }
