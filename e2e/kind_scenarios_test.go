@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -66,28 +67,39 @@ func (c *kindCluster) scale(t testing.TB, n int) []string {
 	return pods
 }
 
-// readyz asks a member's /readyz through the API server's pod proxy (what
-// the kubelet's probe asks, from the same port) and returns the HTTP
-// status: 200, 503, or 0 when the member does not answer.
-func (c *kindCluster) readyz(ctx context.Context, pod string) int {
-	res, err := run(ctx, "kubectl", "--context", "kind-"+c.name, "get", "--raw",
-		fmt.Sprintf("/api/v1/namespaces/%s/pods/%s:8080/proxy/readyz", c.ns, pod))
-	if err == nil {
-		return 200
-	}
-	// The daemon's 503 says "not ready"; the proxy's own errors (nothing
-	// listening, no pod IP yet) say something else.
-	if strings.Contains(res.Stderr, "not ready") {
-		return 503
-	}
-	return 0
+// forwardHTTP forwards a free local port to a pod's HTTP port (8080) until
+// the test ends, through kubectl port-forward (restarted when the pod's
+// container restarts), and returns the base URL.
+func (c *kindCluster) forwardHTTP(t testing.TB, pod string) string {
+	t.Helper()
+	port, err := freePort()
+	must(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	c.pfDone.Add(1)
+	go c.portForward(ctx, pod, port, 8080)
+	t.Cleanup(cancel)
+	return fmt.Sprintf("http://127.0.0.1:%d", port)
 }
 
-// transitionLoss is what a life lost at each change of holder after at: the
-// age it had at its old holder's last checkpoint, plus the time until the
-// new holder's first one (it did not live meanwhile), minus the age it
-// resumed at. It returns the worst loss per life and the number of changes.
-func (e *env) transitionLoss(names []string, at time.Time) (worst map[string]int64, changes int) {
+// readyz returns the status of GET base/readyz: 200, 503, or 0 when the
+// member does not answer.
+func readyz(base string) int {
+	cl := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := cl.Get(base + "/readyz")
+	if err != nil {
+		return 0
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode
+}
+
+// handoverGaps measures each change of holder after at: the time from the
+// old holder's last checkpoint to the new holder's first, less any age the
+// life gained meanwhile (it did not live in between, so that is the age it
+// lost against the clock). A resume below the last checkpoint is an error.
+// It returns the worst gap per life that changed holder, and the number of
+// changes.
+func (e *env) handoverGaps(names []string, at time.Time) (worst map[string]int64, changes int) {
 	worst = map[string]int64{}
 	for _, n := range names {
 		hist := e.chk.History(n)
@@ -97,14 +109,24 @@ func (e *env) transitionLoss(names []string, at time.Time) (worst map[string]int
 				continue
 			}
 			changes++
-			loss := o.AgeMS + max(0, nw.Time.Sub(o.Time).Milliseconds()) - nw.AgeMS
-			worst[n] = max(worst[n], loss)
+			gap := o.AgeMS + max(0, nw.Time.Sub(o.Time).Milliseconds()) - nw.AgeMS
+			worst[n] = max(worst[n], gap)
 			if nw.AgeMS < o.AgeMS {
 				e.t.Errorf("%s: resumed at %d ms on %s, below its last checkpoint %d ms on %s", n, nw.AgeMS, nw.Holder, o.AgeMS, o.Holder)
 			}
 		}
 	}
 	return worst, changes
+}
+
+// checkGaps fails each life whose worst handover gap is above limit.
+func (e *env) checkGaps(worst map[string]int64, limit time.Duration, what string) {
+	e.t.Helper()
+	for n, g := range worst {
+		if g > limit.Milliseconds() {
+			e.t.Errorf("%s was without a holder for %d ms %s, over %v", n, g, what, limit)
+		}
+	}
 }
 
 func lossStats(worst map[string]int64) stats {
@@ -262,20 +284,16 @@ func TestKindRolloutRestart(t *testing.T) {
 	}
 	e.settle(names, 2*time.Minute)
 	e.waitExactlyOnce(names, pods, time.Minute)
-	worst, changes := e.transitionLoss(names, at)
+	worst, changes := e.handoverGaps(names, at)
 	if len(worst) != len(names) {
 		t.Errorf("%d of %d lives changed holder in a rollout that replaced every pod", len(worst), len(names))
 	}
-	ls := lossStats(worst)
-	// Graceful handoffs: milliseconds each; a second allows for this loaded
-	// 2-core machine.
-	for n, l := range worst {
-		if l > 1000 {
-			t.Errorf("%s lost %d ms of age in the rollout", n, l)
-		}
-	}
+	gs := lossStats(worst)
+	// Graceful handoffs: no age below a checkpoint (checked above), and a
+	// gap of milliseconds; a second allows for this loaded 2-core machine.
+	e.checkGaps(worst, time.Second, "in the rollout")
 	report(t, "kind-rollout-restart", "lives", len(names), "rollout_ms", ms(took), "holder_changes", changes,
-		"age_loss_ms", ls.Max, "age_loss_ms_avg", ls.Avg, "age_loss_ms_min", ls.Min)
+		"age_loss_ms", 0, "gap_ms", gs.Max, "gap_ms_avg", gs.Avg, "gap_ms_min", gs.Min)
 	chk.Check(t)
 }
 
@@ -313,15 +331,14 @@ func TestKindScale(t *testing.T) {
 			t.Errorf("%s holds %d of %d lives after scaling back to 3", id, n, len(names))
 		}
 	}
-	worst, changes := e.transitionLoss(names, at)
-	ls := lossStats(worst)
-	for n, l := range worst {
-		if l > 1000 {
-			t.Errorf("%s lost %d ms of age while scaling", n, l)
-		}
-	}
+	worst, changes := e.handoverGaps(names, at)
+	gs := lossStats(worst)
+	// Scaling 3 to 1 stops two members at once: a life whose two
+	// candidates were both of them waits for the third to see them go and
+	// campaign (a placement round), so the bound is the checker's.
+	e.checkGaps(worst, e.o.LeaseTTL+e.o.CheckpointInterval+time.Second, "while scaling")
 	report(t, "kind-scale", "lives", len(names), "scale_down_ms", ms(down), "scale_up_settled_ms", ms(up),
-		"holder_changes", changes, "age_loss_ms", ls.Max, "age_loss_ms_avg", ls.Avg, "spread", strings.Join(spread, ","))
+		"holder_changes", changes, "age_loss_ms", 0, "gap_ms", gs.Max, "gap_ms_avg", gs.Avg, "spread", strings.Join(spread, ","))
 	chk.Check(t)
 }
 
@@ -355,7 +372,7 @@ func TestKindEtcdPodsDeleted(t *testing.T) {
 	etcdReady(victim)
 	one := time.Since(at)
 	chk.WaitRunning(t, names, time.Now().Add(2*o.CheckpointInterval), time.Minute)
-	_, changes1 := e.transitionLoss(names, at)
+	_, changes1 := e.handoverGaps(names, at)
 	if changes1 != 0 {
 		t.Errorf("%d holder changes with one etcd pod of three deleted; the quorum stayed", changes1)
 	}
@@ -374,12 +391,11 @@ func TestKindEtcdPodsDeleted(t *testing.T) {
 	waitReady(t, c, time.Minute, ids...)
 	e.settle(names, 2*time.Minute)
 	e.waitExactlyOnce(names, ids, time.Minute)
-	worst, changes2 := e.transitionLoss(names, t0)
-	ls := lossStats(worst)
+	worst, changes2 := e.handoverGaps(names, t0)
+	gs := lossStats(worst)
 	report(t, "kind-etcd-pods-deleted", "lives", len(names), "one_deleted", victim, "one_back_ms", ms(one),
 		"holder_changes_one", changes1, "two_deleted", strings.Join(two, ","), "two_back_ms", ms(back),
-		"lives_running_after_ms", ms(recovered), "holder_changes_two", changes2,
-		"age_loss_ms", ls.Max, "age_loss_ms_avg", ls.Avg)
+		"lives_running_after_ms", ms(recovered), "holder_changes_two", changes2, "gap_ms", gs.Max)
 	chk.Check(t)
 }
 
@@ -415,6 +431,7 @@ func TestKindProbes(t *testing.T) {
 	added, err := c.AddMembers(ctxT(3*time.Minute), 1)
 	must(t, err)
 	second := added[0]
+	secondURL := kc.forwardHTTP(t, second)
 	waitFor(t, 2*time.Minute, second+"'s container to run", func() (bool, string) {
 		st, err := kc.kubectlCtx(ctxT(30*time.Second), "get", "pod", second, "-o", "jsonpath={.status.containerStatuses[0].state.running.startedAt}")
 		return err == nil && strings.TrimSpace(st.Stdout) != "", "not running yet"
@@ -427,7 +444,7 @@ func TestKindProbes(t *testing.T) {
 			t.Errorf("%s is Ready while etcd is frozen", second)
 			break
 		}
-		switch code := kc.readyz(ctxT(10*time.Second), second); code {
+		switch code := readyz(secondURL); code {
 		case 200:
 			t.Errorf("%s: /readyz 200 while etcd is frozen", second)
 		case 503:
@@ -459,11 +476,15 @@ func TestKindProbes(t *testing.T) {
 
 	// 2. Unready at once when draining: cut the member off from etcd so its
 	// shutdown cannot finish, then SIGTERM its process.
-	victim := second
+	victim, victimURL := second, secondURL
 	if len(chk.HeldBy(first)) > len(chk.HeldBy(second)) {
-		victim = first
+		victim, victimURL = first, kc.forwardHTTP(t, first)
 	}
-	if code := kc.readyz(ctxT(10*time.Second), victim); code != 200 {
+	waitFor(t, 30*time.Second, victim+" to answer /readyz 200 through the port-forward", func() (bool, string) {
+		code := readyz(victimURL)
+		return code == 200, fmt.Sprintf("/readyz %d", code)
+	})
+	if code := readyz(victimURL); code != 200 {
 		t.Fatalf("%s: /readyz %d before the drain, want 200", victim, code)
 	}
 	must(t, c.Disconnect(ctxT(time.Minute), victim))
@@ -472,7 +493,7 @@ func TestKindProbes(t *testing.T) {
 	chk.Note("SIGTERM to %s, cut off from etcd", victim)
 	var unready503, podUnready time.Duration
 	waitFor(t, 30*time.Second, victim+" to answer /readyz 503", func() (bool, string) {
-		code := kc.readyz(ctxT(5*time.Second), victim)
+		code := readyz(victimURL)
 		unready503 = time.Since(at)
 		return code == 503, fmt.Sprintf("/readyz %d", code)
 	})

@@ -120,7 +120,7 @@ func newKindCluster(t *testing.T, opts Options) *kindCluster {
 		c.ports[e] = p
 		eps = append(eps, fmt.Sprintf("127.0.0.1:%d", p))
 		c.pfDone.Add(1)
-		go c.portForward(pfctx, e, p)
+		go c.portForward(pfctx, e, p, 2379)
 	}
 	cli, err := newEtcdClient(eps)
 	must(t, err)
@@ -198,13 +198,13 @@ func (c *kindCluster) kubectl(t testing.TB, timeout time.Duration, args ...strin
 	return res.Stdout
 }
 
-// portForward keeps `kubectl port-forward pod/<etcd> port:2379` running; it
-// ends with the pod's death, so it is started again until the test ends.
-func (c *kindCluster) portForward(ctx context.Context, pod string, port int) {
+// portForward keeps `kubectl port-forward pod/<pod> port:remote` running; it
+// ends with the pod's death, so it is started again until ctx ends.
+func (c *kindCluster) portForward(ctx context.Context, pod string, port, remote int) {
 	defer c.pfDone.Done()
 	for ctx.Err() == nil {
 		cmd := exec.CommandContext(ctx, "kubectl", "--context", "kind-"+c.name, "-n", c.ns,
-			"port-forward", "pod/"+pod, fmt.Sprintf("%d:2379", port))
+			"port-forward", "pod/"+pod, fmt.Sprintf("%d:%d", port, remote))
 		out, _ := cmd.StdoutPipe()
 		if err := cmd.Start(); err == nil {
 			sc := bufio.NewScanner(out)
