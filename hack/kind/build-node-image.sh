@@ -12,6 +12,9 @@
 # the node's containerd by that containerd itself, run in a chroot of the
 # rootfs on a socket of its own, and the result is `docker import`ed.
 #
+# IMMORTALD_KIND_NODE_REPO names the image's repository (default
+# immortald-kind-node), e.g. to time a build from nothing beside a cached one.
+#
 # Usage: hack/kind/build-node-image.sh [--print-tag]
 set -euo pipefail
 
@@ -24,7 +27,7 @@ export CGO_ENABLED=0 GOOS=linux GOARCH=amd64 GOFLAGS=-trimpath
 
 hash=$(cd "$here" && find . -type f ! -name '*.log' -print0 | LC_ALL=C sort -z |
   xargs -0 sha256sum | sha256sum | cut -c1-16)
-tag=immortald-kind-node:$hash
+tag=${IMMORTALD_KIND_NODE_REPO:-immortald-kind-node}:$hash
 if [[ "${1:-}" == --print-tag ]]; then
   echo "$tag"
   exit 0
