@@ -17,7 +17,7 @@ E2E_FLAGS     ?= -v
 # Static binaries (no libc in a scratch image). Not exported: -race needs cgo.
 STATIC        := CGO_ENABLED=0
 
-.PHONY: all build etcd image etcd-image dev-certs test lint unit e2e bench bench-quick bench-check clean
+.PHONY: all build etcd image etcd-image dev-certs test lint unit e2e kind-image e2e-kind bench bench-quick bench-check clean
 
 all: build
 
@@ -69,6 +69,18 @@ unit:
 # IMMORTALD_E2E_BACKEND=kind selects the kind backend instead.
 e2e: image etcd-image
 	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) $(E2E_FLAGS) ./e2e/...
+
+## kind-image: the kind node image (Kubernetes v1.34.4), built offline from
+## Go modules and Debian packages (hack/kind/); skipped when Docker has it.
+## About 20 minutes from nothing, seconds when it is there.
+kind-image:
+	hack/kind/build-node-image.sh
+
+## e2e-kind: the end-to-end suite on a kind cluster of its own: builds what
+## is missing, creates the cluster, runs the kind scenarios, deletes it.
+# E2E_KIND_RUN narrows the tests (a go test -run pattern).
+e2e-kind:
+	IMMORTALD_E2E_IMAGE=$(IMAGE) IMMORTALD_E2E_ETCD_IMAGE=$(ETCD_IMAGE) hack/kind/e2e.sh
 
 ## bench: the full benchmark (real etcd and immortald processes, and the
 ## etcdctl-lock baseline); prints a table and, last, one JSON line.

@@ -65,7 +65,7 @@ type app struct {
 var knownSettings = []string{
 	"config", "etcd-endpoints", "etcd-cacert", "etcd-cert", "etcd-key", "etcd-user", "etcd-password-file",
 	"prefix", "log-format", "log-level",
-	"id", "lease-ttl", "checkpoint-interval", "http-addr", "data-dir", "output",
+	"id", "lease-ttl", "checkpoint-interval", "http-addr", "advertise-addr", "data-dir", "output",
 	"watchdog", "restart-member",
 }
 
@@ -249,6 +249,7 @@ func (a *app) runCmd() *cobra.Command {
 				LeaseTTL:           ttl,
 				CheckpointInterval: interval,
 				HTTPAddr:           a.v.GetString("http-addr"),
+				AdvertiseAddr:      a.v.GetString("advertise-addr"),
 				DataDir:            a.v.GetString("data-dir"),
 				Logger:             log,
 			}
@@ -290,6 +291,7 @@ func (a *app) runCmd() *cobra.Command {
 	f.String("lease-ttl", "5s", "session lease TTL: whole seconds, from 2s to 10m")
 	f.String("checkpoint-interval", "1s", "time between heartbeats, each a checkpoint of every life's age: from 100ms to 1m, at most half of --lease-ttl")
 	f.String("http-addr", ":8080", "address of /livez, /readyz and /metrics (empty: off)")
+	f.String("advertise-addr", "", "host:port published as this member's address (default: --http-addr as bound, an unspecified host replaced by the hostname)")
 	f.String("data-dir", "immortald.etcd", "data directory of the embedded etcd")
 	f.Bool("watchdog", true, "run the member as the child of a watchdog that hands its lives to peers at once when it crashes (false: run it in this process)")
 	f.Bool("restart-member", true, "restart a crashed member, with backoff (false: exit 1 after the revoke; let Kubernetes or systemd restart the process)")

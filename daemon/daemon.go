@@ -57,6 +57,12 @@ type Config struct {
 	// HTTPAddr serves /livez, /readyz and /metrics. Default ":8080"; empty
 	// string disables it.
 	HTTPAddr string
+	// AdvertiseAddr is the address published in the member record, where a
+	// peer or a user reaches this member's HTTP endpoints (in Kubernetes,
+	// the pod IP and the port). Default: HTTPAddr as bound when its host is
+	// given (127.0.0.1:8081), else the hostname and the bound port
+	// (pod-7f9c:8080); "" when HTTPAddr is empty.
+	AdvertiseAddr string
 	// DataDir of the embedded etcd. Default "immortald.etcd".
 	DataDir string
 	// EmbeddedClientURL and EmbeddedPeerURL of the embedded etcd. Defaults
@@ -120,6 +126,11 @@ func New(cfg Config) (*Main, error) {
 	}
 	if err := registry.ValidateName(cfg.ID); err != nil {
 		return nil, fmt.Errorf("--id %q: %w", cfg.ID, err)
+	}
+	if cfg.AdvertiseAddr != "" {
+		if host, port, err := net.SplitHostPort(cfg.AdvertiseAddr); err != nil || host == "" || port == "" {
+			return nil, fmt.Errorf("--advertise-addr %q: want host:port", cfg.AdvertiseAddr)
+		}
 	}
 	lc := lease.Config{TTL: cfg.LeaseTTL, Margin: lease.DefaultMargin(cfg.LeaseTTL)}
 	if err := lc.Validate(); err != nil {
@@ -194,6 +205,15 @@ func (m *Main) Open() error {
 	}
 	m.cli = cli
 
+	if m.cfg.HTTPAddr != "" {
+		ln, err := net.Listen("tcp", m.cfg.HTTPAddr)
+		if err != nil {
+			m.Close()
+			return fmt.Errorf("--http-addr: %w", err)
+		}
+		m.httpLn = ln
+	}
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	keys, _ := registry.NewKeys(m.cfg.Prefix) // checked in New
@@ -203,7 +223,7 @@ func (m *Main) Open() error {
 		Keys:               keys,
 		Lease:              lease.Config{TTL: m.cfg.LeaseTTL, Logger: m.log},
 		CheckpointInterval: m.cfg.CheckpointInterval,
-		Address:            m.cfg.HTTPAddr,
+		Address:            m.advertiseAddr(),
 		Version:            Version,
 		Logger:             m.log,
 		Metrics:            supervisor.NewMetrics(reg),
@@ -215,13 +235,8 @@ func (m *Main) Open() error {
 		return err
 	}
 
-	if m.cfg.HTTPAddr != "" {
-		ln, err := net.Listen("tcp", m.cfg.HTTPAddr)
-		if err != nil {
-			m.Close()
-			return fmt.Errorf("--http-addr: %w", err)
-		}
-		m.httpLn = ln
+	if m.httpLn != nil {
+		ln := m.httpLn
 		mux := http.NewServeMux()
 		mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -269,6 +284,26 @@ func (m *Main) preflight(ctx context.Context) error {
 		}
 		retry.Wait(ctx)
 	}
+}
+
+// advertiseAddr is the address published in the member record: the
+// configured one, else the bound HTTP address, its unspecified host (":8080",
+// "0.0.0.0:8080") replaced by the hostname, which peers can resolve more
+// often than they can reach the member's first interface.
+func (m *Main) advertiseAddr() string {
+	if m.cfg.AdvertiseAddr != "" || m.httpLn == nil {
+		return m.cfg.AdvertiseAddr
+	}
+	host, port, err := net.SplitHostPort(m.httpLn.Addr().String())
+	if err != nil {
+		return m.httpLn.Addr().String()
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		if h, err := os.Hostname(); err == nil && h != "" {
+			host = h
+		}
+	}
+	return net.JoinHostPort(host, port)
 }
 
 func (m *Main) dataDir() string {
@@ -393,6 +428,8 @@ func (m *Main) Close() {
 		_ = m.httpSrv.Shutdown(ctx)
 		cancel()
 		m.httpSrv = nil
+	} else if m.httpLn != nil {
+		_ = m.httpLn.Close() // bound, but Open failed before serving
 	}
 	if m.cli != nil {
 		_ = m.cli.Close()

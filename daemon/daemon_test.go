@@ -3,11 +3,13 @@ package daemon_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -46,6 +48,9 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		{name: "interval over half the TTL", change: func(c *daemon.Config) { c.CheckpointInterval = 3 * time.Second }, want: []string{"--checkpoint-interval (3s)", "half", "--lease-ttl (5s)"}},
 		{name: "prefix without a slash", change: func(c *daemon.Config) { c.Prefix = "/immortals" }, want: []string{"--prefix"}},
 		{name: "bad id", change: func(c *daemon.Config) { c.ID = "my pod" }, want: []string{"--id", `"my pod"`}},
+		{name: "advertise address", change: func(c *daemon.Config) { c.AdvertiseAddr = "10.1.2.3:8080" }},
+		{name: "advertise address without a port", change: func(c *daemon.Config) { c.AdvertiseAddr = "10.1.2.3" }, want: []string{"--advertise-addr", "host:port"}},
+		{name: "advertise address without a host", change: func(c *daemon.Config) { c.AdvertiseAddr = ":8080" }, want: []string{"--advertise-addr", `":8080"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -148,6 +153,61 @@ func TestMemberRunsAndResumesAfterRestart(t *testing.T) {
 		t.Fatalf("second Run = %v after a graceful stop, want nil", err)
 	}
 	t.Logf("age %d ms before the restart, %d ms after", before.AgeMS, after.AgeMS)
+}
+
+// TestMemberAdvertisesAnAddress checks the address in the member record:
+// the one given, else the HTTP address as bound, with the hostname for an
+// unspecified host; never a bare ":port".
+func TestMemberAdvertisesAnAddress(t *testing.T) {
+	host, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := registry.NewKeys(registry.DefaultPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, httpAddr, advertise string
+		want                      func(bound string) string
+	}{
+		{"given", "127.0.0.1:0", "10.244.0.7:8080", func(string) string { return "10.244.0.7:8080" }},
+		{"bound address", "127.0.0.1:0", "", func(bound string) string { return bound }},
+		{"unspecified host: the hostname", ":0", "", func(bound string) string {
+			_, port, _ := net.SplitHostPort(bound)
+			return net.JoinHostPort(host, port)
+		}},
+		{"no HTTP", "", "", func(string) string { return "" }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := startMember(t, daemon.Config{
+				ID: "m1", DataDir: t.TempDir(),
+				EmbeddedClientURL: "http://127.0.0.1:0", EmbeddedPeerURL: "http://127.0.0.1:0",
+				HTTPAddr: tt.httpAddr, AdvertiseAddr: tt.advertise,
+				LeaseTTL: 2 * time.Second, Logger: newLog(t).logger,
+			})
+			cli := newClient(t, m.main.EtcdEndpoint())
+			var rec registry.MemberRecord
+			deadline := time.Now().Add(bound)
+			for {
+				resp, err := cli.Get(context.Background(), keys.Member("m1"))
+				if err == nil && len(resp.Kvs) == 1 {
+					if err := json.Unmarshal(resp.Kvs[0].Value, &rec); err != nil {
+						t.Fatal(err)
+					}
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no member record within %s (%v)", bound, err)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if want := tt.want(m.main.HTTPAddr()); rec.Address != want {
+				t.Errorf("member record address = %q, want %q (bound %q)", rec.Address, want, m.main.HTTPAddr())
+			}
+		})
+	}
 }
 
 // TestOpenFailureReleasesEverything makes Open fail after it started the

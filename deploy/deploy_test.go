@@ -24,6 +24,7 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -874,4 +875,76 @@ func container(t *testing.T, spec *corev1.PodSpec, name string) *corev1.Containe
 	}
 	t.Fatalf("no container %q", name)
 	return nil
+}
+
+// TestKustomizeBuildsEveryKustomization runs real kustomize (`kubectl
+// kustomize`) over every kustomization under deploy/: each must build (a base
+// that contains its own overlay does not), every object it yields must decode
+// strictly, and the objects that the invariants are about must come out of
+// each kustomization that holds the app with what the cluster needs: the
+// member id from the pod name and the advertised address from the pod IP.
+// Without kubectl the test is skipped, and fails under CI.
+func TestKustomizeBuildsEveryKustomization(t *testing.T) {
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("kubectl not found (CI is set, so this is a failure): %v", err)
+		}
+		t.Skipf("kubectl not found: %v", err)
+	}
+	m := loadManifests(t)
+	for _, kpath := range slices.Sorted(maps.Keys(m.kustomizations)) {
+		dir := filepath.Dir(kpath)
+		t.Run(dir, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			cmd := exec.Command(kubectl, "kustomize", dir)
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			if err := cmd.Run(); err != nil {
+				t.Fatalf("kubectl kustomize %s: %v\n%s", dir, err, stderr.String())
+			}
+			docs, err := splitDocuments(stdout.Bytes())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(docs) == 0 {
+				t.Fatalf("kubectl kustomize %s built nothing", dir)
+			}
+			var kinds []string
+			for i, doc := range docs {
+				obj, err := decodeStrict(doc)
+				if err != nil {
+					t.Errorf("document %d of the build: %v", i, err)
+					continue
+				}
+				kind, name := kindName(obj)
+				kinds = append(kinds, kind+"/"+name)
+				if d, ok := obj.(*appsv1.Deployment); ok && name == appName {
+					c := container(t, &d.Spec.Template.Spec, appContainer)
+					checkEnvFromPodName(t, c, "IMMORTALD_ID")
+					checkAdvertisedPodIP(t, c)
+				}
+			}
+			t.Logf("%s: %s", dir, strings.Join(kinds, ", "))
+		})
+	}
+}
+
+// checkAdvertisedPodIP checks that the member advertises the pod IP (from the
+// downward API) and the HTTP port.
+func checkAdvertisedPodIP(t *testing.T, c *corev1.Container) {
+	t.Helper()
+	podIPVar := ""
+	for _, e := range c.Env {
+		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "status.podIP" {
+			podIPVar = e.Name
+		}
+		if e.Name != "IMMORTALD_ADVERTISE_ADDR" {
+			continue
+		}
+		if want := fmt.Sprintf("$(%s):%d", podIPVar, appHTTPPort); podIPVar == "" || e.Value != want {
+			t.Errorf("container %q: IMMORTALD_ADVERTISE_ADDR = %q, want %q after an env var from status.podIP", c.Name, e.Value, "$(POD_IP):8080")
+		}
+		return
+	}
+	t.Errorf("container %q: no IMMORTALD_ADVERTISE_ADDR: members would advertise an address peers cannot reach", c.Name)
 }

@@ -74,6 +74,36 @@ func (e *env) putLives(names []string) {
 	e.chk.Note("requested %d lives", len(names))
 }
 
+// stopHolder stops the member holding name gracefully (docker stop; kubectl
+// delete pod on kind) and waits until the life runs elsewhere, within 5 s and
+// 500 ms of age lost; the new holder must log the spawn. It returns the
+// handoff, its figures and how long the stop took.
+func (e *env) stopHolder(name, holder string) (h Handoff, fo, loss stats, took time.Duration) {
+	e.t.Helper()
+	at := time.Now()
+	must(e.t, e.c.Stop(ctxT(2*time.Minute), holder))
+	took = time.Since(at)
+	hs := e.chk.WaitHandoffs(e.t, []string{name}, at, 60*time.Second)
+	fo, loss = e.handoffStats(hs, holder, 5*time.Second, 500*time.Millisecond)
+	logs, err := e.c.Logs(ctxT(30*time.Second), hs[0].New.Holder)
+	must(e.t, err)
+	if want := "New life spawned: " + name; !strings.Contains(logs, want) {
+		e.t.Errorf("log of %s does not say %q", hs[0].New.Holder, want)
+	}
+	return hs[0], fo, loss, took
+}
+
+// runLives requests n lives named prefix000... and waits until they run
+// and have settled on their members.
+func (e *env) runLives(prefix string, n int) []string {
+	e.t.Helper()
+	names := lifeNames(prefix, n)
+	e.putLives(names)
+	e.chk.WaitRunning(e.t, names, time.Time{}, 90*time.Second)
+	e.settle(names, 2*time.Minute)
+	return names
+}
+
 // settle waits until every life runs, has a standby candidate (when there
 // are two members or more) and no life has changed holder for two seconds:
 // placement (which moves lives to their preferred members by graceful

@@ -20,15 +20,18 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// The kind backend runs the same scenarios against the manifests under
-// deploy/ in a kind cluster, selected with IMMORTALD_E2E_BACKEND=kind:
+// The kind backend runs the scenarios against the manifests under deploy/ in
+// a kind cluster, selected with IMMORTALD_E2E_BACKEND=kind. `make e2e-kind`
+// (hack/kind/e2e.sh) creates the cluster, loads the images and runs the
+// suite this way:
 //
-//   - the cluster is IMMORTALD_E2E_KIND_CLUSTER (default immortald-e2e); it is
-//     created when missing and kept for the next run;
-//   - the images are loaded with `kind load docker-image`;
-//   - each test gets its own namespace with `kubectl apply -k` of
-//     IMMORTALD_E2E_MANIFESTS (default deploy/overlays/kind), the immortald
-//     Deployment scaled to 0 and then up as the scenario adds members;
+//   - the cluster is IMMORTALD_E2E_KIND_CLUSTER, with its kubectl context
+//     kind-<name> in $KUBECONFIG, and the images IMMORTALD_E2E_IMAGE and
+//     IMMORTALD_E2E_ETCD_IMAGE loaded into it;
+//   - each test gets its own namespace with what `kubectl kustomize` makes
+//     of IMMORTALD_E2E_MANIFESTS (default deploy/overlays/kind), the immortald
+//     Deployment at 0 replicas and then scaled up as the scenario adds
+//     members;
 //   - member ids are pod names; a stopped (deleted) pod is replaced by the
 //     Deployment under a new name, which Start returns;
 //   - SIGKILL, freeze (SIGSTOP/SIGCONT) and the cut from etcd (iptables in the
@@ -37,9 +40,6 @@ import (
 //   - etcd members are stopped by freezing their process (a StatefulSet
 //     would recreate a deleted pod at once), killed with SIGKILL, and
 //     reached by the test through `kubectl port-forward`.
-//
-// It needs kind, kubectl and a node image, so it does not run on machines
-// that cannot pull one; it is compiled (`go vet -tags e2e`) everywhere.
 
 const (
 	kindDeployment = "immortald"
@@ -50,6 +50,10 @@ var (
 	kindOnce sync.Once
 	kindErr  error
 )
+
+// kindManifestImages are the image names in deploy/overlays/kind, replaced
+// by the images the run loaded.
+var kindManifestImages = map[string]*string{"immortald:dev": &daemonImage, "immortald-etcd:dev": &etcdImage}
 
 type kindCluster struct {
 	t        *testing.T
@@ -67,7 +71,7 @@ type kindCluster struct {
 }
 
 func kubectlOK() error {
-	for _, tool := range []string{"kind", "kubectl", "docker"} {
+	for _, tool := range []string{"kubectl", "docker"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s is not installed", tool)
 		}
@@ -80,8 +84,11 @@ func newKindCluster(t *testing.T, opts Options) *kindCluster {
 	if err := kubectlOK(); err != nil {
 		skipOrFail(t, "kind backend: %v", err)
 	}
-	name := envOr("IMMORTALD_E2E_KIND_CLUSTER", "immortald-e2e")
-	kindOnce.Do(func() { kindErr = kindSetup(t, name) })
+	name := os.Getenv("IMMORTALD_E2E_KIND_CLUSTER")
+	if name == "" {
+		skipOrFail(t, "kind backend: IMMORTALD_E2E_KIND_CLUSTER is not set; run make e2e-kind")
+	}
+	kindOnce.Do(func() { kindErr = kindSetup(name) })
 	if kindErr != nil {
 		skipOrFail(t, "kind backend: %v", kindErr)
 	}
@@ -97,8 +104,7 @@ func newKindCluster(t *testing.T, opts Options) *kindCluster {
 	root, err := filepath.Abs("..")
 	must(t, err)
 	manifests := envOr("IMMORTALD_E2E_MANIFESTS", filepath.Join(root, "deploy", "overlays", "kind"))
-	c.kubectl(t, 2*time.Minute, "apply", "-k", manifests)
-	c.kubectl(t, 30*time.Second, "scale", "deployment/"+kindDeployment, "--replicas=0")
+	c.applyManifests(t, manifests)
 	c.kubectl(t, 30*time.Second, "set", "env", "deployment/"+kindDeployment,
 		"IMMORTALD_LEASE_TTL="+opts.LeaseTTL.String(),
 		"IMMORTALD_CHECKPOINT_INTERVAL="+opts.CheckpointInterval.String(),
@@ -115,7 +121,7 @@ func newKindCluster(t *testing.T, opts Options) *kindCluster {
 		c.ports[e] = p
 		eps = append(eps, fmt.Sprintf("127.0.0.1:%d", p))
 		c.pfDone.Add(1)
-		go c.portForward(pfctx, e, p)
+		go c.portForward(pfctx, e, p, 2379)
 	}
 	cli, err := newEtcdClient(eps)
 	must(t, err)
@@ -124,30 +130,60 @@ func newKindCluster(t *testing.T, opts Options) *kindCluster {
 	return c
 }
 
-// kindSetup creates the kind cluster when it is missing and loads the images.
-func kindSetup(t testing.TB, name string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+// kindSetup checks that the cluster make e2e-kind created answers.
+func kindSetup(name string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	res, err := run(ctx, "kind", "get", "clusters")
-	if err != nil {
-		return err
+	if _, err := run(ctx, "kubectl", "--context", "kind-"+name, "get", "--raw", "/readyz"); err != nil {
+		return fmt.Errorf("cluster %s does not answer (make e2e-kind creates it): %v", name, err)
 	}
-	if !slices.Contains(strings.Fields(res.Stdout), name) {
-		if _, err := run(ctx, "kind", "create", "cluster", "--name", name, "--wait", "3m"); err != nil {
-			return fmt.Errorf("cannot create kind cluster %s (is a node image available?): %v", name, err)
+	return nil
+}
+
+// applyManifests applies what kustomize builds of dir into the test's
+// namespace, with the Deployment at 0 replicas (members are added by the
+// scenario) and the images this run loaded.
+func (c *kindCluster) applyManifests(t *testing.T, dir string) {
+	t.Helper()
+	built := c.kubectl(t, time.Minute, "kustomize", dir)
+	for name, img := range kindManifestImages {
+		built = strings.ReplaceAll(built, "image: "+name+"\n", "image: "+*img+"\n")
+	}
+	docs := strings.Split(built, "\n---\n")
+	found := false
+	for i, d := range docs {
+		if strings.Contains(d, "\nkind: Deployment\n") && strings.Contains(d, "\n  name: "+kindDeployment+"\n") {
+			d2, n := replaceReplicas(d)
+			if n != 1 {
+				t.Fatalf("the %s Deployment has %d replicas fields, want 1", kindDeployment, n)
+			}
+			docs[i], found = d2, true
 		}
 	}
-	if _, err := run(ctx, "kubectl", "config", "use-context", "kind-"+name); err != nil {
-		return err
+	if !found {
+		t.Fatalf("kustomize %s has no Deployment %s", dir, kindDeployment)
 	}
-	if _, err := run(ctx, "docker", "image", "inspect", daemonImage, etcdImage); err != nil {
-		root, _ := filepath.Abs("..")
-		if _, err := run(ctx, "make", "-C", root, "image", "etcd-image"); err != nil {
-			return err
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "kubectl", "--context", "kind-"+c.name, "-n", c.ns, "apply", "-f", "-")
+	cmd.Stdin = strings.NewReader(strings.Join(docs, "\n---\n"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+}
+
+// replaceReplicas sets a Deployment's spec.replicas (two spaces in, as
+// kustomize prints it) to 0 and returns how many it found.
+func replaceReplicas(doc string) (string, int) {
+	lines := strings.Split(doc, "\n")
+	n := 0
+	for i, l := range lines {
+		if strings.HasPrefix(l, "  replicas: ") {
+			lines[i] = "  replicas: 0"
+			n++
 		}
 	}
-	_, err = run(ctx, "kind", "load", "docker-image", daemonImage, etcdImage, "--name", name)
-	return err
+	return strings.Join(lines, "\n"), n
 }
 
 func (c *kindCluster) kubectlCtx(ctx context.Context, args ...string) (cmdResult, error) {
@@ -163,13 +199,13 @@ func (c *kindCluster) kubectl(t testing.TB, timeout time.Duration, args ...strin
 	return res.Stdout
 }
 
-// portForward keeps `kubectl port-forward pod/<etcd> port:2379` running; it
-// ends with the pod's death, so it is started again until the test ends.
-func (c *kindCluster) portForward(ctx context.Context, pod string, port int) {
+// portForward keeps `kubectl port-forward pod/<pod> port:remote` running; it
+// ends with the pod's death, so it is started again until ctx ends.
+func (c *kindCluster) portForward(ctx context.Context, pod string, port, remote int) {
 	defer c.pfDone.Done()
 	for ctx.Err() == nil {
 		cmd := exec.CommandContext(ctx, "kubectl", "--context", "kind-"+c.name, "-n", c.ns,
-			"port-forward", "pod/"+pod, fmt.Sprintf("%d:2379", port))
+			"port-forward", "pod/"+pod, fmt.Sprintf("%d:%d", port, remote))
 		out, _ := cmd.StdoutPipe()
 		if err := cmd.Start(); err == nil {
 			sc := bufio.NewScanner(out)
@@ -236,11 +272,17 @@ func (c *kindCluster) Client() *clientv3.Client { return c.cli }
 // pods returns the immortald pods that are not being deleted.
 func (c *kindCluster) pods(ctx context.Context) ([]string, error) {
 	res, err := c.kubectlCtx(ctx, "get", "pods", "-l", "app.kubernetes.io/name=immortald",
-		"-o", `jsonpath={range .items[?(!@.metadata.deletionTimestamp)]}{.metadata.name}{"\n"}{end}`)
+		"-o", `jsonpath={range .items[*]}{.metadata.name} {.metadata.deletionTimestamp}{"\n"}{end}`)
 	if err != nil {
 		return nil, err
 	}
-	return strings.Fields(res.Stdout), nil
+	var pods []string
+	for _, line := range strings.Split(res.Stdout, "\n") {
+		if f := strings.Fields(line); len(f) == 1 { // no deletionTimestamp
+			pods = append(pods, f[0])
+		}
+	}
+	return pods, nil
 }
 
 // waitNewPods scales the Deployment and waits until the pods not in known

@@ -48,23 +48,14 @@ func TestDemo(t *testing.T) {
 		t.Errorf("get-age of an unknown life: want one line on stderr, got %q", res.Stderr)
 	}
 
-	at := time.Now()
-	must(t, c.Stop(ctxT(time.Minute), holder))
-	stopTook := time.Since(at)
-	hs := chk.WaitHandoffs(t, []string{"Adam"}, at, 30*time.Second)
-	fo, loss := e.handoffStats(hs, holder, 5*time.Second, 500*time.Millisecond)
-	newHolder := hs[0].New.Holder
-	logs, err := c.Logs(ctxT(30*time.Second), newHolder)
-	must(t, err)
-	if !strings.Contains(logs, "New life spawned: Adam") {
-		t.Errorf("log of %s does not say %q", newHolder, "New life spawned: Adam")
-	}
+	h0, fo, loss, stopTook := e.stopHolder("Adam", holder)
+	newHolder := h0.New.Holder
 
 	joined := e.addMembers(1)[0]
-	e.waitAge([]string{"Adam"}, time.Duration(hs[0].Old.AgeMS+1000)*time.Millisecond)
+	e.waitAge([]string{"Adam"}, time.Duration(h0.Old.AgeMS+1000)*time.Millisecond)
 	secs2 := getAgeSeconds(t, c, joined, "Adam")
 	cp2, _ := chk.Latest("Adam")
-	if secs2 < secs || secs2 < hs[0].Old.AgeMS/1000 || secs2 > cp2.AgeMS/1000+2 {
+	if secs2 < secs || secs2 < h0.Old.AgeMS/1000 || secs2 > cp2.AgeMS/1000+2 {
 		t.Errorf("get-age Adam on the new member %s = %d, want about %d (and >= %d before the stop)", joined, secs2, cp2.AgeMS/1000, secs)
 	}
 	st2 := getAge(t, c, joined, "Adam")
@@ -490,6 +481,16 @@ func TestBadInput(t *testing.T) {
 	}
 	for name, value := range bad {
 		e.etcdctl("put", e.key("lives", name), value)
+	}
+	// The CLI, run inside a member as an operator would (kubectl exec on
+	// kind), refuses a bad name itself: exit 2, naming the rule.
+	res, err := c.Exec(ctxT(20*time.Second), ids[0], "start", "bad name")
+	if err == nil || res.Code != 2 || !strings.Contains(res.Stderr, "bad life name") {
+		t.Errorf("immortald start 'bad name' in %s: exit %d, stderr %q, want exit 2 naming the bad name", ids[0], res.Code, res.Stderr)
+	}
+	res, err = c.Exec(ctxT(20*time.Second), ids[0], "start", "G9", "--no-such-flag")
+	if err == nil || res.Code != 2 {
+		t.Errorf("immortald start G9 --no-such-flag in %s: exit %d, stderr %q, want exit 2", ids[0], res.Code, res.Stderr)
 	}
 	chk.WaitRunning(t, good, time.Time{}, 30*time.Second)
 	waitFor(t, 20*time.Second, "ls to show every bad request invalid", func() (bool, string) {
