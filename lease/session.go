@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -212,13 +213,16 @@ func (s *Session) renew(ctx context.Context) {
 // renewOnce sends one keep-alive, sent at sent. A member without an etcd
 // leader refuses it at once, before doing anything, and clientv3 does not
 // send it again: it is sent again here, to the next endpoint, up to
-// noLeaderTries times in all. It gives up when its answer could no longer
-// move the deadline.
+// noLeaderTries times in all. The refusal reaches the client as "no
+// leader", or as a bare EOF when the member closed the keep-alive stream
+// before the request was written; a keep-alive is idempotent, so any
+// failure but a lease that is gone is worth another try. It gives up when
+// its answer could no longer move the deadline.
 func (s *Session) renewOnce(ctx context.Context, sent time.Time) {
 	rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), s.cfg.TTL-s.cfg.Margin)
 	defer cancel()
 	resp, err := s.cli.KeepAliveOnce(rctx, s.Lease())
-	for try := 1; try < noLeaderTries && etcdclient.IsNoLeader(err) && rctx.Err() == nil; try++ {
+	for try := 1; try < noLeaderTries && retryable(err) && rctx.Err() == nil; try++ {
 		resp, err = s.cli.KeepAliveOnce(rctx, s.Lease())
 	}
 	switch {
@@ -234,4 +238,10 @@ func (s *Session) renewOnce(ctx context.Context, sent time.Time) {
 	default:
 		s.dl.renewed(sent, time.Duration(resp.TTL)*time.Second)
 	}
+}
+
+// retryable reports whether a failed keep-alive may be sent again at once:
+// refused for want of a leader, or its stream closed under it.
+func retryable(err error) bool {
+	return etcdclient.IsNoLeader(err) || errors.Is(err, io.EOF)
 }
