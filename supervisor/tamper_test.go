@@ -2,7 +2,6 @@ package supervisor
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -186,7 +185,7 @@ func TestNoCheckpointGivesLivesUp(t *testing.T) {
 // and run its life again on a new one.
 func TestEtcdRestoredFromOlderDataGivesSessionUp(t *testing.T) {
 	dir := t.TempDir()
-	cfg := embedetcd.Config{Dir: filepath.Join(dir, "data"), ClientURL: "http://" + freeAddr(t), PeerURL: "http://" + freeAddr(t)}
+	cfg := embedetcd.Config{Dir: filepath.Join(dir, "data"), ClientURL: "http://" + etcdtest.FreeAddr(t), PeerURL: "http://" + etcdtest.FreeAddr(t)}
 	srv, err := embedetcd.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -231,15 +230,4 @@ func TestEtcdRestoredFromOlderDataGivesSessionUp(t *testing.T) {
 	took := waitFor(t, ttl, "the session given up", func() bool { return readCounter(m.sup.m.SessionLosses) >= 1 })
 	t.Logf("session given up %s after etcd came back with older data (TTL %s)", took.Round(time.Millisecond), ttl)
 	waitFor(t, 2*ttl, "Adam running on a new session", func() bool { return m.holds("Adam") && m.sup.Ready() })
-}
-
-// freeAddr returns a loopback address with a port free just now.
-func freeAddr(tb testing.TB) string {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
