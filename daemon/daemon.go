@@ -15,7 +15,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -375,14 +374,9 @@ const (
 // (no session, or heartbeats failing) and logs one warning per endpoint that
 // cannot be reached, naming it and the reason (refused, no answer, TLS, not
 // an etcd): the etcd client itself only ever says "context deadline
-// exceeded". It stops when ctx ends.
+// exceeded". Each round reads the TLS files anew, as the client does. It
+// stops when ctx ends.
 func (m *Main) probeWhileUnready(ctx context.Context) {
-	endpoints := m.cfg.Etcd.Endpoints
-	tlsCfg, err := m.cfg.Etcd.TLSConfig()
-	if err != nil {
-		m.log.Warn("cannot probe the etcd endpoints", "err", err)
-		return
-	}
 	t := time.NewTimer(probeFirst)
 	defer t.Stop()
 	for {
@@ -396,12 +390,7 @@ func (m *Main) probeWhileUnready(ctx context.Context) {
 			continue
 		}
 		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		errs := make([]error, len(endpoints))
-		var wg sync.WaitGroup
-		for i, ep := range endpoints {
-			wg.Go(func() { errs[i] = etcdclient.Probe(pctx, ep, tlsCfg) })
-		}
-		wg.Wait()
+		errs := etcdclient.ProbeEndpoints(pctx, m.cfg.Etcd)
 		cancel()
 		if ctx.Err() != nil {
 			return
@@ -409,14 +398,14 @@ func (m *Main) probeWhileUnready(ctx context.Context) {
 		reached := 0
 		for i, err := range errs {
 			if err != nil {
-				m.log.Warn("cannot reach etcd", "endpoint", endpoints[i], "err", err)
+				m.log.Warn("cannot reach etcd", "endpoint", m.cfg.Etcd.Endpoints[i], "err", err)
 			} else {
 				reached++
 			}
 		}
 		if reached > 0 {
 			m.log.Warn("the member is not ready although etcd answers: no session yet, or heartbeats failing (see the lines before)",
-				"endpoints_reached", reached, "endpoints", len(endpoints))
+				"endpoints_reached", reached, "endpoints", len(errs))
 		}
 	}
 }

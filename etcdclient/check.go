@@ -217,20 +217,16 @@ func handshake(addr string, tc *tls.Config) (reached bool, err error) {
 	return true, nil
 }
 
-// probeAll probes every endpoint of cfg (Probe) and says why each that
-// fails cannot be reached, or that all of them answer.
+// probeAll probes every endpoint of cfg (ProbeEndpoints) and says why each
+// that fails cannot be reached, or that all of them answer.
 func probeAll(cfg Config) string {
-	tc, err := cfg.TLSConfig()
-	if err != nil {
-		return err.Error()
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), diagnoseTimeout)
+	defer cancel()
 	var why []string
-	for _, ep := range cfg.Endpoints {
-		ctx, cancel := context.WithTimeout(context.Background(), diagnoseTimeout)
-		if perr := Probe(ctx, ep, tc); perr != nil {
-			why = append(why, perr.Error())
+	for _, err := range ProbeEndpoints(ctx, cfg) {
+		if err != nil {
+			why = append(why, err.Error())
 		}
-		cancel()
 	}
 	if len(why) == 0 {
 		return "every endpoint answers a status request, but requests time out (no etcd leader?)"

@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
@@ -87,4 +88,25 @@ func reason(err error) string {
 		return "the server closed the connection or does not speak gRPC (does it want TLS? use an https:// endpoint): " + msg
 	}
 	return msg
+}
+
+// ProbeEndpoints probes every endpoint of cfg at once, with its TLS files
+// as they are now, and returns each one's error (nil: it answers), in the
+// order of cfg.Endpoints. A TLS configuration that cannot be read is every
+// endpoint's error.
+func ProbeEndpoints(ctx context.Context, cfg Config) []error {
+	errs := make([]error, len(cfg.Endpoints))
+	tc, err := cfg.TLSConfig()
+	if err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
+	var wg sync.WaitGroup
+	for i, ep := range cfg.Endpoints {
+		wg.Go(func() { errs[i] = Probe(ctx, ep, tc) })
+	}
+	wg.Wait()
+	return errs
 }
