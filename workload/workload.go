@@ -127,14 +127,14 @@ const (
 // ChildStatus is what a workload reports about itself.
 type ChildStatus struct {
 	// State is ChildRunning, ChildBackoff or ChildExited.
-	State string
+	State string `json:"state"`
 	// ExitCode of the last exit; -1 when killed by a signal, 0 before any.
-	ExitCode int
+	ExitCode int `json:"exit_code"`
 	// Restarts counts restarts in place during this hold.
-	Restarts int
+	Restarts int `json:"restarts"`
 	// Error is the latest problem (a failed start, a state over the limit),
 	// "" when none.
-	Error string
+	Error string `json:"error,omitempty"`
 }
 
 // AgeKind is the built-in kind: the life's age alone. A request without a

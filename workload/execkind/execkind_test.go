@@ -252,7 +252,7 @@ func TestRestartOnFailureKeepsState(t *testing.T) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
 	dir := t.TempDir()
-	l := run(t, ctx, `cd "$IMMORTALD_STATE_DIR"; n=$(cat state 2>/dev/null || echo 0); echo $((n+1)) > state
+	l := run(t, ctx, `cd "$IMMORTALD_STATE_DIR"; n=$(cat state 2>/dev/null || echo 0); echo $((n+1)) > s.tmp && mv s.tmp state
 sleep 1000 & echo $! > `+dir+`/grandchild.$n; exit 3`, nil, nil)
 	l.wait(t, "three runs", func(c [][]byte, s []workload.ChildStatus) bool {
 		return len(c) > 0 && strings.TrimSpace(string(c[len(c)-1])) == "3"
@@ -284,7 +284,7 @@ func TestNoRestart(t *testing.T) {
 		t.Run(tc.policy, func(t *testing.T) {
 			ctx, cancel := context.WithCancelCause(context.Background())
 			defer cancel(nil)
-			l := run(t, ctx, `echo ran >> "$IMMORTALD_STATE_DIR/state"; exit `+tc.code, nil,
+			l := run(t, ctx, `cd "$IMMORTALD_STATE_DIR"; echo ran > s.tmp && mv s.tmp state; exit `+tc.code, nil,
 				func(c *execkind.Config, _ *execkind.Options) { c.Restart = tc.policy })
 			l.wait(t, "exited", func(_ [][]byte, s []workload.ChildStatus) bool {
 				return len(s) > 0 && s[len(s)-1].State == workload.ChildExited
