@@ -2,9 +2,11 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"runtime"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"github.com/immortald/immortald/daemon"
 	"github.com/immortald/immortald/etcdclient"
 	"github.com/immortald/immortald/registry"
+	"github.com/immortald/immortald/workload"
 )
 
 // client connects to etcd for a client command, with the TLS and auth
@@ -170,6 +173,56 @@ func (a *app) getAgeCmd() *cobra.Command {
 	return cmd
 }
 
+// StateInfo is what `immortald get-state NAME -o json` prints: the last
+// checkpointed state of a life with its metadata; Data is base64 in JSON.
+type StateInfo struct {
+	Name         string               `json:"name"`
+	LifeID       int64                `json:"life_id"`
+	Holder       string               `json:"holder"`
+	FencingToken int64                `json:"fencing_token"`
+	Incarnation  int64                `json:"incarnation"`
+	Time         time.Time            `json:"time"`
+	Size         int                  `json:"size"`
+	Child        workload.ChildStatus `json:"child"`
+	Data         []byte               `json:"data"`
+}
+
+func (a *app) getStateCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "get-state NAME",
+		Short: "Print a life's last checkpointed state: the raw bytes, or with -o json its metadata and the bytes in base64",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			out, err := a.output()
+			if err != nil {
+				return err
+			}
+			cli, keys, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer cli.Close()
+			ctx, cancel := signalContext(cmd)
+			defer cancel()
+			rec, err := registry.GetState(ctx, cli, keys, args[0])
+			if err != nil {
+				if errors.Is(err, registry.ErrNoLife) || errors.Is(err, registry.ErrNoState) || errors.Is(err, registry.ErrCorrupt) {
+					return err
+				}
+				return a.reach(err)
+			}
+			if out == "json" {
+				return json.NewEncoder(a.stdout).Encode(StateInfo{Name: args[0], LifeID: rec.LifeID, Holder: rec.Holder,
+					FencingToken: rec.HolderRev, Incarnation: rec.Incarnation, Time: rec.Time, Size: len(rec.Data), Child: rec.Child, Data: rec.Data})
+			}
+			_, err = a.stdout.Write(rec.Data)
+			return err
+		},
+	}
+	addOutput(cmd)
+	return cmd
+}
+
 func (a *app) lsCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ls",
@@ -195,13 +248,27 @@ func (a *app) lsCmd() *cobra.Command {
 				return json.NewEncoder(a.stdout).Encode(all)
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tAGE\tHOLDER\tINCARNATION\tERROR")
+			fmt.Fprintln(tw, "NAME\tKIND\tSTATE\tAGE\tHOLDER\tINCARNATION\tERROR")
 			for _, s := range all {
 				name := s.Name
 				if registry.ValidateName(name) != nil {
 					name = strconv.Quote(name) // show white space and control characters
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\n", name, s.State, s.Age, s.Holder, s.Incarnation, s.Error)
+				state := s.State
+				if s.Child != nil {
+					// The child's own state when it is not simply running.
+					if s.Child.State != workload.ChildRunning {
+						state += "/" + s.Child.State
+					}
+					if s.Child.Restarts > 0 {
+						state += fmt.Sprintf(" (exit %d, %d restarts)", s.Child.ExitCode, s.Child.Restarts)
+					}
+				}
+				errs := s.Error
+				if s.Child != nil && s.Child.Error != "" {
+					errs = strings.TrimPrefix(errs+"; "+s.Child.Error, "; ")
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%s\n", name, s.Kind, state, s.Age, s.Holder, s.Incarnation, errs)
 			}
 			return tw.Flush()
 		},
