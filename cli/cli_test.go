@@ -262,6 +262,17 @@ func TestMembers(t *testing.T) {
 	}
 }
 
+// A config file with kinds is read by every command: kinds are no unknown
+// setting.
+func TestConfigWithKinds(t *testing.T) {
+	ep, _ := server(t)
+	cfg := filepath.Join(t.TempDir(), "kinds.yaml")
+	writeFile(t, cfg, "kinds:\n  counter:\n    command: [/bin/true]\n    env: {COUNTER_LOG: /tmp/x}\n")
+	if r := execute(t, "ls", "--config", cfg, "--etcd-endpoints", ep); r.code != 0 {
+		t.Fatalf("ls with kinds in the config file = %+v", r)
+	}
+}
+
 func TestVersion(t *testing.T) {
 	r := execute(t, "version")
 	if r.code != 0 || !strings.HasPrefix(r.stdout, "immortald ") {
@@ -279,6 +290,8 @@ func TestUsageErrors(t *testing.T) {
 	writeFile(t, unknownJSON, `{"lease_ttl": "5s"}`)
 	badOutput := filepath.Join(dir, "output.yaml")
 	writeFile(t, badOutput, "output: yaml\n")
+	badKind := filepath.Join(dir, "kind.yaml")
+	writeFile(t, badKind, "kinds:\n  counter:\n    command: [/bin/true]\n    restart: sometimes\n")
 
 	tests := []struct {
 		name string
@@ -294,6 +307,7 @@ func TestUsageErrors(t *testing.T) {
 		{name: "output yaml in the config file", args: []string{"ls", "--config", badOutput}, want: []string{"yaml"}},
 		{name: "unknown key in a YAML config", args: []string{"ls", "--config", unknownYAML}, want: []string{"bogus-key", unknownYAML}},
 		{name: "unknown key in a JSON config", args: []string{"ls", "--config", unknownJSON}, want: []string{"lease_ttl"}},
+		{name: "bad kind in the config", args: []string{"run", "--config", badKind, "--etcd-endpoints", unreachable}, want: []string{"kinds.counter.restart", "sometimes"}},
 		{name: "missing config file", args: []string{"ls", "--config", filepath.Join(dir, "nope.yaml")}, want: []string{"nope.yaml"}},
 		{name: "unknown flag", args: []string{"ls", "--nope"}, want: []string{"--nope"}},
 		{name: "prefix without a slash", args: []string{"start", "Adam", "--prefix", "/x"}, want: []string{"--prefix", `"/x"`}},
