@@ -244,6 +244,10 @@ func (r *Runner) Run(ctx context.Context, h workload.Handle) error {
 	}
 	ck.tried = ck.last
 
+	// Checkpoints while the child runs end at the deadline too, so that a
+	// write blocked on etcd never delays a kill.
+	hctx, hcancel := untilExpired(ctx, h)
+	defer hcancel()
 	st := workload.ChildStatus{}
 	startFailed := false
 	bo := backoff.New(r.opt.BackoffMin, r.opt.BackoffMax)
@@ -270,7 +274,7 @@ func (r *Runner) Run(ctx context.Context, h workload.Handle) error {
 				case ex = <-c.done:
 					break wait
 				case <-tick.C:
-					ck.save(ctx, &st)
+					ck.save(hctx, &st)
 				case <-h.Expired():
 					c.kill(syscall.SIGKILL)
 					<-c.done
@@ -282,7 +286,7 @@ func (r *Runner) Run(ctx context.Context, h workload.Handle) error {
 			logExit(log, ex)
 			st.ExitCode = ex.code
 			// Ended on its own: keep what it wrote.
-			ck.save(ctx, &st)
+			ck.save(hctx, &st)
 			if ex.ran >= r.opt.BackoffReset {
 				bo.Reset()
 			}
@@ -292,7 +296,7 @@ func (r *Runner) Run(ctx context.Context, h workload.Handle) error {
 		if !r.restart(ex) {
 			st.State = workload.ChildExited
 			h.SetStatus(st)
-			return r.idle(ctx, h)
+			return r.idle(ctx, h, ck, &st)
 		}
 		st.State = workload.ChildBackoff
 		h.SetStatus(st)
@@ -300,23 +304,33 @@ func (r *Runner) Run(ctx context.Context, h workload.Handle) error {
 		ok := bo.Wait(wctx)
 		cancel()
 		if !ok {
-			return r.idle(ctx, h)
+			return r.idle(ctx, h, ck, &st)
 		}
 		st.Restarts++
 	}
 }
 
-// idle waits for the end of a hold whose child is not running.
-func (r *Runner) idle(ctx context.Context, h workload.Handle) error {
+// idle waits for the end of a hold whose child is not running; after a
+// graceful stop it checkpoints the state file if it changed since (a
+// checkpoint after the exit that failed).
+func (r *Runner) idle(ctx context.Context, h workload.Handle, ck *checkpointer, st *workload.ChildStatus) error {
 	select {
 	case <-ctx.Done():
 		if errors.Is(context.Cause(ctx), workload.ErrDeadline) {
 			return workload.ErrDeadline
 		}
-		return nil
+		return finalSave(ctx, h, ck, st)
 	case <-h.Expired():
 		return workload.ErrDeadline
 	}
+}
+
+// finalSave checkpoints the state file after a graceful stop: the member
+// still holds the life until Run returns, unless the deadline comes first.
+func finalSave(ctx context.Context, h workload.Handle, ck *checkpointer, st *workload.ChildStatus) error {
+	fctx, cancel := untilExpired(context.WithoutCancel(ctx), h)
+	defer cancel()
+	return ck.save(fctx, st)
 }
 
 // restart applies the policy to a child that ended on its own.
@@ -355,11 +369,7 @@ func (r *Runner) stop(ctx context.Context, h workload.Handle, c *child, ck *chec
 	logExit(h.Logger(), ex)
 	st.ExitCode = ex.code
 	st.State = workload.ChildExited
-	// The final state: the member still holds the life until Run returns,
-	// unless the deadline comes first.
-	fctx, cancel := untilExpired(context.WithoutCancel(ctx), h)
-	defer cancel()
-	return ck.save(fctx, st)
+	return finalSave(ctx, h, ck, st)
 }
 
 // untilExpired is parent, also cancelled when h expires.

@@ -228,6 +228,49 @@ func TestExpiredDuringGrace(t *testing.T) {
 	waitGone(t, pid)
 }
 
+// A checkpoint blocked on etcd does not delay the kill at the deadline.
+func TestExpiredWhileCheckpointBlocks(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	pidfile := filepath.Join(t.TempDir(), "pid")
+	l := run(t, ctx, `echo $$ > `+pidfile+`; cd "$IMMORTALD_STATE_DIR"; n=0; while :; do n=$((n+1)); echo $n > s.tmp && mv s.tmp state; sleep 0.02; done`, nil, nil)
+	pid := readPid(t, pidfile)
+	l.h.Block(true)
+	time.Sleep(200 * time.Millisecond) // a checkpoint is blocked by now
+	l.h.Expire()
+	if err := l.result(t); !errors.Is(err, workload.ErrDeadline) {
+		t.Fatalf("Run: %v, want ErrDeadline", err)
+	}
+	waitGone(t, pid)
+}
+
+// A state whose checkpoint failed when the child exited is checkpointed at
+// the graceful stop of a hold whose child is not restarted.
+func TestFinalSaveAfterExit(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	l := run(t, ctx, `cd "$IMMORTALD_STATE_DIR"; while [ ! -e go ]; do sleep 0.02; done; echo done > s.tmp && mv s.tmp state; exit 0`, nil, nil)
+	l.h.FailWith(errors.New("etcd is away"))
+	dirs, _ := filepath.Glob(filepath.Join(l.root, "job-*"))
+	for ; len(dirs) == 0; dirs, _ = filepath.Glob(filepath.Join(l.root, "job-*")) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := os.WriteFile(filepath.Join(dirs[0], "go"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l.wait(t, "exited", func(_ [][]byte, s []workload.ChildStatus) bool {
+		return len(s) > 0 && s[len(s)-1].State == workload.ChildExited
+	})
+	l.h.FailWith(nil)
+	cancel(workload.ErrStopped)
+	if err := l.result(t); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if c := l.h.Checkpoints(); len(c) != 1 || string(c[0]) != "done\n" {
+		t.Fatalf("checkpoints %q, want the state written before the exit", c)
+	}
+}
+
 // A child that ignores SIGTERM is SIGKILLed after its stop grace.
 func TestStopGraceThenKill(t *testing.T) {
 	ctx, cancel := context.WithCancelCause(context.Background())

@@ -24,6 +24,7 @@ type Handle struct {
 	checkpoints [][]byte
 	statuses    []workload.ChildStatus
 	fail        error
+	block       bool
 	expired     chan struct{}
 	expireOnce  sync.Once
 	changed     chan struct{}
@@ -55,7 +56,8 @@ func (h *Handle) SetStatus(s workload.ChildStatus) {
 	h.notify()
 }
 
-// Checkpoint records state, or returns the error set by FailWith. A state
+// Checkpoint records state, or returns the error set by FailWith, or
+// blocks (see Block). A state
 // over workload.MaxStateBytes is refused as the real handle refuses it.
 func (h *Handle) Checkpoint(ctx context.Context, state []byte) error {
 	if err := ctx.Err(); err != nil {
@@ -65,6 +67,11 @@ func (h *Handle) Checkpoint(ctx context.Context, state []byte) error {
 		return workload.ErrStateTooLarge
 	}
 	h.mu.Lock()
+	if h.block {
+		h.mu.Unlock()
+		<-ctx.Done()
+		return ctx.Err()
+	}
 	defer h.mu.Unlock()
 	if h.fail != nil {
 		return h.fail
@@ -73,6 +80,10 @@ func (h *Handle) Checkpoint(ctx context.Context, state []byte) error {
 	h.notify()
 	return nil
 }
+
+// Block makes every later Checkpoint block until its context ends, as a
+// write to an etcd that does not answer would.
+func (h *Handle) Block(on bool) { h.mu.Lock(); h.block = on; h.mu.Unlock() }
 
 // FailWith makes every later Checkpoint return err (nil: succeed again).
 func (h *Handle) FailWith(err error) { h.mu.Lock(); h.fail = err; h.mu.Unlock() }
