@@ -159,10 +159,11 @@ type Kind struct {
 	Name string
 	// New makes the Runner of one hold.
 	New func() Runner
-	// StopGrace is how long Run may take after a graceful stop before the
-	// supervisor stops waiting for it (it then treats the life as if it had
-	// reached its deadline: closes Expired and waits for Run to return).
-	// 0 means the runner stops at once.
+	// StopGrace is how long the runner's own graceful stop may take (for
+	// a command: SIGTERM, then SIGKILL after StopGrace). Run returns about
+	// StopGrace plus one Checkpoint after a graceful stop at the latest; a
+	// supervisor that waits longer than that may close Expired, after which
+	// Run kills at once and returns. 0: the runner stops at once.
 	StopGrace time.Duration
 }
 
