@@ -54,6 +54,12 @@ func (k Keys) Ages() string { return k.prefix + "ages/" }
 // Age is the age record key of one life.
 func (k Keys) Age(name string) string { return k.Ages() + name }
 
+// States is the prefix of every state record.
+func (k Keys) States() string { return k.prefix + "states/" }
+
+// State is the state record key of one life.
+func (k Keys) State(name string) string { return k.States() + name }
+
 // Heartbeats is the prefix of every member heartbeat.
 func (k Keys) Heartbeats() string { return k.prefix + "heartbeats/" }
 

@@ -53,6 +53,8 @@ func TestKeysLayout(t *testing.T) {
 		{name: "age", got: k.Age("Adam"), want: "/p/ages/Adam"},
 		{name: "quarantines", got: k.Quarantines(), want: "/p/quarantine/"},
 		{name: "quarantine", got: k.Quarantine("Adam"), want: "/p/quarantine/Adam"},
+		{name: "states", got: k.States(), want: "/p/states/"},
+		{name: "state", got: k.State("Adam"), want: "/p/states/Adam"},
 		{name: "members", got: k.Members(), want: "/p/members/"},
 		{name: "member", got: k.Member("m1"), want: "/p/members/m1"},
 		{name: "name of a life", got: registry.NameOf(k.Lives(), "/p/lives/Adam"), want: "Adam"},
