@@ -30,6 +30,7 @@ func (f runnerFunc) Run(ctx context.Context, h workload.Handle) error { return f
 
 // noteRun is what one Run of the test kind "note" saw.
 type noteRun struct {
+	kind     string
 	member   string
 	token    int64
 	inc      int64
@@ -46,9 +47,14 @@ type noteRun struct {
 // checkpoints "<member> <token>" at once, and after a graceful stop
 // checkpoints "final <member> <token>" and returns.
 func noteKind(member string, runs chan<- *noteRun) workload.Kind {
-	return workload.Kind{Name: "note", StopGrace: time.Second, New: func() workload.Runner {
+	return noteKindNamed("note", member, runs)
+}
+
+// noteKindNamed is noteKind under another name; its Runs report it in kind.
+func noteKindNamed(kind, member string, runs chan<- *noteRun) workload.Kind {
+	return workload.Kind{Name: kind, StopGrace: time.Second, New: func() workload.Runner {
 		return runnerFunc(func(ctx context.Context, h workload.Handle) error {
-			r := &noteRun{member: member, token: h.FencingToken(), inc: h.Incarnation(), restored: string(h.State()), started: time.Now(), done: make(chan struct{})}
+			r := &noteRun{kind: kind, member: member, token: h.FencingToken(), inc: h.Incarnation(), restored: string(h.State()), started: time.Now(), done: make(chan struct{})}
 			defer close(r.done)
 			runs <- r
 			if err := h.Checkpoint(ctx, []byte(fmt.Sprintf("%s %d", member, r.token))); err != nil {
@@ -450,4 +456,29 @@ func runMember() {
 	}
 	_ = sup.Run(context.Background())
 	os.Exit(0)
+}
+
+// A request whose kind changes in place stops the Run of the old kind
+// gracefully and starts one of the new kind, the life keeping its age.
+func TestWorkKindChangedInPlace(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	runs := make(chan *noteRun, 4)
+	startMemberWith(t, srv.Endpoint(), "m1", withKinds(noteKindNamed("note", "m1", runs), noteKindNamed("other", "m1", runs)))
+	put(t, obs, testKeys.Life("job"), `{"kind":"note"}`)
+	r1 := nextRun(t, runs, 10*time.Second)
+	waitState(t, obs, "job", fmt.Sprintf("m1 %d", r1.token))
+	time.Sleep(500 * time.Millisecond)
+	put(t, obs, testKeys.Life("job"), `{"kind":"other"}`)
+	r2 := nextRun(t, runs, 10*time.Second)
+	<-r1.done
+	if r1.kind != "note" || !errors.Is(r1.cause, workload.ErrStopped) || r2.kind != "other" || !r2.started.After(r1.returned) {
+		t.Fatalf("runs %+v then %+v: want note stopped gracefully, then other", r1, r2)
+	}
+	if r2.inc != 2 || r2.token <= r1.token {
+		t.Fatalf("the new Run has incarnation %d and token %d (old %d)", r2.inc, r2.token, r1.token)
+	}
+	if rec, _ := ageRecord(t, obs, "job"); rec.AgeMS < 400 {
+		t.Fatalf("age %d ms after the change, want the age kept (at least 400 ms)", rec.AgeMS)
+	}
 }
