@@ -241,7 +241,9 @@ func (h *heldLife) restoreFrom(sub *etcdserverpb.TxnResponse, i int) {
 }
 
 // startWorkLocked starts a Run of h, which is held, unless its kind has
-// none or the member is shutting down.
+// none or the member is shutting down (a life won during the shutdown is
+// held without its work until the revoke, and its next holder restores
+// its last state).
 func (s *Supervisor) startWorkLocked(h *heldLife) {
 	hw := h.work
 	if hw == nil || s.stopping || s.gen == nil {
