@@ -482,3 +482,55 @@ func TestWorkKindChangedInPlace(t *testing.T) {
 		t.Fatalf("age %d ms after the change, want the age kept (at least 400 ms)", rec.AgeMS)
 	}
 }
+
+// A state record that does not parse is not restored: the life starts with
+// no state, and the bytes are kept at quarantine-states/<name> by the
+// holder's first state write. A record of an earlier life of the same name
+// is not restored either.
+func TestWorkCorruptOrForeignStateIsNotRestored(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	runs := make(chan *noteRun, 4)
+	put(t, obs, testKeys.State("bad"), "garbage")
+	old, _ := registry.StateRecord{LifeID: 1, Holder: "gone", HolderRev: 1, Incarnation: 1, Data: []byte("old life")}.Marshal()
+	put(t, obs, testKeys.State("reborn"), string(old))
+	startMemberWith(t, srv.Endpoint(), "m1", withKinds(noteKind("m1", runs)))
+	put(t, obs, testKeys.Life("bad"), `{"kind":"note"}`)
+	put(t, obs, testKeys.Life("reborn"), `{"kind":"note"}`)
+	for range 2 {
+		if r := nextRun(t, runs, 10*time.Second); r.restored != "" {
+			t.Fatalf("Run restored %q, want no state", r.restored)
+		}
+	}
+	waitFor(t, 10*time.Second, "the corrupt record quarantined", func() bool {
+		return getValue(t, obs, testKeys.StateQuarantine("bad")) == "garbage"
+	})
+	if countKeys(t, obs, testKeys.StateQuarantine("reborn")) != 0 {
+		t.Fatal("a record of an earlier life was quarantined; it parses")
+	}
+}
+
+// The state record of a life that ended while nobody ran it goes with its
+// age record when the dead holder's heartbeat is collected.
+func TestWorkStateOfLifeEndedWhileNobodyRanItIsCollected(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	runs := make(chan *noteRun, 2)
+	m1 := startMemberWith(t, srv.Endpoint(), "m1", withKinds(noteKind("m1", runs)))
+	m2 := startMember(t, srv.Endpoint(), "m2") // lacks the kind: never runs it
+	put(t, obs, testKeys.Life("job"), `{"kind":"note"}`)
+	r := nextRun(t, runs, 10*time.Second)
+	waitState(t, obs, "job", fmt.Sprintf("m1 %d", r.token))
+	// The sweep finds the dead holder's records through its heartbeat.
+	waitFor(t, 5*time.Second, "a heartbeat of m1", func() bool { _, ok := ownBeat(t, m1, obs); return ok })
+	m1.crash()
+	del(t, obs, testKeys.Life("job"))
+	deadline := time.Now().Add(testTTL + 10*time.Second)
+	for countKeys(t, obs, testKeys.State("job")) != 0 || countKeys(t, obs, testKeys.Age("job")) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("not collected: state %q, age %q", getValue(t, obs, testKeys.State("job")), getValue(t, obs, testKeys.Age("job")))
+		}
+		m2.sup.collectBeats(context.Background())
+		time.Sleep(100 * time.Millisecond)
+	}
+}
