@@ -534,3 +534,27 @@ func TestWorkStateOfLifeEndedWhileNobodyRanItIsCollected(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// A command life whose child keeps failing is restarted in place with
+// backoff, and its status (state, last exit code, restarts) reaches `ls`
+// through status-only writes of its state record.
+func TestWorkRestartStatusIsShown(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	c := execkind.Config{Command: []string{"/bin/sh", "-c", "sleep 0.1; exit 3"}, Restart: execkind.RestartOnFailure}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	kind := execkind.Kind("flaky", c, execkind.Options{StateRoot: t.TempDir(), CheckpointInterval: testInterval,
+		BackoffMin: 50 * time.Millisecond, BackoffMax: 400 * time.Millisecond})
+	startMemberWith(t, srv.Endpoint(), "m1", withKinds(kind))
+	put(t, obs, testKeys.Life("flaky"), `{"kind":"flaky"}`)
+	var st registry.Status
+	waitFor(t, 15*time.Second, "two restarts shown", func() bool {
+		st = status(t, obs, "flaky")
+		return st.Child != nil && st.Child.Restarts >= 2 && st.Child.ExitCode == 3
+	})
+	if st.State != registry.StateRunning || st.Kind != "flaky" {
+		t.Fatalf("status %+v, want the life running, of kind flaky", st)
+	}
+}
