@@ -558,3 +558,24 @@ func TestWorkRestartStatusIsShown(t *testing.T) {
 		t.Fatalf("status %+v, want the life running, of kind flaky", st)
 	}
 }
+
+// A Run that panics is a Run that returned with an error: the member goes
+// on, the life stays held, and its delete is cleaned up.
+func TestWorkPanicIsAnError(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	k := workload.Kind{Name: "boom", New: func() workload.Runner {
+		return runnerFunc(func(context.Context, workload.Handle) error { panic("boom") })
+	}}
+	m1 := startMemberWith(t, srv.Endpoint(), "m1", withKinds(k))
+	put(t, obs, testKeys.Life("boom"), `{"kind":"boom"}`)
+	waitFor(t, 10*time.Second, "boom held", func() bool { return m1.holds("boom") })
+	time.Sleep(3 * testInterval)
+	if !m1.holds("boom") || !m1.sup.Ready() {
+		t.Fatal("the member lost the life or its readiness after a panicking Run")
+	}
+	del(t, obs, testKeys.Life("boom"))
+	waitFor(t, 10*time.Second, "boom cleaned up", func() bool {
+		return !m1.holds("boom") && countKeys(t, obs, testKeys.Age("boom")) == 0 && countKeys(t, obs, testKeys.Election("boom")+"/") == 0
+	})
+}
