@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -39,7 +39,7 @@ func (b *bench) phaseLatency(ctx context.Context) error {
 	for i := range b.cfg.startTrials {
 		name := fmt.Sprintf("s%03d", i)
 		t0 := time.Now()
-		out, err := exec.CommandContext(ctx, b.bins.etcdctl, "--endpoints", b.endpoint, "put", livesPrefix+name, "").CombinedOutput()
+		out, err := exec.CommandContext(ctx, b.bins.Etcdctl, "--endpoints", b.endpoint, "put", livesPrefix+name, "").CombinedOutput()
 		putDone := time.Now()
 		if err != nil {
 			return fmt.Errorf("etcdctl put: %v: %s", err, out)

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -38,7 +38,7 @@ type bench struct {
 	ports   portPicker
 	workDir string // etcd data; removed at the end
 	logDir  string // process logs; kept
-	bins    binaries
+	bins    Binaries
 	rep     *report
 
 	etcd       *proc
@@ -53,7 +53,8 @@ type bench struct {
 	quiesced    []float64 // seconds waited for etcd between phases
 }
 
-type binaries struct{ immortald, etcd, etcdctl string }
+// Binaries are the programs a run starts: immortald, etcd and etcdctl.
+type Binaries struct{ Immortald, Etcd, Etcdctl string }
 
 // member is one immortald process.
 type member struct {
@@ -81,7 +82,7 @@ func (b *bench) startEtcd(ctx context.Context) error {
 	}
 	defer logf.Close()
 	args := []string{
-		b.bins.etcd,
+		b.bins.Etcd,
 		"--name", "bench",
 		"--data-dir", filepath.Join(b.workDir, "etcd-data"),
 		"--listen-client-urls", client,
@@ -156,7 +157,7 @@ func (b *bench) startMember(ctx context.Context, id string, extra ...string) (*m
 	}
 	defer logf.Close()
 	m := &member{id: id, http: fmt.Sprintf("127.0.0.1:%d", port), log: logPath}
-	argv := []string{b.bins.immortald, "run",
+	argv := []string{b.bins.Immortald, "run",
 		"--id", id,
 		"--etcd-endpoints", b.endpoint,
 		"--http-addr", m.http,

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bufio"
@@ -150,7 +150,7 @@ func (bl *baseline) spawn(s *slot) error {
 	s.gen++
 	tag := fmt.Sprintf("b%d.%d.%d", s.life, s.c, s.gen)
 	p, err := bl.b.ps.start("etcdctl lock "+tag, bl.out, bl.errf,
-		bl.b.bins.etcdctl, "--endpoints", bl.b.endpoint, "lock", "--ttl", "2",
+		bl.b.bins.Etcdctl, "--endpoints", bl.b.endpoint, "lock", "--ttl", "2",
 		fmt.Sprintf("%s%d", lockPrefix, s.life), "--", "sh", "-c", heldScript, tag)
 	if err != nil {
 		return err

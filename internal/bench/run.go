@@ -1,0 +1,403 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// logw receives progress lines; the table and the JSON go to stdout.
+var logw io.Writer = os.Stderr
+
+type config struct {
+	quick   bool
+	out     string
+	binDir  string
+	keepDir bool
+	only    string
+	bins    Binaries
+
+	lives, baselineLives, scaleLives           int
+	baselineLivesForced                        bool // -baseline-lives given: no CPU cap
+	startTrials, handoffTrials, failoverTrials int
+	memberCrashTrials                          int // SIGKILL of the member process alone
+	baselineStartTrials, baselineFailovers     int
+	baselineRound                              int
+	window, baselineWindow                     time.Duration
+	settleExtra, settleQuiet, pollEvery        time.Duration
+	placeTimeout, settleTimeout, moveTimeout   time.Duration
+	compaction                                 string
+	leaseTTL                                   string        // of the members
+	budget                                     time.Duration // whole run, after the build
+	latencyBudget, baselineBudget, scaleBudget time.Duration // the bulk phase gets the rest
+	flapWindow                                 time.Duration // watched after the scale-out balanced
+}
+
+// defaults returns the sizes of a quick or a full run.
+func defaults(quick bool) config {
+	if quick {
+		return config{
+			quick: true, lives: 10000, baselineLives: 100, scaleLives: 10000,
+			startTrials: 10, handoffTrials: 2, failoverTrials: 2, memberCrashTrials: 3,
+			baselineStartTrials: 10, baselineFailovers: 20, baselineRound: 20,
+			window: 3 * time.Second, baselineWindow: 2 * time.Second,
+			settleExtra: 500 * time.Millisecond, settleQuiet: 1500 * time.Millisecond,
+			pollEvery:    100 * time.Millisecond,
+			placeTimeout: 10 * time.Second, settleTimeout: 4 * time.Second, moveTimeout: 8 * time.Second,
+			compaction: "5m", leaseTTL: "2s",
+			budget: 90 * time.Second, latencyBudget: 30 * time.Second, baselineBudget: 12 * time.Second,
+			scaleBudget: 26 * time.Second, flapWindow: 2 * time.Second,
+		}
+	}
+	return config{
+		lives: 100000, baselineLives: 1000, scaleLives: 10000,
+		startTrials: 100, handoffTrials: 20, failoverTrials: 10, memberCrashTrials: 100,
+		baselineStartTrials: 100, baselineFailovers: 200, baselineRound: 50,
+		window: 10 * time.Second, baselineWindow: 10 * time.Second,
+		settleExtra: 3 * time.Second, settleQuiet: 2 * time.Second,
+		pollEvery:    250 * time.Millisecond,
+		placeTimeout: 5 * time.Minute, settleTimeout: 60 * time.Second, moveTimeout: 2 * time.Minute,
+		compaction: "5m", leaseTTL: "2s",
+		budget: 17*time.Minute + 30*time.Second, latencyBudget: 12 * time.Minute, baselineBudget: 3*time.Minute + 30*time.Second,
+		scaleBudget: 2 * time.Minute, flapWindow: 10 * time.Second,
+	}
+}
+
+// Options are the command line's choices; Run fills in the rest from the
+// quick or full sizes.
+type Options struct {
+	Quick         bool          // small and fast
+	Check         bool          // exit 1 unless every target is met
+	Out           string        // also write the JSON figures to this file
+	Bins          Binaries      // prebuilt binaries; empty ones are built
+	BinDir        string        // where to build the binaries
+	Lives         int           // lives of the bulk phase; 0: the default
+	BaselineLives int           // lives of the baseline; 0: the default
+	Only          string        // the phases to run, comma-separated; empty: all
+	Budget        time.Duration // time limit after the build; 0: the default
+	LeaseTTL      string        // the members' --lease-ttl
+	Keep          bool          // keep etcd's data directory too
+}
+
+// Run runs the benchmark as o says: it prints the table, the targets and,
+// last, the JSON line on stdout, and returns the exit code. Ctrl-C (or
+// SIGTERM) stops every process and reports what was measured; a second one
+// quits at once.
+func Run(o Options) int {
+	cfg := defaults(o.Quick)
+	cfg.out, cfg.binDir, cfg.keepDir, cfg.only = o.Out, o.BinDir, o.Keep, o.Only
+	cfg.bins = o.Bins
+	cfg.leaseTTL = o.LeaseTTL
+	if o.Budget > 0 {
+		scale := float64(o.Budget) / float64(cfg.budget)
+		cfg.budget = o.Budget
+		cfg.latencyBudget = time.Duration(float64(cfg.latencyBudget) * scale)
+		cfg.baselineBudget = time.Duration(float64(cfg.baselineBudget) * scale)
+		cfg.scaleBudget = time.Duration(float64(cfg.scaleBudget) * scale)
+	}
+	if o.Lives > 0 {
+		cfg.lives = o.Lives
+	}
+	if o.BaselineLives > 0 {
+		cfg.baselineLives = o.BaselineLives
+		cfg.baselineLivesForced = true
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ps := newProcSet()
+	defer ps.killAll()
+	sigc := make(chan os.Signal, 2)
+	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM)
+	interrupted := make(chan struct{})
+	go func() {
+		s := <-sigc
+		fmt.Fprintf(os.Stderr, "\nimmortalbench: %s: stopping every process and reporting what was measured (again to quit at once)\n", s)
+		close(interrupted)
+		cancel()
+		<-sigc
+		ps.killAll()
+		os.Exit(130)
+	}()
+
+	rep := newReport()
+	code := measure(ctx, cfg, ps, rep)
+	select {
+	case <-interrupted:
+		rep.set("interrupted", true)
+		code = 130
+	default:
+	}
+
+	rep.printTable(os.Stdout)
+	if f, ok := rep.vals["member_log_findings"].([]logFinding); ok && len(f) > 0 {
+		fmt.Println("\n== warnings and errors in the members' logs")
+		for _, x := range f {
+			fmt.Printf("  %5d x %-8s %s\n        first at %s\n", x.Count, x.Level, x.Msg, x.First)
+		}
+	}
+	if f, ok := rep.vals["etcd_log_findings"].([]etcdFinding); ok && len(f) > 0 {
+		fmt.Println("\n== warnings and errors in etcd's log")
+		for _, x := range f {
+			took := ""
+			if x.MaxTook > 0 {
+				took = fmt.Sprintf(" (longest %.0f ms)", x.MaxTook)
+			}
+			fmt.Printf("  %5d x %-5s %s%s, first at %s\n", x.Count, x.Level, x.Msg, took, x.First)
+		}
+	}
+	if failed := checkBars(os.Stdout, rep, bars(cfg), cfg.only != ""); len(failed) > 0 {
+		rep.set("targets_failed", failed)
+		if o.Check && code == 0 {
+			code = 1
+		}
+	}
+	js, err := rep.JSON()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "immortalbench: %v\n", err)
+		return 1
+	}
+	fmt.Println()
+	fmt.Println(string(js))
+	if cfg.out != "" {
+		if err := os.WriteFile(cfg.out, append(js, '\n'), 0o644); err != nil {
+			fmt.Fprintf(os.Stderr, "immortalbench: %v\n", err)
+			return 1
+		}
+	}
+	return code
+}
+
+// measure runs every phase and fills rep. It returns the exit code.
+func measure(ctx context.Context, cfg config, ps *procSet, rep *report) int {
+	mode := "full"
+	if cfg.quick {
+		mode = "quick"
+	}
+	rep.set("mode", mode)
+	rep.set("lives", cfg.lives)
+	rep.set("baseline_lives", cfg.baselineLives)
+	rep.set("cores", runtime.NumCPU())
+	rep.set("cpu_model", cpuModel())
+	rep.set("mem_total_bytes", meminfo("MemTotal"))
+	rep.set("date", time.Now().UTC().Format(time.RFC3339))
+	rep.set("go_version", runtime.Version())
+	rep.set("command_line", strings.Join(append([]string{"immortalbench"}, os.Args[1:]...), " "))
+	rep.set("lease_ttl", cfg.leaseTTL)
+	rep.set("checkpoint_interval", "1s (immortald default)")
+	var errs []string
+	fail := func(what string, err error) {
+		errs = append(errs, fmt.Sprintf("%s: %v", what, err))
+		fmt.Fprintf(logw, "immortalbench: %s: %v\n", what, err)
+	}
+	defer func() {
+		if len(errs) > 0 {
+			rep.set("errors", errs)
+		}
+	}()
+
+	t0 := time.Now()
+	bins, err := build(ctx, cfg)
+	rep.set("build_s", time.Since(t0).Seconds())
+	if err != nil {
+		fail("build", err)
+		return 1
+	}
+	rep.set("etcd_version", versionOf(bins.Etcd, "--version", "etcd Version:"))
+	rep.set("immortald_version", versionOf(bins.Immortald, "version", ""))
+
+	workDir, err := os.MkdirTemp("", "immortalbench-")
+	if err != nil {
+		fail("workdir", err)
+		return 1
+	}
+	logDir := filepath.Join(workDir, "logs")
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		fail("workdir", err)
+		return 1
+	}
+	rep.set("log_dir", logDir)
+	fmt.Fprintf(logw, "immortalbench: %s run; logs in %s\n", mode, logDir)
+	b := &bench{cfg: cfg, ps: ps, workDir: workDir, logDir: logDir, bins: bins, rep: rep,
+		members: make(map[string]*member), gens: make(map[string]int)}
+	defer func() {
+		ps.killAll()
+		if b.cli != nil {
+			_ = b.cli.Close()
+		}
+		if !cfg.keepDir {
+			_ = os.RemoveAll(filepath.Join(workDir, "etcd-data"))
+		}
+		findings, err := scanMemberLogs(logDir)
+		if err != nil {
+			fail("member logs", err)
+		}
+		if len(findings) > 0 {
+			rep.set("member_log_findings", findings)
+		}
+		if ef, err := scanEtcdLog(filepath.Join(logDir, "etcd.log")); err == nil && len(ef) > 0 {
+			rep.set("etcd_log_findings", ef)
+		}
+	}()
+
+	benchStart := time.Now()
+	rep.set("loadavg_start", loadavg())
+	if err := b.startEtcd(ctx); err != nil {
+		fail("etcd", err)
+		return 1
+	}
+	phases := []struct {
+		name     string
+		fn       func(context.Context) error
+		budget   time.Duration // 0: the rest of the run's
+		fullOnly bool          // skipped by a quick run unless named in -only
+	}{
+		{"latency", b.phaseLatency, cfg.latencyBudget, false},
+		{"baseline", b.phaseBaseline, cfg.baselineBudget, false},
+		{"scale", b.phaseScale, cfg.scaleBudget, false},
+		{"bulk", b.phaseBulk, 0, false},
+		{"etcd", b.phaseEtcd, 0, true},
+	}
+	var skipped []string
+	for _, ph := range phases {
+		if cfg.only != "" && !strings.Contains(","+cfg.only+",", ","+ph.name+",") {
+			continue
+		}
+		if cfg.only == "" && cfg.quick && ph.fullOnly {
+			continue
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		// A phase ends at its budget, or at the run's; what it measured
+		// by then is reported.
+		end := benchStart.Add(cfg.budget)
+		if ph.budget > 0 && time.Now().Add(ph.budget).Before(end) {
+			end = time.Now().Add(ph.budget)
+		}
+		pctx, pcancel := context.WithDeadline(ctx, end)
+		fmt.Fprintf(logw, "immortalbench: phase %s (%.1fs in, load average %s)\n", ph.name, time.Since(benchStart).Seconds(), loadavg())
+		rep.set("phase_"+ph.name+"_loadavg", loadavg())
+		p0 := time.Now()
+		err := ph.fn(pctx)
+		switch {
+		case err != nil && pctx.Err() != nil && ctx.Err() == nil:
+			skipped = append(skipped, fmt.Sprintf("phase %s stopped at its time budget after %.1fs: %v", ph.name, time.Since(p0).Seconds(), err))
+			fmt.Fprintf(logw, "immortalbench: %s\n", skipped[len(skipped)-1])
+		case err != nil:
+			fail("phase "+ph.name, err)
+		}
+		pcancel()
+		rep.set("phase_"+ph.name+"_s", time.Since(p0).Seconds())
+		// Whatever a phase left running goes before the next one.
+		b.reset(ctx)
+	}
+	if len(skipped) > 0 {
+		rep.set("skipped", skipped)
+	}
+	rep.set("loadavg_end", loadavg())
+	rep.set("ratio_rss_per_life", ratio(rep, "baseline_rss_bytes_per_life", "rss_bytes_per_life"))
+	rep.set("ratio_failover_p99", ratio(rep, "failover_p99_s", "baseline_failover_p99_s"))
+	rep.set("bench_s", time.Since(benchStart).Seconds())
+	if len(errs) > 0 || ctx.Err() != nil {
+		return 1
+	}
+	return 0
+}
+
+// build builds whichever binaries were not given, into cfg.binDir. go build
+// skips the link when the binary there is up to date.
+func build(ctx context.Context, cfg config) (Binaries, error) {
+	bins := cfg.bins
+	root, err := moduleRoot(ctx)
+	if err != nil {
+		return bins, err
+	}
+	if err := os.MkdirAll(cfg.binDir, 0o755); err != nil {
+		return bins, err
+	}
+	for _, t := range []struct {
+		dst  *string
+		name string
+		pkg  string
+	}{
+		{&bins.Immortald, "immortald", "./cmd/immortald"},
+		{&bins.Etcd, "etcd", "go.etcd.io/etcd/server/v3"},
+		{&bins.Etcdctl, "etcdctl", "go.etcd.io/etcd/etcdctl/v3"},
+	} {
+		if *t.dst != "" {
+			abs, err := filepath.Abs(*t.dst)
+			if err != nil {
+				return bins, err
+			}
+			*t.dst = abs
+			continue
+		}
+		out := filepath.Join(cfg.binDir, t.name)
+		t0 := time.Now()
+		fmt.Fprintf(logw, "immortalbench: go build -o %s %s\n", out, t.pkg)
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", out, t.pkg)
+		cmd.Dir = root
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return bins, fmt.Errorf("go build %s: %v\n%s", t.pkg, err, b)
+		}
+		if d := time.Since(t0); d > 5*time.Second {
+			fmt.Fprintf(logw, "immortalbench:   built %s in %s\n", t.name, d.Round(100*time.Millisecond))
+		}
+		*t.dst = out
+	}
+	return bins, nil
+}
+
+// moduleRoot is the directory of the main module's go.mod.
+func moduleRoot(ctx context.Context) (string, error) {
+	b, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	mod := strings.TrimSpace(string(b))
+	if mod == "" || mod == os.DevNull {
+		return "", errors.New("not inside the immortald module: run from the repository")
+	}
+	return filepath.Dir(mod), nil
+}
+
+// loadavg returns the 1, 5 and 15 minute load averages of the machine.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// versionOf runs bin with arg and returns the line that starts with
+// prefix (without it), or the first line.
+func versionOf(bin, arg, prefix string) string {
+	b, err := exec.Command(bin, arg).CombinedOutput()
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if prefix == "" {
+			return strings.TrimSpace(line)
+		}
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
