@@ -1,25 +1,15 @@
 package bench
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 )
-
-// clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat.
-// It is 100 on every Linux this runs on (getconf CLK_TCK).
-const clockTicks = 100
 
 // proc is a child process the bench started, in its own process group.
 type proc struct {
@@ -129,130 +119,6 @@ func (ps *procSet) killAll() {
 	}
 }
 
-// procMem is what /proc/<pid>/status says about a process's memory.
-type procMem struct {
-	RSS  int64 // VmRSS, bytes
-	Anon int64 // RssAnon, bytes
-}
-
-// readProcMem reads VmRSS and RssAnon of pid.
-func readProcMem(pid int) (procMem, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return procMem{}, err
-	}
-	var m procMem
-	for _, line := range strings.Split(string(b), "\n") {
-		switch {
-		case strings.HasPrefix(line, "VmRSS:"):
-			m.RSS = kbField(line)
-		case strings.HasPrefix(line, "RssAnon:"):
-			m.Anon = kbField(line)
-		}
-	}
-	return m, nil
-}
-
-// readPSS reads the proportional set size of pid from smaps_rollup: shared
-// pages (the binary's text) count once across the processes that share them.
-func readPSS(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "Pss:") {
-			return kbField(line), nil
-		}
-	}
-	return 0, errors.New("no Pss line")
-}
-
-// kbField parses "Name:   1234 kB" into bytes.
-func kbField(line string) int64 {
-	f := strings.Fields(line)
-	if len(f) < 2 {
-		return 0
-	}
-	n, _ := strconv.ParseInt(f[1], 10, 64)
-	return n * 1024
-}
-
-// readCPU returns utime+stime of pid in seconds.
-func readCPU(pid int) (float64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	return parseStatCPU(string(b))
-}
-
-// parseStatCPU extracts utime+stime (fields 14 and 15) from a
-// /proc/<pid>/stat line; the command name in parentheses may hold spaces.
-func parseStatCPU(s string) (float64, error) {
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, errors.New("malformed stat")
-	}
-	f := strings.Fields(s[i+1:])
-	// f[0] is field 3 (state); utime is field 14, stime field 15.
-	if len(f) < 13 {
-		return 0, errors.New("short stat")
-	}
-	u, err1 := strconv.ParseFloat(f[11], 64)
-	st, err2 := strconv.ParseFloat(f[12], 64)
-	if err1 != nil || err2 != nil {
-		return 0, errors.New("malformed stat times")
-	}
-	return (u + st) / clockTicks, nil
-}
-
-// children returns the pids of pid's direct children.
-func children(pid int) []int {
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	var out []int
-	for _, t := range tasks {
-		b, err := os.ReadFile(t)
-		if err != nil {
-			continue
-		}
-		for _, f := range strings.Fields(string(b)) {
-			if n, err := strconv.Atoi(f); err == nil {
-				out = append(out, n)
-			}
-		}
-	}
-	return out
-}
-
-// meminfo returns a field of /proc/meminfo in bytes.
-func meminfo(field string) int64 {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, field+":") {
-			return kbField(line)
-		}
-	}
-	return 0
-}
-
-// cpuModel returns the first "model name" of /proc/cpuinfo.
-func cpuModel() string {
-	b, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
-		return ""
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return ""
-}
-
 // portPicker hands out free loopback ports, never the same one twice.
 type portPicker struct {
 	mu   sync.Mutex
@@ -279,87 +145,3 @@ func (pp *portPicker) pick() (int, error) {
 	}
 	return 0, errors.New("no free port")
 }
-
-// scrapeMetrics reads the unlabelled samples of a Prometheus text endpoint.
-func scrapeMetrics(url string) (map[string]float64, error) {
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	return parseMetrics(resp.Body)
-}
-
-func parseMetrics(r interface{ Read([]byte) (int, error) }) (map[string]float64, error) {
-	out := make(map[string]float64)
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if len(line) == 0 || line[0] == '#' || bytes.IndexByte(line, '{') >= 0 {
-			continue
-		}
-		f := strings.Fields(string(line))
-		if len(f) < 2 {
-			continue
-		}
-		v, err := strconv.ParseFloat(f[1], 64)
-		if err != nil {
-			continue
-		}
-		out[f[0]] = v
-	}
-	return out, sc.Err()
-}
-
-// processGone waits up to d for pid to be gone (or a zombie: it runs no
-// code) and reports whether it is.
-func processGone(pid int, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			return true
-		}
-		if i := strings.LastIndexByte(string(b), ')'); i >= 0 && strings.HasPrefix(strings.TrimSpace(string(b[i+1:])), "Z") {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// tree is a member's processes: its watchdog (`immortald run`) and the
-// watchdog's children (the member).
-func tree(pid int) []int { return append([]int{pid}, children(pid)...) }
-
-// treeSum sums read over a member's processes. The watchdog's reading
-// must succeed; a member between restarts is skipped.
-func treeSum[T int64 | float64](pid int, read func(int) (T, error)) (T, error) {
-	var sum T
-	for i, p := range tree(pid) {
-		v, err := read(p)
-		if err != nil {
-			if i == 0 {
-				return 0, err
-			}
-			continue
-		}
-		sum += v
-	}
-	return sum, nil
-}
-
-// treeRSS, treePSS and treeCPU are readProcMem's RSS, readPSS and readCPU
-// of a member's processes, summed.
-func treeRSS(pid int) (int64, error) {
-	return treeSum(pid, func(p int) (int64, error) { m, err := readProcMem(p); return m.RSS, err })
-}
-func treePSS(pid int) (int64, error)   { return treeSum(pid, readPSS) }
-func treeCPU(pid int) (float64, error) { return treeSum(pid, readCPU) }

@@ -2,11 +2,9 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -17,60 +15,6 @@ import (
 
 // logw receives progress lines; the table and the JSON go to stdout.
 var logw io.Writer = os.Stderr
-
-type config struct {
-	quick   bool
-	out     string
-	binDir  string
-	keepDir bool
-	only    string
-	bins    Binaries
-
-	lives, baselineLives, scaleLives           int
-	baselineLivesForced                        bool // -baseline-lives given: no CPU cap
-	startTrials, handoffTrials, failoverTrials int
-	memberCrashTrials                          int // SIGKILL of the member process alone
-	baselineStartTrials, baselineFailovers     int
-	baselineRound                              int
-	window, baselineWindow                     time.Duration
-	settleExtra, settleQuiet, pollEvery        time.Duration
-	placeTimeout, settleTimeout, moveTimeout   time.Duration
-	compaction                                 string
-	leaseTTL                                   string        // of the members
-	budget                                     time.Duration // whole run, after the build
-	latencyBudget, baselineBudget, scaleBudget time.Duration // the bulk phase gets the rest
-	flapWindow                                 time.Duration // watched after the scale-out balanced
-}
-
-// defaults returns the sizes of a quick or a full run.
-func defaults(quick bool) config {
-	if quick {
-		return config{
-			quick: true, lives: 10000, baselineLives: 100, scaleLives: 10000,
-			startTrials: 10, handoffTrials: 2, failoverTrials: 2, memberCrashTrials: 3,
-			baselineStartTrials: 10, baselineFailovers: 20, baselineRound: 20,
-			window: 3 * time.Second, baselineWindow: 2 * time.Second,
-			settleExtra: 500 * time.Millisecond, settleQuiet: 1500 * time.Millisecond,
-			pollEvery:    100 * time.Millisecond,
-			placeTimeout: 10 * time.Second, settleTimeout: 4 * time.Second, moveTimeout: 8 * time.Second,
-			compaction: "5m", leaseTTL: "2s",
-			budget: 90 * time.Second, latencyBudget: 30 * time.Second, baselineBudget: 12 * time.Second,
-			scaleBudget: 26 * time.Second, flapWindow: 2 * time.Second,
-		}
-	}
-	return config{
-		lives: 100000, baselineLives: 1000, scaleLives: 10000,
-		startTrials: 100, handoffTrials: 20, failoverTrials: 10, memberCrashTrials: 100,
-		baselineStartTrials: 100, baselineFailovers: 200, baselineRound: 50,
-		window: 10 * time.Second, baselineWindow: 10 * time.Second,
-		settleExtra: 3 * time.Second, settleQuiet: 2 * time.Second,
-		pollEvery:    250 * time.Millisecond,
-		placeTimeout: 5 * time.Minute, settleTimeout: 60 * time.Second, moveTimeout: 2 * time.Minute,
-		compaction: "5m", leaseTTL: "2s",
-		budget: 17*time.Minute + 30*time.Second, latencyBudget: 12 * time.Minute, baselineBudget: 3*time.Minute + 30*time.Second,
-		scaleBudget: 2 * time.Minute, flapWindow: 10 * time.Second,
-	}
-}
 
 // Options are the command line's choices; Run fills in the rest from the
 // quick or full sizes.
@@ -312,92 +256,4 @@ func measure(ctx context.Context, cfg config, ps *procSet, rep *report) int {
 		return 1
 	}
 	return 0
-}
-
-// build builds whichever binaries were not given, into cfg.binDir. go build
-// skips the link when the binary there is up to date.
-func build(ctx context.Context, cfg config) (Binaries, error) {
-	bins := cfg.bins
-	root, err := moduleRoot(ctx)
-	if err != nil {
-		return bins, err
-	}
-	if err := os.MkdirAll(cfg.binDir, 0o755); err != nil {
-		return bins, err
-	}
-	for _, t := range []struct {
-		dst  *string
-		name string
-		pkg  string
-	}{
-		{&bins.Immortald, "immortald", "./cmd/immortald"},
-		{&bins.Etcd, "etcd", "go.etcd.io/etcd/server/v3"},
-		{&bins.Etcdctl, "etcdctl", "go.etcd.io/etcd/etcdctl/v3"},
-	} {
-		if *t.dst != "" {
-			abs, err := filepath.Abs(*t.dst)
-			if err != nil {
-				return bins, err
-			}
-			*t.dst = abs
-			continue
-		}
-		out := filepath.Join(cfg.binDir, t.name)
-		t0 := time.Now()
-		fmt.Fprintf(logw, "immortalbench: go build -o %s %s\n", out, t.pkg)
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", out, t.pkg)
-		cmd.Dir = root
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return bins, fmt.Errorf("go build %s: %v\n%s", t.pkg, err, b)
-		}
-		if d := time.Since(t0); d > 5*time.Second {
-			fmt.Fprintf(logw, "immortalbench:   built %s in %s\n", t.name, d.Round(100*time.Millisecond))
-		}
-		*t.dst = out
-	}
-	return bins, nil
-}
-
-// moduleRoot is the directory of the main module's go.mod.
-func moduleRoot(ctx context.Context) (string, error) {
-	b, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env GOMOD: %w", err)
-	}
-	mod := strings.TrimSpace(string(b))
-	if mod == "" || mod == os.DevNull {
-		return "", errors.New("not inside the immortald module: run from the repository")
-	}
-	return filepath.Dir(mod), nil
-}
-
-// loadavg returns the 1, 5 and 15 minute load averages of the machine.
-func loadavg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return ""
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return ""
-	}
-	return strings.Join(f[:3], " ")
-}
-
-// versionOf runs bin with arg and returns the line that starts with
-// prefix (without it), or the first line.
-func versionOf(bin, arg, prefix string) string {
-	b, err := exec.Command(bin, arg).CombinedOutput()
-	if err != nil {
-		return ""
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if prefix == "" {
-			return strings.TrimSpace(line)
-		}
-		if v, ok := strings.CutPrefix(line, prefix); ok {
-			return strings.TrimSpace(v)
-		}
-	}
-	return ""
 }

@@ -371,5 +371,3 @@ func sigName(s syscall.Signal) string {
 	}
 	return strings.ToUpper(s.String())
 }
-
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

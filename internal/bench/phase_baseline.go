@@ -82,23 +82,11 @@ func (h *heldLog) read(r *os.File) {
 
 // waitUntil waits until cond (called with h.mu held) is true.
 func (h *heldLog) waitUntil(ctx context.Context, timeout time.Duration, cond func() bool) error {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
+	return waitNotified(ctx, timeout, 0, func() (bool, <-chan struct{}, error) {
 		h.mu.Lock()
-		ok, ch := cond(), h.notify
-		h.mu.Unlock()
-		if ok {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-deadline.C:
-			return fmt.Errorf("timed out after %s", timeout)
-		case <-ch:
-		}
-	}
+		defer h.mu.Unlock()
+		return cond(), h.notify, nil
+	})
 }
 
 // slot is one contender of one life: an `etcdctl lock` process, started
