@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/immortald/immortald/internal/observe"
 	"github.com/immortald/immortald/registry"
 )
 
@@ -168,7 +169,7 @@ func (b *bench) waitRestarted(ctx context.Context, m *member, old int) error {
 
 // tree is a member's processes: its watchdog (`immortald run`) and the
 // watchdog's children (the member).
-func tree(pid int) []int { return append([]int{pid}, children(pid)...) }
+func tree(pid int) []int { return append([]int{pid}, observe.Children(pid)...) }
 
 // treeSum sums read over a member's processes. The watchdog's reading
 // must succeed; a member between restarts is skipped.
@@ -187,10 +188,10 @@ func treeSum[T int64 | float64](pid int, read func(int) (T, error)) (T, error) {
 	return sum, nil
 }
 
-// treeRSS, treePSS and treeCPU are readProcMem's RSS, readPSS and readCPU
-// of a member's processes, summed.
+// treeRSS, treePSS and treeCPU are observe.ReadMem's RSS, observe.PSS and
+// observe.CPU of a member's processes, summed.
 func treeRSS(pid int) (int64, error) {
-	return treeSum(pid, func(p int) (int64, error) { m, err := readProcMem(p); return m.RSS, err })
+	return treeSum(pid, func(p int) (int64, error) { m, err := observe.ReadMem(p); return m.RSS, err })
 }
-func treePSS(pid int) (int64, error)   { return treeSum(pid, readPSS) }
-func treeCPU(pid int) (float64, error) { return treeSum(pid, readCPU) }
+func treePSS(pid int) (int64, error)   { return treeSum(pid, observe.PSS) }
+func treeCPU(pid int) (float64, error) { return treeSum(pid, observe.CPU) }

@@ -1,14 +1,12 @@
 package bench
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"math"
 	"net/http"
-	"strconv"
-	"strings"
 	"time"
+
+	"github.com/immortald/immortald/internal/observe"
 )
 
 // scrapeMetrics reads the unlabelled samples of a Prometheus text endpoint.
@@ -22,29 +20,7 @@ func scrapeMetrics(url string) (map[string]float64, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
-	return parseMetrics(resp.Body)
-}
-
-func parseMetrics(r interface{ Read([]byte) (int, error) }) (map[string]float64, error) {
-	out := make(map[string]float64)
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if len(line) == 0 || line[0] == '#' || bytes.IndexByte(line, '{') >= 0 {
-			continue
-		}
-		f := strings.Fields(string(line))
-		if len(f) < 2 {
-			continue
-		}
-		v, err := strconv.ParseFloat(f[1], 64)
-		if err != nil {
-			continue
-		}
-		out[f[0]] = v
-	}
-	return out, sc.Err()
+	return observe.ParseMetrics(resp.Body)
 }
 
 // memberMetrics sums the given samples of every alive member's /metrics.

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/internal/observe"
 )
 
 // heldScript runs under `etcdctl lock` once the lock is held: it says so on
@@ -188,7 +190,7 @@ func (b *bench) phaseBaseline(ctx context.Context) error {
 	lives := b.cfg.baselineLives
 	// Each etcdctl keeps ~4.5 MiB of its own (RssAnon) and shares its text.
 	const perProc = 6 << 20
-	if avail := meminfo("MemAvailable"); avail > 0 {
+	if avail := observe.MemInfo("MemAvailable"); avail > 0 {
 		maxLives := int(float64(avail) * 0.6 / (2 * perProc))
 		if lives > maxLives {
 			fmt.Fprintf(logw, "  baseline: %d lives would need ~%s of memory; MemAvailable is %s: running %d lives\n",
@@ -392,7 +394,7 @@ func (b *bench) phaseBaseline(ctx context.Context) error {
 				}
 				etcdctls++
 				all = append(all, p.pid)
-				all = append(all, children(p.pid)...)
+				all = append(all, observe.Children(p.pid)...)
 			}
 		}
 		return all, etcdctls
@@ -400,11 +402,11 @@ func (b *bench) phaseBaseline(ctx context.Context) error {
 	var rss, anon, pss float64
 	all, nctl := pids()
 	for _, pid := range all {
-		if m, err := readProcMem(pid); err == nil {
+		if m, err := observe.ReadMem(pid); err == nil {
 			rss += float64(m.RSS)
 			anon += float64(m.Anon)
 		}
-		if p, err := readPSS(pid); err == nil {
+		if p, err := observe.PSS(pid); err == nil {
 			pss += float64(p)
 		}
 	}
@@ -504,11 +506,11 @@ func (b *bench) phaseBaseline(ctx context.Context) error {
 	all, nctl = pids()
 	cpu0 := make(map[int]float64, len(all))
 	for _, pid := range all {
-		if c, err := readCPU(pid); err == nil {
+		if c, err := observe.CPU(pid); err == nil {
 			cpu0[pid] = c
 		}
 	}
-	etcdCPU0, _ := readCPU(b.etcd.pid)
+	etcdCPU0, _ := observe.CPU(b.etcd.pid)
 	met0, _ := scrapeMetrics(b.metricsURL)
 	w0 := time.Now()
 	if err := sleepCtx(ctx, b.cfg.baselineWindow); err != nil {
@@ -516,11 +518,11 @@ func (b *bench) phaseBaseline(ctx context.Context) error {
 	}
 	var cpu float64
 	for pid, c0 := range cpu0 {
-		if c, err := readCPU(pid); err == nil {
+		if c, err := observe.CPU(pid); err == nil {
 			cpu += c - c0
 		}
 	}
-	etcdCPU1, _ := readCPU(b.etcd.pid)
+	etcdCPU1, _ := observe.CPU(b.etcd.pid)
 	met1, _ := scrapeMetrics(b.metricsURL)
 	win := time.Since(w0).Seconds()
 	k := float64(lives) / 1000
@@ -577,7 +579,7 @@ func (b *bench) baselineCPUCap(ctx context.Context, running [][2]*slot, lives in
 	}
 	c0 := make(map[int]float64, len(pids))
 	for _, pid := range pids {
-		if c, err := readCPU(pid); err == nil {
+		if c, err := observe.CPU(pid); err == nil {
 			c0[pid] = c
 		}
 	}
@@ -587,7 +589,7 @@ func (b *bench) baselineCPUCap(ctx context.Context, running [][2]*slot, lives in
 	}
 	var cpu float64
 	for pid, c := range c0 {
-		if c1, err := readCPU(pid); err == nil {
+		if c1, err := observe.CPU(pid); err == nil {
 			cpu += c1 - c
 		}
 	}

@@ -12,6 +12,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/internal/observe"
 )
 
 // bulkName is the name of the i-th life of the bulk phase.
@@ -51,7 +53,7 @@ func (b *bench) phaseBulk(ctx context.Context) error {
 			c, _ := treeCPU(m.p.pid)
 			members += c
 		}
-		etcd, _ = readCPU(b.etcd.pid)
+		etcd, _ = observe.CPU(b.etcd.pid)
 		return members, etcd
 	}
 	mc0, ec0 := cpuOf()
@@ -227,7 +229,7 @@ func (b *bench) steady(ctx context.Context, n int, idleRSS, idlePSS float64) err
 		}
 		cpu0[i] = c
 	}
-	etcdCPU0, _ := readCPU(b.etcd.pid)
+	etcdCPU0, _ := observe.CPU(b.etcd.pid)
 	met0, err := scrapeMetrics(b.metricsURL)
 	if err != nil {
 		return err
@@ -262,7 +264,7 @@ func (b *bench) steady(ctx context.Context, n int, idleRSS, idlePSS float64) err
 		}
 		cpu += c - cpu0[i]
 	}
-	etcdCPU1, _ := readCPU(b.etcd.pid)
+	etcdCPU1, _ := observe.CPU(b.etcd.pid)
 	met1, err := scrapeMetrics(b.metricsURL)
 	if err != nil {
 		return err
@@ -270,7 +272,7 @@ func (b *bench) steady(ctx context.Context, n int, idleRSS, idlePSS float64) err
 	hb1 := b.memberMetricsEach(heartbeatMetrics...)
 	win := time.Since(t0).Seconds()
 	cw.stop()
-	etcdRSS, _ := readProcMem(b.etcd.pid)
+	etcdRSS, _ := observe.ReadMem(b.etcd.pid)
 
 	holders, _, err := scanAges(ctx, b.cli, "b")
 	if err != nil {

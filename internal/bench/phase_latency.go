@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/immortald/immortald/internal/observe"
 )
 
 // phaseLatency measures, with 3 members and a few probe lives: start
@@ -323,7 +325,7 @@ func (b *bench) killTrial(ctx context.Context, al *ageLog, probes []string, kind
 		return res, fmt.Errorf("%s still runs 20s after %s", victim.id, sigName(sig))
 	}
 	res.exit = victim.p.exitedAt.Sub(res.killAt)
-	if sig == syscall.SIGKILL && !processGone(memberPID, 5*time.Second) {
+	if sig == syscall.SIGKILL && !observe.Gone(memberPID, 5*time.Second) {
 		res.memberLeft = 1 // its watchdog is dead, and it runs on
 		fmt.Fprintf(logw, "  trial %d: the member process %d of %s outlived its killed watchdog\n", i, memberPID, victim.id)
 	}

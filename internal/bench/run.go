@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/immortald/immortald/internal/observe"
 )
 
 // logw receives progress lines; the table and the JSON go to stdout.
@@ -131,8 +133,8 @@ func measure(ctx context.Context, cfg config, ps *procSet, rep *report) int {
 	rep.set("lives", cfg.lives)
 	rep.set("baseline_lives", cfg.baselineLives)
 	rep.set("cores", runtime.NumCPU())
-	rep.set("cpu_model", cpuModel())
-	rep.set("mem_total_bytes", meminfo("MemTotal"))
+	rep.set("cpu_model", observe.CPUModel())
+	rep.set("mem_total_bytes", observe.MemInfo("MemTotal"))
 	rep.set("date", time.Now().UTC().Format(time.RFC3339))
 	rep.set("go_version", runtime.Version())
 	rep.set("command_line", strings.Join(append([]string{"immortalbench"}, os.Args[1:]...), " "))
@@ -194,7 +196,7 @@ func measure(ctx context.Context, cfg config, ps *procSet, rep *report) int {
 	}()
 
 	benchStart := time.Now()
-	rep.set("loadavg_start", loadavg())
+	rep.set("loadavg_start", observe.LoadAvg())
 	if err := b.startEtcd(ctx); err != nil {
 		fail("etcd", err)
 		return 1
@@ -229,8 +231,8 @@ func measure(ctx context.Context, cfg config, ps *procSet, rep *report) int {
 			end = time.Now().Add(ph.budget)
 		}
 		pctx, pcancel := context.WithDeadline(ctx, end)
-		fmt.Fprintf(logw, "immortalbench: phase %s (%.1fs in, load average %s)\n", ph.name, time.Since(benchStart).Seconds(), loadavg())
-		rep.set("phase_"+ph.name+"_loadavg", loadavg())
+		fmt.Fprintf(logw, "immortalbench: phase %s (%.1fs in, load average %s)\n", ph.name, time.Since(benchStart).Seconds(), observe.LoadAvg())
+		rep.set("phase_"+ph.name+"_loadavg", observe.LoadAvg())
 		p0 := time.Now()
 		err := ph.fn(pctx)
 		switch {
@@ -248,7 +250,7 @@ func measure(ctx context.Context, cfg config, ps *procSet, rep *report) int {
 	if len(skipped) > 0 {
 		rep.set("skipped", skipped)
 	}
-	rep.set("loadavg_end", loadavg())
+	rep.set("loadavg_end", observe.LoadAvg())
 	rep.set("ratio_rss_per_life", ratio(rep, "baseline_rss_bytes_per_life", "rss_bytes_per_life"))
 	rep.set("ratio_failover_p99", ratio(rep, "failover_p99_s", "baseline_failover_p99_s"))
 	rep.set("bench_s", time.Since(benchStart).Seconds())

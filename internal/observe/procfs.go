@@ -1,4 +1,4 @@
-package bench
+package observe
 
 import (
 	"errors"
@@ -14,19 +14,19 @@ import (
 // It is 100 on every Linux this runs on (getconf CLK_TCK).
 const clockTicks = 100
 
-// procMem is what /proc/<pid>/status says about a process's memory.
-type procMem struct {
+// Mem is what /proc/<pid>/status says about a process's memory.
+type Mem struct {
 	RSS  int64 // VmRSS, bytes
 	Anon int64 // RssAnon, bytes
 }
 
-// readProcMem reads VmRSS and RssAnon of pid.
-func readProcMem(pid int) (procMem, error) {
+// ReadMem reads VmRSS and RssAnon of pid.
+func ReadMem(pid int) (Mem, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return procMem{}, err
+		return Mem{}, err
 	}
-	var m procMem
+	var m Mem
 	for _, line := range strings.Split(string(b), "\n") {
 		switch {
 		case strings.HasPrefix(line, "VmRSS:"):
@@ -38,9 +38,9 @@ func readProcMem(pid int) (procMem, error) {
 	return m, nil
 }
 
-// readPSS reads the proportional set size of pid from smaps_rollup: shared
+// PSS reads the proportional set size of pid from smaps_rollup: shared
 // pages (the binary's text) count once across the processes that share them.
-func readPSS(pid int) (int64, error) {
+func PSS(pid int) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
 	if err != nil {
 		return 0, err
@@ -63,8 +63,8 @@ func kbField(line string) int64 {
 	return n * 1024
 }
 
-// readCPU returns utime+stime of pid in seconds.
-func readCPU(pid int) (float64, error) {
+// CPU returns utime+stime of pid in seconds.
+func CPU(pid int) (float64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0, err
@@ -92,8 +92,8 @@ func parseStatCPU(s string) (float64, error) {
 	return (u + st) / clockTicks, nil
 }
 
-// children returns the pids of pid's direct children.
-func children(pid int) []int {
+// Children returns the pids of pid's direct children.
+func Children(pid int) []int {
 	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
 	var out []int
 	for _, t := range tasks {
@@ -110,9 +110,9 @@ func children(pid int) []int {
 	return out
 }
 
-// processGone waits up to d for pid to be gone (or a zombie: it runs no
+// Gone waits up to d for pid to be gone (or a zombie: it runs no
 // code) and reports whether it is.
-func processGone(pid int, d time.Duration) bool {
+func Gone(pid int, d time.Duration) bool {
 	deadline := time.Now().Add(d)
 	for {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -129,8 +129,8 @@ func processGone(pid int, d time.Duration) bool {
 	}
 }
 
-// meminfo returns a field of /proc/meminfo in bytes.
-func meminfo(field string) int64 {
+// MemInfo returns a field of /proc/meminfo in bytes.
+func MemInfo(field string) int64 {
 	b, err := os.ReadFile("/proc/meminfo")
 	if err != nil {
 		return 0
@@ -143,8 +143,8 @@ func meminfo(field string) int64 {
 	return 0
 }
 
-// cpuModel returns the first "model name" of /proc/cpuinfo.
-func cpuModel() string {
+// CPUModel returns the first "model name" of /proc/cpuinfo.
+func CPUModel() string {
 	b, err := os.ReadFile("/proc/cpuinfo")
 	if err != nil {
 		return ""
@@ -157,8 +157,8 @@ func cpuModel() string {
 	return ""
 }
 
-// loadavg returns the 1, 5 and 15 minute load averages of the machine.
-func loadavg() string {
+// LoadAvg returns the 1, 5 and 15 minute load averages of the machine.
+func LoadAvg() string {
 	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
 		return ""
