@@ -4,6 +4,22 @@ import (
 	"time"
 )
 
+// Options are the command line's choices; Run fills in the rest from the
+// quick or full sizes.
+type Options struct {
+	Quick         bool          // small and fast
+	Check         bool          // exit 1 unless every target is met
+	Out           string        // also write the JSON figures to this file
+	Bins          Binaries      // prebuilt binaries; empty ones are built
+	BinDir        string        // where to build the binaries
+	Lives         int           // lives of the bulk phase; 0: the default
+	BaselineLives int           // lives of the baseline; 0: the default
+	Only          string        // the phases to run, comma-separated; empty: all
+	Budget        time.Duration // time limit after the build; 0: the default
+	LeaseTTL      string        // the members' --lease-ttl
+	Keep          bool          // keep etcd's data directory too
+}
+
 type config struct {
 	quick   bool
 	out     string
@@ -56,4 +72,28 @@ func defaults(quick bool) config {
 		budget: 17*time.Minute + 30*time.Second, latencyBudget: 12 * time.Minute, baselineBudget: 3*time.Minute + 30*time.Second,
 		scaleBudget: 2 * time.Minute, flapWindow: 10 * time.Second,
 	}
+}
+
+// config is the run o asks for: the quick or full sizes, with o's choices.
+// A budget scales every phase's budget with the run's.
+func (o Options) config() config {
+	cfg := defaults(o.Quick)
+	cfg.out, cfg.binDir, cfg.keepDir, cfg.only = o.Out, o.BinDir, o.Keep, o.Only
+	cfg.bins = o.Bins
+	cfg.leaseTTL = o.LeaseTTL
+	if o.Budget > 0 {
+		scale := float64(o.Budget) / float64(cfg.budget)
+		cfg.budget = o.Budget
+		cfg.latencyBudget = time.Duration(float64(cfg.latencyBudget) * scale)
+		cfg.baselineBudget = time.Duration(float64(cfg.baselineBudget) * scale)
+		cfg.scaleBudget = time.Duration(float64(cfg.scaleBudget) * scale)
+	}
+	if o.Lives > 0 {
+		cfg.lives = o.Lives
+	}
+	if o.BaselineLives > 0 {
+		cfg.baselineLives = o.BaselineLives
+		cfg.baselineLivesForced = true
+	}
+	return cfg
 }

@@ -18,46 +18,12 @@ import (
 // logw receives progress lines; the table and the JSON go to stdout.
 var logw io.Writer = os.Stderr
 
-// Options are the command line's choices; Run fills in the rest from the
-// quick or full sizes.
-type Options struct {
-	Quick         bool          // small and fast
-	Check         bool          // exit 1 unless every target is met
-	Out           string        // also write the JSON figures to this file
-	Bins          Binaries      // prebuilt binaries; empty ones are built
-	BinDir        string        // where to build the binaries
-	Lives         int           // lives of the bulk phase; 0: the default
-	BaselineLives int           // lives of the baseline; 0: the default
-	Only          string        // the phases to run, comma-separated; empty: all
-	Budget        time.Duration // time limit after the build; 0: the default
-	LeaseTTL      string        // the members' --lease-ttl
-	Keep          bool          // keep etcd's data directory too
-}
-
 // Run runs the benchmark as o says: it prints the table, the targets and,
 // last, the JSON line on stdout, and returns the exit code. Ctrl-C (or
 // SIGTERM) stops every process and reports what was measured; a second one
 // quits at once.
 func Run(o Options) int {
-	cfg := defaults(o.Quick)
-	cfg.out, cfg.binDir, cfg.keepDir, cfg.only = o.Out, o.BinDir, o.Keep, o.Only
-	cfg.bins = o.Bins
-	cfg.leaseTTL = o.LeaseTTL
-	if o.Budget > 0 {
-		scale := float64(o.Budget) / float64(cfg.budget)
-		cfg.budget = o.Budget
-		cfg.latencyBudget = time.Duration(float64(cfg.latencyBudget) * scale)
-		cfg.baselineBudget = time.Duration(float64(cfg.baselineBudget) * scale)
-		cfg.scaleBudget = time.Duration(float64(cfg.scaleBudget) * scale)
-	}
-	if o.Lives > 0 {
-		cfg.lives = o.Lives
-	}
-	if o.BaselineLives > 0 {
-		cfg.baselineLives = o.BaselineLives
-		cfg.baselineLivesForced = true
-	}
-
+	cfg := o.config()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ps := newProcSet()
