@@ -298,7 +298,7 @@ func (s *Supervisor) sendBatch(gen *generation, b []*task) {
 				t.c.h = nil // its outcome is unknown: check again
 			}
 			// Every step is tried again after the backoff, whatever it was.
-			t.c.busy, t.c.again = false, false
+			t.c.busy, t.c.again, t.c.after = false, false, time.Time{}
 			s.queueAtLocked(t.c, time.Now().Add(wait))
 		}
 		return
@@ -334,9 +334,14 @@ func (s *Supervisor) sendBatch(gen *generation, b []*task) {
 // meanwhile, or if its step left more to do.
 func (s *Supervisor) doneLocked(c *cand) {
 	c.busy = false
-	if c.again || c.owe != nil || (c.h != nil && !c.held) {
+	after := c.after
+	c.after = time.Time{}
+	switch {
+	case c.again || c.owe != nil || (c.h != nil && !c.held):
 		c.again = false
 		s.queueLocked(c)
+	case !after.IsZero():
+		s.queueAtLocked(c, after)
 	}
 }
 
@@ -361,7 +366,7 @@ func (s *Supervisor) prepareLocked(gen *generation, t *task, now time.Time) bool
 		t.h.started, t.h.clockMS = now, s.clockMS(now)
 		t.rec = t.h.runningRecord()
 	case taskHandoff:
-		if c.h != t.h || !c.held || !s.removeHeld(t.h) {
+		if c.h != t.h || !c.held || !s.removeHeldLocked(t.h) {
 			return false
 		}
 		c.held = false
@@ -573,28 +578,25 @@ func (s *Supervisor) startedLocked(t *task, rev int64, sub *etcdserverpb.TxnResp
 		if t.direct {
 			s.m.DirectStarts.Inc()
 		}
-		h.wrote(rev, t.rec.AgeMS)
-		h.prev, h.beat = nil, nil // resumed: no longer needed
-		if c.h != h {
-			return // stopped meanwhile; its clean-up sees this write
-		}
-		if !s.addHeld(h) {
-			c.h = nil // the session is ending
-			return
-		}
-		c.held = true
-		name := h.name
-		s.log.Info(fmt.Sprintf("New life spawned: %s (age %d, incarnation %d)", name, t.rec.AgeMS/1000, h.incarnate),
-			"name", name, "age", t.rec.AgeMS/1000, "incarnation", h.incarnate, "life_id", h.lifeID)
-		if s.preferredLocked(name) != s.cfg.ID {
-			s.queueAtLocked(c, h.started.Add(minHold))
-		}
+		s.runStartedLocked(c, h, rev, t.rec)
 		return
 	}
 	if c.h != h {
 		return
 	}
 	own, req, age := firstKV(sub, 0), firstKV(sub, 1), firstKV(sub, 2)
+	if !t.direct && h.fenceHolds(own, req) && h.isOwn(age) {
+		// An earlier start of h, applied although its answer was lost (a
+		// timeout): the life has run since that write, which heartbeats
+		// carry forward. It runs on from it; writing a new start, from a
+		// later clock, would set the age shown back.
+		if rec, _ := registry.ParseAgeRecord(age.Value); rec.Running() && rec.Lease == h.lease && rec.ClockMS <= h.clockMS {
+			h.started = s.epoch.Add(time.Duration(rec.ClockMS) * time.Millisecond)
+			h.clockMS = rec.ClockMS
+			s.runStartedLocked(c, h, age.ModRevision, rec)
+			return
+		}
+	}
 	if t.direct {
 		// The record or the heartbeat moved since the last check (a
 		// handoff's final record, a final heartbeat), or a key in front
@@ -640,6 +642,27 @@ func (s *Supervisor) startedLocked(t *task, rev int64, sub *etcdserverpb.TxnResp
 		h.lastRev.Store(0) // deleted meanwhile
 	}
 	// doneLocked queues it again: c.h is set and not held.
+}
+
+// runStartedLocked runs h, whose start record rec was applied at revision
+// rev, unless it was stopped meanwhile or the session is ending.
+func (s *Supervisor) runStartedLocked(c *cand, h *heldLife, rev int64, rec registry.AgeRecord) {
+	h.wrote(rev, rec.AgeMS)
+	h.prev, h.beat = nil, nil // resumed: no longer needed
+	if c.h != h {
+		return // stopped meanwhile; its clean-up sees this write
+	}
+	if !s.addHeldLocked(h) {
+		c.h = nil // the session is ending
+		return
+	}
+	c.held = true
+	name := h.name
+	s.log.Info(fmt.Sprintf("New life spawned: %s (age %d, incarnation %d)", name, rec.AgeMS/1000, h.incarnate),
+		"name", name, "age", rec.AgeMS/1000, "incarnation", h.incarnate, "life_id", h.lifeID)
+	if s.preferredLocked(name) != s.cfg.ID {
+		s.queueAtLocked(c, h.started.Add(minHold))
+	}
 }
 
 // handPlan is what a probe found for the handoff of h: the preferred
@@ -745,7 +768,7 @@ func (s *Supervisor) reholdLocked(c *cand, h *heldLife) {
 	if c.h != h || c.held {
 		return
 	}
-	if s.restoreHeld(h) {
+	if s.restoreHeldLocked(h) {
 		c.held = true
 		return
 	}

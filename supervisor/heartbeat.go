@@ -120,8 +120,8 @@ var errGiveUp = errors.New("the session cannot go on")
 // run (the session is lost or ending): a heartbeat then would count time
 // the lives did not run.
 func (s *Supervisor) beatClock() (int64, bool) {
-	s.heldMu.Lock()
-	defer s.heldMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.heldClosed {
 		return 0, false
 	}
@@ -139,10 +139,9 @@ func (s *Supervisor) beatClock() (int64, bool) {
 // foreign heartbeat is replaced. A member record on another lease (another
 // member with this id registered after ours was deleted), or an etcd whose
 // revision went back (restored from an older snapshot), cannot be repaired:
-// the error wraps errGiveUp.
+// the error wraps errGiveUp. The caller holds writeMu: one heartbeat at a
+// time, ordered with the final records of stopped lives.
 func (s *Supervisor) beat(ctx context.Context, gen *generation, clock int64, also ...clientv3.Op) error {
-	gen.beatMu.Lock()
-	defer gen.beatMu.Unlock()
 	if clock <= gen.beatClock {
 		return nil // a later one is written already
 	}
@@ -204,8 +203,8 @@ func (s *Supervisor) beat(ctx context.Context, gen *generation, clock int64, als
 
 // heldCount is the number of lives held now.
 func (s *Supervisor) heldCount() int {
-	s.heldMu.Lock()
-	defer s.heldMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return len(s.held)
 }
 
@@ -290,9 +289,9 @@ func (s *Supervisor) watchAges(gen *generation, rev int64) {
 	handle := func(wr clientv3.WatchResponse) {
 		for _, ev := range wr.Events {
 			name := registry.NameOf(k.Ages(), string(ev.Kv.Key))
-			s.heldMu.Lock()
+			s.mu.Lock()
 			h := s.held[name]
-			s.heldMu.Unlock()
+			s.mu.Unlock()
 			if h == nil || ev.Kv.ModRevision <= h.lastRev.Load() {
 				continue
 			}
