@@ -812,6 +812,10 @@ func (s *Supervisor) watchElections(gen *generation, rev int64) {
 			s.mu.Lock()
 			if err == nil {
 				s.learnBeatsLocked(resp.Kvs)
+			} else if gen.ctx.Err() == nil {
+				// The starts go on: a heartbeat that moved fails their
+				// Txn, which reads it then.
+				s.log.Warn("cannot read the heartbeats before starting lives directly", "lives", len(lead), "err", err)
 			}
 			for _, c := range lead {
 				s.queueLocked(c)
@@ -832,39 +836,6 @@ func (s *Supervisor) watchElections(gen *generation, rev int64) {
 		s.mu.Unlock()
 	}
 	s.watchGen(gen, k.Elections(), rev, handle, resync, clientv3.WithFilterPut())
-}
-
-// watchGen watches the keys under prefix from rev while gen lasts, and
-// gives each response to handle. When the watch breaks (compaction, a lost
-// etcd leader) it takes the current revision, calls resync to catch up on
-// what it may have missed, and watches again from there.
-func (s *Supervisor) watchGen(gen *generation, prefix string, rev int64, handle func(clientv3.WatchResponse), resync func(), opts ...clientv3.OpOption) {
-	for gen.ctx.Err() == nil {
-		wch := s.cfg.Client.Watch(clientv3.WithRequireLeader(gen.ctx), prefix,
-			append([]clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithRev(rev)}, opts...)...)
-		for wr := range wch {
-			if wr.Err() != nil {
-				break
-			}
-			handle(wr)
-			rev = wr.Header.Revision + 1
-		}
-		if gen.ctx.Err() != nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(gen.ctx), s.batchTimeout())
-		resp, err := s.cfg.Client.Get(ctx, prefix, clientv3.WithCountOnly())
-		cancel()
-		if err != nil {
-			select {
-			case <-gen.ctx.Done():
-			case <-time.After(time.Second):
-			}
-			continue
-		}
-		resync()
-		rev = resp.Header.Revision + 1
-	}
 }
 
 // behindLocked notes that key, an election key of c's life, was deleted,

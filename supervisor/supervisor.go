@@ -153,6 +153,8 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
+		// Both watches log their own trouble and retry; they return
+		// only bg's error, once Run ends.
 		_ = registry.Watch(bg, s.cfg.Client, s.cfg.Keys, s, s.log)
 	}()
 	go func() {
@@ -401,8 +403,12 @@ func (s *Supervisor) publishMember(gen *generation) {
 			Then(clientv3.OpPut(key, string(s.memberRecord(n).Marshal()), clientv3.WithLease(gen.sess.Lease()))).
 			Commit()
 		cancel()
-		if err == nil {
+		switch {
+		case err == nil:
 			last = n
+		case gen.ctx.Err() == nil:
+			// Tried again at the next tick; the count is informational.
+			s.log.Warn("cannot update the member record's count of lives; will retry", "lives", n, "err", err)
 		}
 	}
 }
