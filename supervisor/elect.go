@@ -665,6 +665,10 @@ func (s *Supervisor) runStartedLocked(c *cand, h *heldLife, rev int64, rec regis
 	}
 }
 
+// probeAgain is how long a holder waits before it probes again for a
+// preferred member that has no candidacy yet.
+const probeAgain = 100 * time.Millisecond
+
 // handPlan is what a probe found for the handoff of h: the preferred
 // member's candidacy, and the candidacies in front of it.
 type handPlan struct {
@@ -701,8 +705,10 @@ func (s *Supervisor) probedLocked(t *task, sub *etcdserverpb.TxnResponse) {
 		}
 	}
 	if p.toRev == 0 {
+		// It has not campaigned yet (it may be creating thousands of
+		// candidacies after a start): look again shortly, not at once.
 		c.plan = nil
-		s.queueAtLocked(c, time.Now().Add(time.Second)) // it has not campaigned yet
+		s.queueAtLocked(c, time.Now().Add(probeAgain))
 		return
 	}
 	c.plan = p
