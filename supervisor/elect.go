@@ -744,7 +744,9 @@ func (s *Supervisor) handedLocked(t *task, rev int64, sub *etcdserverpb.TxnRespo
 	case target == nil:
 		c.plan = nil
 		s.reholdLocked(c, h)
-		s.queueAtLocked(c, time.Now().Add(time.Second)) // it has gone
+		// Its candidacy has gone (it withdrew, or the view changed): probe
+		// again, as when it had not campaigned yet.
+		s.queueAtLocked(c, time.Now().Add(probeAgain))
 	case target.CreateRevision != t.plan.toRev || (age != nil && age.ModRevision == h.lastRev.Load()):
 		c.plan = nil // the line changed: look again
 		s.reholdLocked(c, h)
