@@ -26,6 +26,7 @@ import (
 
 	"github.com/immortald/immortald/daemon"
 	"github.com/immortald/immortald/etcdclient"
+	"github.com/immortald/immortald/lease"
 	"github.com/immortald/immortald/registry"
 	"github.com/immortald/immortald/watchdog"
 )
@@ -288,7 +289,7 @@ func (a *app) runCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.String("id", "", "member id (default: the hostname; in Kubernetes, the pod name)")
-	f.String("lease-ttl", "5s", "session lease TTL: whole seconds, from 2s to 10m")
+	f.String("lease-ttl", lease.DefaultTTL.String(), "session lease TTL: whole seconds, from 2s to 10m")
 	f.String("checkpoint-interval", "1s", "time between heartbeats, each a checkpoint of every life's age: from 100ms to 1m, at most half of --lease-ttl")
 	f.String("http-addr", ":8080", "address of /livez, /readyz and /metrics (empty: off)")
 	f.String("advertise-addr", "", "host:port published as this member's address (default: --http-addr as bound, an unspecified host replaced by the hostname)")

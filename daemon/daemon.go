@@ -112,10 +112,10 @@ func New(cfg Config) (*Main, error) {
 		cfg.Prefix = registry.DefaultPrefix
 	}
 	if cfg.LeaseTTL == 0 {
-		cfg.LeaseTTL = 5 * time.Second
+		cfg.LeaseTTL = lease.DefaultTTL
 	}
 	if cfg.CheckpointInterval == 0 {
-		cfg.CheckpointInterval = time.Second
+		cfg.CheckpointInterval = supervisor.DefaultConfig().CheckpointInterval
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

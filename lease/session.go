@@ -19,6 +19,10 @@ import (
 // leader election and a renewal round trip must fit in it).
 const MinTTL = 2 * time.Second
 
+// DefaultTTL is the lease TTL when none is given: the member's, the
+// supervisor's and the watchdog's default (--lease-ttl).
+const DefaultTTL = 5 * time.Second
+
 // MaxTTL is the longest lease TTL accepted. The TTL is how long a crashed
 // member's lives wait for a peer; etcd itself takes up to 9e9 s
 // (MaxLeaseTTL), which would mean a crash is never failed over.
@@ -26,7 +30,8 @@ const MaxTTL = 10 * time.Minute
 
 // Config configures a Session.
 type Config struct {
-	// TTL of the lease; whole seconds, from MinTTL to MaxTTL. Default 5s.
+	// TTL of the lease; whole seconds, from MinTTL to MaxTTL. Default
+	// DefaultTTL (5s).
 	TTL time.Duration
 	// Margin is subtracted from every renewal's TTL to get the safe
 	// deadline. Default: TTL/5, at least 250ms. Must be below TTL/2.
@@ -58,7 +63,7 @@ func (c *Config) Validate() error {
 
 func (c *Config) setDefaults() {
 	if c.TTL == 0 {
-		c.TTL = 5 * time.Second
+		c.TTL = DefaultTTL
 	}
 	if c.Margin == 0 {
 		c.Margin = DefaultMargin(c.TTL)

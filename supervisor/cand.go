@@ -36,6 +36,7 @@ type cand struct {
 
 	busy   bool      // an operation is in flight
 	again  bool      // something happened while busy: look again when it ends
+	after  time.Time // asked while busy to be looked at then (zero: not): defer when it ends
 	queued bool      // in the ready queue or the deferred heap
 	due    time.Time // when deferred: not before
 	index  int       // position in the deferred heap; -1 when not in it
@@ -117,7 +118,12 @@ func (s *Supervisor) queueAtLocked(c *cand, at time.Time) {
 		return
 	}
 	if c.busy {
-		c.again = true // looked at when the operation ends; it defers itself again if need be
+		// Looked at once the operation ends, not before at: a probe that
+		// finds the successor not campaigning yet waits, it does not probe
+		// again at once.
+		if c.after.IsZero() || at.Before(c.after) {
+			c.after = at
+		}
 		return
 	}
 	switch {
@@ -170,7 +176,7 @@ func (s *Supervisor) stopLocked(c *cand, why stopReason) {
 	if h == nil {
 		return
 	}
-	if c.held && s.removeHeld(h) {
+	if c.held && s.removeHeldLocked(h) {
 		reason := why.String()
 		s.m.Lost.WithLabelValues(reason).Inc()
 		s.log.Info("life stopped: "+h.name, "name", h.name, "age", h.ageAt(time.Now())/1000, "reason", reason)
@@ -185,7 +191,7 @@ func (s *Supervisor) stopLocked(c *cand, why stopReason) {
 // holds the life now).
 func (s *Supervisor) loseLocked(c *cand, why string) {
 	h := c.h
-	if c.held && s.removeHeld(h) {
+	if c.held && s.removeHeldLocked(h) {
 		s.m.Lost.WithLabelValues("fenced").Inc()
 		s.log.Warn("lost the life: "+why, "name", h.name)
 	}

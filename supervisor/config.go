@@ -20,7 +20,8 @@ type Config struct {
 	Client *clientv3.Client
 	// Keys is the keyspace.
 	Keys registry.Keys
-	// Lease configures the member's session. TTL default 5s.
+	// Lease configures the member's session. TTL default lease.DefaultTTL
+	// (5s), margin lease.DefaultMargin of the TTL.
 	Lease lease.Config
 	// CheckpointInterval is the time between age checkpoints. Default 1s.
 	// Must be below the lease TTL.
@@ -29,7 +30,8 @@ type Config struct {
 	// rendezvous hashing over the live members: the first runs it, the
 	// others wait to take over at once. Default 2.
 	Candidates int
-	// InFlight bounds the election Txns (each for up to 124 lives) a member
+	// InFlight bounds the election Txns (each for up to electBatch = 120
+	// lives) a member
 	// has in flight at once, so that a member that sees 100k lives at once
 	// paces itself by etcd's answers. Default 8.
 	InFlight int
@@ -56,27 +58,44 @@ type Config struct {
 // maxTxnOps is etcd's default limit of operations in one Txn (--max-txn-ops).
 const maxTxnOps = 128
 
+// DefaultConfig returns the defaults of every setting that has one: lease
+// TTL lease.DefaultTTL (5s) and its default margin, checkpoint interval
+// 1s, 2 candidates per life, 8 election Txns in flight, 5s per shutdown
+// step, slog.Default(). ID, Client and Keys have none. New fills each zero
+// field of its Config from here.
+func DefaultConfig() Config {
+	return Config{
+		Lease:              lease.Config{TTL: lease.DefaultTTL, Margin: lease.DefaultMargin(lease.DefaultTTL)},
+		CheckpointInterval: time.Second,
+		Candidates:         2,
+		InFlight:           8,
+		ShutdownTimeout:    5 * time.Second,
+		Logger:             slog.Default(),
+	}
+}
+
 func (c *Config) setDefaults() {
+	d := DefaultConfig()
 	if c.Lease.TTL == 0 {
-		c.Lease.TTL = 5 * time.Second
+		c.Lease.TTL = d.Lease.TTL
 	}
 	if c.Lease.Margin == 0 {
 		c.Lease.Margin = lease.DefaultMargin(c.Lease.TTL)
 	}
 	if c.CheckpointInterval == 0 {
-		c.CheckpointInterval = time.Second
+		c.CheckpointInterval = d.CheckpointInterval
 	}
 	if c.Candidates == 0 {
-		c.Candidates = 2
+		c.Candidates = d.Candidates
 	}
 	if c.InFlight == 0 {
-		c.InFlight = 8
+		c.InFlight = d.InFlight
 	}
 	if c.ShutdownTimeout == 0 {
-		c.ShutdownTimeout = 5 * time.Second
+		c.ShutdownTimeout = d.ShutdownTimeout
 	}
 	if c.Logger == nil {
-		c.Logger = slog.Default()
+		c.Logger = d.Logger
 	}
 	if c.Lease.Logger == nil {
 		c.Lease.Logger = c.Logger

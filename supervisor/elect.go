@@ -298,7 +298,7 @@ func (s *Supervisor) sendBatch(gen *generation, b []*task) {
 				t.c.h = nil // its outcome is unknown: check again
 			}
 			// Every step is tried again after the backoff, whatever it was.
-			t.c.busy, t.c.again = false, false
+			t.c.busy, t.c.again, t.c.after = false, false, time.Time{}
 			s.queueAtLocked(t.c, time.Now().Add(wait))
 		}
 		return
@@ -334,9 +334,14 @@ func (s *Supervisor) sendBatch(gen *generation, b []*task) {
 // meanwhile, or if its step left more to do.
 func (s *Supervisor) doneLocked(c *cand) {
 	c.busy = false
-	if c.again || c.owe != nil || (c.h != nil && !c.held) {
+	after := c.after
+	c.after = time.Time{}
+	switch {
+	case c.again || c.owe != nil || (c.h != nil && !c.held):
 		c.again = false
 		s.queueLocked(c)
+	case !after.IsZero():
+		s.queueAtLocked(c, after)
 	}
 }
 
@@ -361,7 +366,7 @@ func (s *Supervisor) prepareLocked(gen *generation, t *task, now time.Time) bool
 		t.h.started, t.h.clockMS = now, s.clockMS(now)
 		t.rec = t.h.runningRecord()
 	case taskHandoff:
-		if c.h != t.h || !c.held || !s.removeHeld(t.h) {
+		if c.h != t.h || !c.held || !s.removeHeldLocked(t.h) {
 			return false
 		}
 		c.held = false
@@ -573,28 +578,25 @@ func (s *Supervisor) startedLocked(t *task, rev int64, sub *etcdserverpb.TxnResp
 		if t.direct {
 			s.m.DirectStarts.Inc()
 		}
-		h.wrote(rev, t.rec.AgeMS)
-		h.prev, h.beat = nil, nil // resumed: no longer needed
-		if c.h != h {
-			return // stopped meanwhile; its clean-up sees this write
-		}
-		if !s.addHeld(h) {
-			c.h = nil // the session is ending
-			return
-		}
-		c.held = true
-		name := h.name
-		s.log.Info(fmt.Sprintf("New life spawned: %s (age %d, incarnation %d)", name, t.rec.AgeMS/1000, h.incarnate),
-			"name", name, "age", t.rec.AgeMS/1000, "incarnation", h.incarnate, "life_id", h.lifeID)
-		if s.preferredLocked(name) != s.cfg.ID {
-			s.queueAtLocked(c, h.started.Add(minHold))
-		}
+		s.runStartedLocked(c, h, rev, t.rec)
 		return
 	}
 	if c.h != h {
 		return
 	}
 	own, req, age := firstKV(sub, 0), firstKV(sub, 1), firstKV(sub, 2)
+	if !t.direct && h.fenceHolds(own, req) && h.isOwn(age) {
+		// An earlier start of h, applied although its answer was lost (a
+		// timeout): the life has run since that write, which heartbeats
+		// carry forward. It runs on from it; writing a new start, from a
+		// later clock, would set the age shown back.
+		if rec, _ := registry.ParseAgeRecord(age.Value); rec.Running() && rec.Lease == h.lease && rec.ClockMS <= h.clockMS {
+			h.started = s.epoch.Add(time.Duration(rec.ClockMS) * time.Millisecond)
+			h.clockMS = rec.ClockMS
+			s.runStartedLocked(c, h, age.ModRevision, rec)
+			return
+		}
+	}
 	if t.direct {
 		// The record or the heartbeat moved since the last check (a
 		// handoff's final record, a final heartbeat), or a key in front
@@ -642,6 +644,31 @@ func (s *Supervisor) startedLocked(t *task, rev int64, sub *etcdserverpb.TxnResp
 	// doneLocked queues it again: c.h is set and not held.
 }
 
+// runStartedLocked runs h, whose start record rec was applied at revision
+// rev, unless it was stopped meanwhile or the session is ending.
+func (s *Supervisor) runStartedLocked(c *cand, h *heldLife, rev int64, rec registry.AgeRecord) {
+	h.wrote(rev, rec.AgeMS)
+	h.prev, h.beat = nil, nil // resumed: no longer needed
+	if c.h != h {
+		return // stopped meanwhile; its clean-up sees this write
+	}
+	if !s.addHeldLocked(h) {
+		c.h = nil // the session is ending
+		return
+	}
+	c.held = true
+	name := h.name
+	s.log.Info(fmt.Sprintf("New life spawned: %s (age %d, incarnation %d)", name, rec.AgeMS/1000, h.incarnate),
+		"name", name, "age", rec.AgeMS/1000, "incarnation", h.incarnate, "life_id", h.lifeID)
+	if s.preferredLocked(name) != s.cfg.ID {
+		s.queueAtLocked(c, h.started.Add(minHold))
+	}
+}
+
+// probeAgain is how long a holder waits before it probes again for a
+// preferred member that has no candidacy yet.
+const probeAgain = 100 * time.Millisecond
+
 // handPlan is what a probe found for the handoff of h: the preferred
 // member's candidacy, and the candidacies in front of it.
 type handPlan struct {
@@ -678,8 +705,10 @@ func (s *Supervisor) probedLocked(t *task, sub *etcdserverpb.TxnResponse) {
 		}
 	}
 	if p.toRev == 0 {
+		// It has not campaigned yet (it may be creating thousands of
+		// candidacies after a start): look again shortly, not at once.
 		c.plan = nil
-		s.queueAtLocked(c, time.Now().Add(time.Second)) // it has not campaigned yet
+		s.queueAtLocked(c, time.Now().Add(probeAgain))
 		return
 	}
 	c.plan = p
@@ -715,7 +744,9 @@ func (s *Supervisor) handedLocked(t *task, rev int64, sub *etcdserverpb.TxnRespo
 	case target == nil:
 		c.plan = nil
 		s.reholdLocked(c, h)
-		s.queueAtLocked(c, time.Now().Add(time.Second)) // it has gone
+		// Its candidacy has gone (it withdrew, or the view changed): probe
+		// again, as when it had not campaigned yet.
+		s.queueAtLocked(c, time.Now().Add(probeAgain))
 	case target.CreateRevision != t.plan.toRev || (age != nil && age.ModRevision == h.lastRev.Load()):
 		c.plan = nil // the line changed: look again
 		s.reholdLocked(c, h)
@@ -745,7 +776,7 @@ func (s *Supervisor) reholdLocked(c *cand, h *heldLife) {
 	if c.h != h || c.held {
 		return
 	}
-	if s.restoreHeld(h) {
+	if s.restoreHeldLocked(h) {
 		c.held = true
 		return
 	}
@@ -789,6 +820,10 @@ func (s *Supervisor) watchElections(gen *generation, rev int64) {
 			s.mu.Lock()
 			if err == nil {
 				s.learnBeatsLocked(resp.Kvs)
+			} else if gen.ctx.Err() == nil {
+				// The starts go on: a heartbeat that moved fails their
+				// Txn, which reads it then.
+				s.log.Warn("cannot read the heartbeats before starting lives directly", "lives", len(lead), "err", err)
 			}
 			for _, c := range lead {
 				s.queueLocked(c)
@@ -809,39 +844,6 @@ func (s *Supervisor) watchElections(gen *generation, rev int64) {
 		s.mu.Unlock()
 	}
 	s.watchGen(gen, k.Elections(), rev, handle, resync, clientv3.WithFilterPut())
-}
-
-// watchGen watches the keys under prefix from rev while gen lasts, and
-// gives each response to handle. When the watch breaks (compaction, a lost
-// etcd leader) it takes the current revision, calls resync to catch up on
-// what it may have missed, and watches again from there.
-func (s *Supervisor) watchGen(gen *generation, prefix string, rev int64, handle func(clientv3.WatchResponse), resync func(), opts ...clientv3.OpOption) {
-	for gen.ctx.Err() == nil {
-		wch := s.cfg.Client.Watch(clientv3.WithRequireLeader(gen.ctx), prefix,
-			append([]clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithRev(rev)}, opts...)...)
-		for wr := range wch {
-			if wr.Err() != nil {
-				break
-			}
-			handle(wr)
-			rev = wr.Header.Revision + 1
-		}
-		if gen.ctx.Err() != nil {
-			return
-		}
-		ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(gen.ctx), s.batchTimeout())
-		resp, err := s.cfg.Client.Get(ctx, prefix, clientv3.WithCountOnly())
-		cancel()
-		if err != nil {
-			select {
-			case <-gen.ctx.Done():
-			case <-time.After(time.Second):
-			}
-			continue
-		}
-		resync()
-		rev = resp.Header.Revision + 1
-	}
 }
 
 // behindLocked notes that key, an election key of c's life, was deleted,

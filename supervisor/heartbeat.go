@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -120,8 +119,8 @@ var errGiveUp = errors.New("the session cannot go on")
 // run (the session is lost or ending): a heartbeat then would count time
 // the lives did not run.
 func (s *Supervisor) beatClock() (int64, bool) {
-	s.heldMu.Lock()
-	defer s.heldMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.heldClosed {
 		return 0, false
 	}
@@ -139,10 +138,9 @@ func (s *Supervisor) beatClock() (int64, bool) {
 // foreign heartbeat is replaced. A member record on another lease (another
 // member with this id registered after ours was deleted), or an etcd whose
 // revision went back (restored from an older snapshot), cannot be repaired:
-// the error wraps errGiveUp.
+// the error wraps errGiveUp. The caller holds writeMu: one heartbeat at a
+// time, ordered with the final records of stopped lives.
 func (s *Supervisor) beat(ctx context.Context, gen *generation, clock int64, also ...clientv3.Op) error {
-	gen.beatMu.Lock()
-	defer gen.beatMu.Unlock()
 	if clock <= gen.beatClock {
 		return nil // a later one is written already
 	}
@@ -204,8 +202,8 @@ func (s *Supervisor) beat(ctx context.Context, gen *generation, clock int64, als
 
 // heldCount is the number of lives held now.
 func (s *Supervisor) heldCount() int {
-	s.heldMu.Lock()
-	defer s.heldMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return len(s.held)
 }
 
@@ -247,238 +245,6 @@ func (s *Supervisor) resignOps(gen *generation) []clientv3.Op {
 		ops = append(ops, clientv3.OpDelete(s.cfg.Keys.Candidacy(c.name, lease)))
 	}
 	return ops
-}
-
-// verifyAges looks at the age record of every held life: one written by
-// someone other than its holder, or deleted, is written again (the foreign
-// bytes are kept in quarantine/<name>). Between a life's start and its stop
-// nothing else writes the record, so this is how a tampered one is found.
-// It reads keys and revisions only, and values only of suspects.
-func (s *Supervisor) verifyAges(ctx context.Context) {
-	lives := s.snapshotHeld()
-	if len(lives) == 0 {
-		return
-	}
-	revs, err := s.revisions(ctx, s.cfg.Keys.Ages())
-	if err != nil {
-		return // looked at again at the next sweep
-	}
-	for _, h := range lives {
-		if rev, ok := revs[h.name]; ok && rev.mod <= h.lastRev.Load() {
-			continue // ours, or older than our last write (which the range missed)
-		}
-		resp, err := s.cfg.Client.Get(ctx, s.cfg.Keys.Age(h.name))
-		if err != nil {
-			return
-		}
-		found, rev := (*mvccpb.KeyValue)(nil), int64(math.MaxInt64) // missing: deleted after our write
-		if len(resp.Kvs) > 0 {
-			found, rev = resp.Kvs[0], resp.Kvs[0].ModRevision
-		}
-		s.repairAge(ctx, h, found, rev)
-	}
-}
-
-// watchAges watches ages/ from rev for gen: a change to the record of a
-// held life that its holder did not make (a put or a delete by someone
-// else) is repaired at once, so that a crash does not make a successor
-// resume from it. Records change only when lives start, move or stop, so
-// the watch is quiet in the steady state. After the watch breaks, every
-// held life's record is checked (verifyAges), then it watches from now on.
-func (s *Supervisor) watchAges(gen *generation, rev int64) {
-	k := s.cfg.Keys
-	handle := func(wr clientv3.WatchResponse) {
-		for _, ev := range wr.Events {
-			name := registry.NameOf(k.Ages(), string(ev.Kv.Key))
-			s.heldMu.Lock()
-			h := s.held[name]
-			s.heldMu.Unlock()
-			if h == nil || ev.Kv.ModRevision <= h.lastRev.Load() {
-				continue
-			}
-			var found *mvccpb.KeyValue
-			if ev.Type == mvccpb.PUT {
-				found = ev.Kv
-			}
-			s.repairAge(gen.ctx, h, found, ev.Kv.ModRevision)
-		}
-	}
-	s.watchGen(gen, k.Ages(), rev, handle, func() { s.verifyAges(gen.ctx) })
-}
-
-// keyRevs are the revisions of one key.
-type keyRevs struct{ create, mod int64 }
-
-// revisions returns the revisions of every key under prefix, by name; it
-// reads keys only, at one revision.
-func (s *Supervisor) revisions(ctx context.Context, prefix string) (map[string]keyRevs, error) {
-	_, kvs, err := registry.RangeAll(ctx, s.cfg.Client, prefix, 0, clientv3.WithKeysOnly())
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[string]keyRevs, len(kvs))
-	for _, kv := range kvs {
-		out[registry.NameOf(prefix, string(kv.Key))] = keyRevs{create: kv.CreateRevision, mod: kv.ModRevision}
-	}
-	return out, nil
-}
-
-// repairAge writes h's running record over found, the age record someone
-// other than h's holder wrote (nil: deleted) at revision rev, keeping
-// foreign bytes in quarantine/<name>: they are never resumed and never
-// silently overwritten. A change no newer than h's last write is not one.
-// A member past its safe deadline judges nothing: the write may be its
-// successor's, and the loss of the session stops h anyway. It says what it
-// found only once the fenced write is applied, which proves that h's holder
-// still held the life when the write was made.
-func (s *Supervisor) repairAge(ctx context.Context, h *heldLife, found *mvccpb.KeyValue, rev int64) {
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	if h.stopped.Load() || rev <= h.lastRev.Load() || s.pastDeadline() {
-		return
-	}
-	k := s.cfg.Keys
-	if found != nil && h.isOwn(found) {
-		h.adopt(found)
-		return
-	}
-	var seen int64
-	prevKeep := h.keep
-	if found != nil {
-		seen = found.ModRevision
-		h.keep = found.Value
-	}
-	rec := h.runningRecord()
-	prevRev := h.lastRev.Load()
-	h.lastRev.Store(seen)
-	cmps, then, _ := h.ageWrite(k, rec)
-	wctx, cancel := context.WithTimeout(ctx, s.batchTimeout())
-	defer cancel()
-	resp, err := s.cfg.Client.Txn(wctx).If(cmps...).Then(then...).Commit()
-	if err != nil || !resp.Succeeded {
-		// Tried again at the next sweep; if the fence failed, the life is
-		// stopped by the election watch or the next write.
-		h.lastRev.Store(prevRev)
-		h.keep = prevKeep
-		return
-	}
-	h.wrote(resp.Header.Revision, rec.AgeMS)
-	if found != nil {
-		s.m.Quarantined.Inc()
-		s.log.Error("age record was overwritten by someone other than its holder; kept those bytes in quarantine and wrote the life's own age",
-			"name", h.name, "key", k.Age(h.name), "quarantine", k.Quarantine(h.name), "age", h.ageAt(time.Now())/1000)
-	} else {
-		s.log.Warn("age record was deleted by someone other than its holder; wrote it again", "name", h.name, "age", h.ageAt(time.Now())/1000)
-	}
-}
-
-// pastDeadline reports whether the current session's safe deadline has
-// passed: a successor may then hold its lives, and the loss of the session
-// is about to stop them. (Between sessions no life is held.)
-func (s *Supervisor) pastDeadline() bool {
-	s.mu.Lock()
-	gen := s.gen
-	s.mu.Unlock()
-	return gen != nil && !time.Now().Before(gen.sess.Deadline())
-}
-
-// collectBeats deletes the heartbeats of dead members once no age record
-// needs them: every life they ran has been taken over (each successor's
-// first write replaces the record) or has ended. A running record of a
-// dead member whose life has ended (its request deleted or replaced while
-// nobody ran it) is deleted on the way, as its holder would have. One member
-// does this, the first of the live members in id order; it reads every age
-// record only while there is a dead member's heartbeat.
-func (s *Supervisor) collectBeats(ctx context.Context) {
-	s.mu.Lock()
-	first := len(s.members) > 0 && s.members[0] == s.cfg.ID
-	live := make(map[int64]bool, len(s.leases))
-	for _, l := range s.leases {
-		live[l] = true
-	}
-	if s.gen != nil {
-		live[int64(s.gen.sess.Lease())] = true
-	}
-	s.mu.Unlock()
-	if !first {
-		return
-	}
-	k := s.cfg.Keys
-	_, beats, err := registry.RangeAll(ctx, s.cfg.Client, k.Heartbeats(), 0)
-	if err != nil {
-		return
-	}
-	dead := make(map[int64]*mvccpb.KeyValue)
-	for _, kv := range beats {
-		l, ok := k.HeartbeatLease(string(kv.Key))
-		if !ok || live[l] {
-			continue
-		}
-		ttl, err := s.cfg.Client.TimeToLive(ctx, clientv3.LeaseID(l))
-		if err != nil || ttl.TTL > 0 {
-			continue // alive (a member not yet registered), or unknown
-		}
-		dead[l] = kv
-	}
-	if len(dead) == 0 {
-		return
-	}
-	referenced, err := s.sweepAges(ctx, dead)
-	if err != nil {
-		return
-	}
-	for l, kv := range dead {
-		if referenced[l] {
-			continue // some of its lives have not been taken over yet
-		}
-		resp, err := s.cfg.Client.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
-			Then(clientv3.OpDelete(string(kv.Key))).
-			Commit()
-		if err == nil && resp.Succeeded {
-			s.log.Info("deleted the heartbeat of a gone member: every life it ran has moved or ended", "lease", fmt.Sprintf("%x", l))
-		}
-	}
-}
-
-// sweepAges reads every age record and returns which of the dead leases
-// running records are still on. A running record on a dead lease whose life
-// has ended is deleted instead: guarded by its revision and by the request
-// key not being that life, so a life that is wanted keeps its age.
-func (s *Supervisor) sweepAges(ctx context.Context, dead map[int64]*mvccpb.KeyValue) (map[int64]bool, error) {
-	k := s.cfg.Keys
-	_, kvs, err := registry.RangeAll(ctx, s.cfg.Client, k.Ages(), 0)
-	if err != nil {
-		return nil, err
-	}
-	lives, err := s.revisions(ctx, k.Lives())
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[int64]bool)
-	for _, kv := range kvs {
-		rec, err := registry.ParseAgeRecord(kv.Value)
-		if err != nil || !rec.Running() || dead[rec.Lease] == nil {
-			continue
-		}
-		name := registry.NameOf(k.Ages(), string(kv.Key))
-		if req, ok := lives[name]; ok && req.create == rec.LifeID {
-			out[rec.Lease] = true // still wanted: its successor needs the heartbeat
-			continue
-		}
-		resp, err := s.cfg.Client.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision),
-				clientv3.Compare(clientv3.CreateRevision(k.Life(name)), "!=", rec.LifeID)).
-			Then(clientv3.OpDelete(string(kv.Key))).
-			Commit()
-		if err != nil {
-			return nil, err
-		}
-		if !resp.Succeeded {
-			out[rec.Lease] = true // it changed meanwhile: look again next time
-		}
-	}
-	return out, nil
 }
 
 // firstKV is the first key of the i-th range response of a Txn, or nil.

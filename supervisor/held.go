@@ -132,56 +132,42 @@ func (h *heldLife) fence(k registry.Keys) []clientv3.Cmp {
 	}
 }
 
-// addHeld starts running h, unless every life was just taken away (session
-// lost, shutdown): then it reports false.
-func (s *Supervisor) addHeld(h *heldLife) bool {
-	if !s.restoreHeld(h) {
+// addHeldLocked starts running h, unless every life was just taken away
+// (session lost, shutdown): then it reports false.
+func (s *Supervisor) addHeldLocked(h *heldLife) bool {
+	if !s.restoreHeldLocked(h) {
 		return false
 	}
 	s.m.Started.Inc()
 	return true
 }
 
-// restoreHeld runs h (again), unless every life was just taken away.
-func (s *Supervisor) restoreHeld(h *heldLife) bool {
-	s.heldMu.Lock()
+// restoreHeldLocked runs h (again), unless every life was just taken away.
+func (s *Supervisor) restoreHeldLocked(h *heldLife) bool {
 	if s.heldClosed {
-		s.heldMu.Unlock()
 		return false
 	}
 	s.held[h.name] = h
 	h.stopped.Store(false)
-	n := len(s.held)
-	s.heldMu.Unlock()
-	s.m.Held.Set(float64(n))
+	s.m.Held.Set(float64(len(s.held)))
 	return true
 }
 
-// openHeld lets lives be added again, for a new session.
-func (s *Supervisor) openHeld() {
-	s.heldMu.Lock()
-	s.heldClosed = false
-	s.heldMu.Unlock()
-}
-
-// removeHeld stops h; false when it was stopped already.
-func (s *Supervisor) removeHeld(h *heldLife) bool {
-	s.heldMu.Lock()
+// removeHeldLocked stops h; false when it was stopped already.
+func (s *Supervisor) removeHeldLocked(h *heldLife) bool {
 	ok := s.held[h.name] == h
 	if ok {
 		delete(s.held, h.name)
 		h.stopped.Store(true)
 	}
-	n := len(s.held)
-	s.heldMu.Unlock()
-	s.m.Held.Set(float64(n))
+	s.m.Held.Set(float64(len(s.held)))
 	return ok
 }
 
 // takeAllHeld stops every life at once, returns them, and refuses new ones
-// until openHeld.
+// until the next generation starts.
 func (s *Supervisor) takeAllHeld() []*heldLife {
-	s.heldMu.Lock()
+	s.mu.Lock()
 	s.heldClosed = true
 	out := make([]*heldLife, 0, len(s.held))
 	for _, h := range s.held {
@@ -189,7 +175,7 @@ func (s *Supervisor) takeAllHeld() []*heldLife {
 		out = append(out, h)
 	}
 	clear(s.held)
-	s.heldMu.Unlock()
+	s.mu.Unlock()
 	s.m.Held.Set(0)
 	return out
 }
@@ -202,8 +188,8 @@ func (s *Supervisor) dropAllHeld(reason string) int {
 }
 
 func (s *Supervisor) snapshotHeld() []*heldLife {
-	s.heldMu.Lock()
-	defer s.heldMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	out := make([]*heldLife, 0, len(s.held))
 	for _, h := range s.held {
 		out = append(out, h)

@@ -28,8 +28,8 @@ type Supervisor struct {
 	started time.Time
 	epoch   time.Time // the heartbeat clock counts from here (monotonic)
 
-	// mu guards the wanted lives, the member view and the elections of the
-	// current generation. Lock order: writeMu, then mu, then heldMu.
+	// mu guards the wanted lives, the member view, the elections of the
+	// current generation and the lives held. Lock order: writeMu, then mu.
 	mu         sync.Mutex
 	wanted     map[string]registry.Life // every request seen, valid or not
 	invalid    map[string]int64         // invalid requests already logged, by ModRevision
@@ -43,10 +43,8 @@ type Supervisor struct {
 	viewAt     time.Time                // when members last changed
 	synced     bool                     // registry listed at least once
 	stopping   bool
-
-	heldMu     sync.Mutex
-	held       map[string]*heldLife
-	heldClosed bool // no life may be added: the session is lost or ending
+	held       map[string]*heldLife // the lives this member runs now
+	heldClosed bool                 // no life may be added: the session is lost or ending
 
 	// writeMu orders the age writes of a life that runs (a handoff, the
 	// clean-up of a stopped life, a repair) and the heartbeats, so a
@@ -69,9 +67,9 @@ type generation struct {
 	wg     sync.WaitGroup
 	kick   chan struct{} // wakes electLoop; buffered, never blocks
 
-	beatMu    sync.Mutex // one heartbeat at a time
-	beatRev   int64      // revision of the last heartbeat applied (0: none yet)
-	beatClock int64      // its clock
+	// One heartbeat at a time: these are guarded by Supervisor.writeMu.
+	beatRev   int64 // revision of the last heartbeat applied (0: none yet)
+	beatClock int64 // its clock
 
 	// beatFailing is set while heartbeats are not applied: the member is
 	// not ready then (Ready), as a crash would lose more than an interval.
@@ -132,8 +130,8 @@ func (s *Supervisor) Ready() bool {
 // Held returns the age in milliseconds of every life this member runs now.
 func (s *Supervisor) Held() map[string]int64 {
 	now := time.Now()
-	s.heldMu.Lock()
-	defer s.heldMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	out := make(map[string]int64, len(s.held))
 	for name, h := range s.held {
 		out[name] = h.ageAt(now)
@@ -155,6 +153,8 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
+		// Both watches log their own trouble and retry; they return
+		// only bg's error, once Run ends.
 		_ = registry.Watch(bg, s.cfg.Client, s.cfg.Keys, s, s.log)
 	}()
 	go func() {
@@ -254,8 +254,8 @@ func (s *Supervisor) memberRecord(lives int) registry.MemberRecord {
 func (s *Supervisor) startGeneration(sess *lease.Session, rev int64) *generation {
 	ctx, cancel := context.WithCancel(context.Background())
 	gen := &generation{sess: sess, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1), lost: make(chan struct{})}
-	s.openHeld()
 	s.mu.Lock()
+	s.heldClosed = false // lives may be added again
 	s.gen = gen
 	s.electFails = 0
 	clear(s.beats)
@@ -403,8 +403,12 @@ func (s *Supervisor) publishMember(gen *generation) {
 			Then(clientv3.OpPut(key, string(s.memberRecord(n).Marshal()), clientv3.WithLease(gen.sess.Lease()))).
 			Commit()
 		cancel()
-		if err == nil {
+		switch {
+		case err == nil:
 			last = n
+		case gen.ctx.Err() == nil:
+			// Tried again at the next tick; the count is informational.
+			s.log.Warn("cannot update the member record's count of lives; will retry", "lives", n, "err", err)
 		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/immortald/immortald/internal/etcdtest"
+	"github.com/immortald/immortald/lease"
 	"github.com/immortald/immortald/registry"
 )
 
@@ -581,8 +582,11 @@ func fakeHolding(t *testing.T, sup *Supervisor, cli *clientv3.Client, name strin
 	}
 	h := &heldLife{name: name, lifeID: lifeID, ownKey: own, ownRev: resp.Header.Revision, holder: "m1", incarnate: 1,
 		lease: int64(grant.ID), started: time.Now()}
-	if !sup.addHeld(h) {
-		t.Fatal("addHeld refused")
+	sup.mu.Lock()
+	ok := sup.addHeldLocked(h)
+	sup.mu.Unlock()
+	if !ok {
+		t.Fatal("addHeldLocked refused")
 	}
 	return h
 }
@@ -771,4 +775,113 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// A holder whose preferred member does not campaign (yet) probes again
+// probeAgain later, not at once: the probe's wait holds although it is
+// asked for while the probe's batch is still being handled.
+func TestHandoffProbeWaitsForAbsentTarget(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	m1 := startMember(t, srv.Endpoint(), "m1")
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	name := ""
+	for i := 0; name == ""; i++ {
+		if n := fmt.Sprintf("life-%d", i); candidates(n, []string{"m1", "ghost"}, 2)[0] == "ghost" {
+			name = n
+		}
+	}
+	put(t, obs, testKeys.Life(name), "")
+	waitFor(t, 10*time.Second, "m1 runs "+name, func() bool { return m1.holds(name) })
+
+	// A member that is preferred for the life but never campaigns for it.
+	grant, err := obs.Grant(context.Background(), 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = obs.Revoke(context.Background(), grant.ID) })
+	if _, err := obs.Put(context.Background(), testKeys.Member("ghost"), "{}", clientv3.WithLease(grant.ID)); err != nil {
+		t.Fatal(err)
+	}
+	// minHold and viewSettle pass, then m1 probes for ghost's candidacy.
+	time.Sleep(viewSettle + minHold)
+	before := readCounter(m1.sup.m.ElectionTxns)
+	time.Sleep(2 * time.Second)
+	txns := readCounter(m1.sup.m.ElectionTxns) - before
+	t.Logf("%v election Txns in 2s while the preferred member does not campaign", txns)
+	if want := 2*time.Second/probeAgain + 20; txns > float64(want) { // a probe each probeAgain, and a few batches of anything else
+		t.Fatalf("%v election Txns in 2s: the holder probes without waiting", txns)
+	}
+	if !m1.holds(name) {
+		t.Fatal("m1 gave the life up although nobody can take it")
+	}
+}
+
+// A start applied although its answer was lost (a timeout) is the life's
+// start: the retry finds it, and the life runs on from it. Writing a new
+// start record from a later clock would set the age shown back by the time
+// between the two (heartbeats carry the first record forward meanwhile).
+func TestLostStartAnswerRunsFromTheAppliedStart(t *testing.T) {
+	sup, cli := writerOnly(t)
+	ctx := context.Background()
+	sess, err := lease.Open(ctx, cli, lease.Config{TTL: testTTL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sess.Close(context.Background()) })
+	gctx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
+	gen := &generation{sess: sess, ctx: gctx, cancel: cancel, kick: make(chan struct{}, 1), lost: make(chan struct{})}
+
+	const name = "Adam"
+	lifeID := put(t, cli, testKeys.Life(name), "")
+	own, err := cli.Put(ctx, testKeys.Candidacy(name, int64(sess.Lease())), "m1", clientv3.WithLease(sess.Lease()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sup.mu.Lock()
+	sup.gen = gen
+	c := sup.candLocked(name)
+	c.life, c.want, c.rev = registry.ParseLife(name, lifeID, lifeID, nil), true, own.Header.Revision
+	c.h = sup.newHeld(gen, c.life, c.rev, nil)
+	sup.mu.Unlock()
+
+	// send prepares the start as the election loop does and sends it.
+	send := func() (*clientv3.TxnResponse, *task) {
+		sup.mu.Lock()
+		tk := &task{c: c, kind: taskStart, h: c.h}
+		if !sup.prepareLocked(gen, tk, time.Now()) {
+			sup.mu.Unlock()
+			t.Fatal("the start does not apply")
+		}
+		ops := sup.opsOf(gen, tk)
+		sup.mu.Unlock()
+		resp, err := cli.Txn(ctx).Then(ops...).Commit()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp, tk
+	}
+	first, _ := send() // applied; its answer is lost
+	firstAt := time.Now()
+	time.Sleep(300 * time.Millisecond)
+	resp, tk := send() // the retry
+	if resp.Responses[0].GetResponseTxn().GetSucceeded() {
+		t.Fatal("the retry was applied over the first start")
+	}
+	sup.mu.Lock()
+	c.busy = true
+	sup.startedLocked(tk, resp.Header.Revision, resp.Responses[0].GetResponseTxn())
+	held := c.held
+	sup.mu.Unlock()
+	if !held {
+		t.Fatal("the life does not run after its start was found applied")
+	}
+	if age, min := sup.Held()[name], time.Since(firstAt).Milliseconds(); age < min {
+		t.Fatalf("age %d ms, want at least %d ms: the time since the applied start", age, min)
+	}
+	got, err := cli.Get(ctx, testKeys.Age(name))
+	if err != nil || len(got.Kvs) != 1 || got.Kvs[0].ModRevision != first.Header.Revision {
+		t.Fatalf("age record %v (%v): want the first start's, at revision %d", got, err, first.Header.Revision)
+	}
+	sup.takeAllHeld()
 }

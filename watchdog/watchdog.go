@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/immortald/immortald/internal/backoff"
+	"github.com/immortald/immortald/lease"
 )
 
 // Config configures a watchdog.
@@ -67,7 +68,7 @@ func (c *Config) setDefaults() error {
 		c.Stderr = os.Stderr
 	}
 	if c.LeaseTTL == 0 {
-		c.LeaseTTL = 5 * time.Second
+		c.LeaseTTL = lease.DefaultTTL
 	}
 	if c.MinBackoff == 0 {
 		c.MinBackoff = 250 * time.Millisecond
