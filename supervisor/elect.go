@@ -701,6 +701,10 @@ func (s *Supervisor) runStartedLocked(c *cand, h *heldLife, rev int64, rec regis
 	}
 }
 
+// probeAgain is how long a holder waits before it probes again for a
+// preferred member that has no candidacy yet.
+const probeAgain = 100 * time.Millisecond
+
 // handPlan is what a probe found for the handoff of h: the preferred
 // member's candidacy, and the candidacies in front of it.
 type handPlan struct {
@@ -737,8 +741,10 @@ func (s *Supervisor) probedLocked(t *task, sub *etcdserverpb.TxnResponse) {
 		}
 	}
 	if p.toRev == 0 {
+		// It has not campaigned yet (it may be creating thousands of
+		// candidacies after a start): look again shortly, not at once.
 		c.plan = nil
-		s.queueAtLocked(c, time.Now().Add(time.Second)) // it has not campaigned yet
+		s.queueAtLocked(c, time.Now().Add(probeAgain))
 		return
 	}
 	c.plan = p
@@ -774,7 +780,9 @@ func (s *Supervisor) handedLocked(t *task, rev int64, sub *etcdserverpb.TxnRespo
 	case target == nil:
 		c.plan = nil
 		s.reholdLocked(c, h)
-		s.queueAtLocked(c, time.Now().Add(time.Second)) // it has gone
+		// Its candidacy has gone (it withdrew, or the view changed): probe
+		// again, as when it had not campaigned yet.
+		s.queueAtLocked(c, time.Now().Add(probeAgain))
 	case target.CreateRevision != t.plan.toRev || (age != nil && age.ModRevision == h.lastRev.Load()):
 		c.plan = nil // the line changed: look again
 		s.reholdLocked(c, h)

@@ -57,11 +57,17 @@ func (s *Supervisor) verifyAges(ctx context.Context) {
 func (s *Supervisor) watchAges(gen *generation, rev int64) {
 	k := s.cfg.Keys
 	handle := func(wr clientv3.WatchResponse) {
-		for _, ev := range wr.Events {
-			name := registry.NameOf(k.Ages(), string(ev.Kv.Key))
-			s.mu.Lock()
-			h := s.held[name]
-			s.mu.Unlock()
+		// One look at the held lives per response, not per event: a
+		// member starting 10k lives sees 10k events of its own writes,
+		// and mu is the election loop's lock.
+		holders := make([]*heldLife, len(wr.Events))
+		s.mu.Lock()
+		for i, ev := range wr.Events {
+			holders[i] = s.held[registry.NameOf(k.Ages(), string(ev.Kv.Key))]
+		}
+		s.mu.Unlock()
+		for i, ev := range wr.Events {
+			h := holders[i]
 			if h == nil || ev.Kv.ModRevision <= h.lastRev.Load() {
 				continue
 			}

@@ -123,7 +123,11 @@ lap "other binaries"
 r=$work/node
 mkdir -p "$r"
 pigz -dc "$rootfs_tar" | tar -C "$r" --numeric-owner -xf -
-kindsrc=$(cd "$here/modules/kind" && go list -m -f '{{.Dir}}' sigs.k8s.io/kind)/images/base/files
+# go list -m names a module's directory only once it is in the module cache,
+# and nothing above downloads kind's module: download it first.
+kinddir=$(cd "$here/modules/kind" && go mod download sigs.k8s.io/kind && go list -m -f '{{.Dir}}' sigs.k8s.io/kind)
+[[ -n "$kinddir" ]] || { echo "kind-image: sigs.k8s.io/kind is not in the module cache" >&2; exit 1; }
+kindsrc=$kinddir/images/base/files
 install -m 0755 "$kindsrc"/usr/local/bin/* "$r/usr/local/bin/"
 mkdir -p "$r/kind/bin" "$r/kind/manifests" "$r/kind/immortald" "$r/etc/kubernetes/manifests" \
   "$r/opt/cni/bin" "$r/etc/cni/net.d" "$r/etc/containerd" "$r/etc/systemd/system/kubelet.service.d"
