@@ -14,6 +14,7 @@ import (
 
 	"github.com/immortald/immortald/cmd/counter/countercheck"
 	"github.com/immortald/immortald/internal/etcdtest"
+	"github.com/immortald/immortald/internal/observe"
 )
 
 // A counter life end to end on real `immortald run` processes (each a
@@ -127,7 +128,7 @@ func TestCounterKindEndToEnd(t *testing.T) {
 			memberPID = m.PID
 		}
 	}
-	kids := children(t, memberPID)
+	kids := observe.Children(memberPID)
 	if memberPID == 0 || len(kids) != 1 {
 		t.Fatalf("m2's member process %d has children %v, want the counter alone", memberPID, kids)
 	}
@@ -159,26 +160,4 @@ func TestCounterKindEndToEnd(t *testing.T) {
 			rep.Lines, rep.Handoffs, rep.Violations)
 	}
 	t.Logf("counter log: %d lines, handoffs %+v", rep.Lines, rep.Handoffs)
-}
-
-// children returns the pids of the children of pid.
-func children(t *testing.T, pid int) []int {
-	t.Helper()
-	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []int
-	for _, f := range tasks {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		for _, s := range strings.Fields(string(b)) {
-			if n, err := strconv.Atoi(s); err == nil {
-				out = append(out, n)
-			}
-		}
-	}
-	return out
 }
