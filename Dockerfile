@@ -4,6 +4,8 @@
 # empty directory.
 FROM scratch
 COPY bin/immortald-linux /immortald
+# The counter kind's program (cmd/counter), for tests and examples of command lives.
+COPY bin/counter-linux /counter
 # scratch has no directory the non-root user may write to. /data is one (an
 # empty directory copied with its owner set), so that `docker run immortald:dev`
 # with no endpoints can keep its embedded etcd in /data/immortald.etcd.

@@ -30,10 +30,12 @@ etcd:
 	$(STATIC) $(GO) build -trimpath -ldflags '-s -w' -o bin/etcd go.etcd.io/etcd/server/v3
 	$(STATIC) $(GO) build -trimpath -ldflags '-s -w' -o bin/etcdctl go.etcd.io/etcd/etcdctl/v3
 
-## image: immortald:dev, FROM scratch around a static linux binary.
+## image: immortald:dev, FROM scratch around a static linux binary (and
+## /counter, the workload of the counter kind used by the tests).
 image:
 	mkdir -p bin/empty
 	$(STATIC) GOOS=linux $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/immortald-linux ./cmd/immortald
+	$(STATIC) GOOS=linux $(GO) build -trimpath -ldflags '-s -w' -o bin/counter-linux ./cmd/counter
 	$(DOCKER) build -q -t $(IMAGE) -f Dockerfile .
 
 ## etcd-image: immortald-etcd:dev with /etcd and /etcdctl, FROM scratch.

@@ -67,7 +67,7 @@ var knownSettings = []string{
 	"config", "etcd-endpoints", "etcd-cacert", "etcd-cert", "etcd-key", "etcd-user", "etcd-password-file",
 	"prefix", "log-format", "log-level",
 	"id", "lease-ttl", "checkpoint-interval", "http-addr", "advertise-addr", "data-dir", "output",
-	"watchdog", "restart-member",
+	"watchdog", "restart-member", "state-dir",
 }
 
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
@@ -94,7 +94,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	pf.String("prefix", registry.DefaultPrefix, "key prefix of the immortald keyspace")
 	pf.String("log-format", "auto", "log format: auto (tint on a terminal, JSON otherwise), text or json")
 	pf.String("log-level", "info", "log level: debug, info, warn or error")
-	root.AddCommand(a.runCmd(), a.startCmd(), a.stopCmd(), a.getAgeCmd(), a.lsCmd(), a.membersCmd(), a.versionCmd())
+	root.AddCommand(a.runCmd(), a.startCmd(), a.stopCmd(), a.getAgeCmd(), a.getStateCmd(), a.lsCmd(), a.membersCmd(), a.versionCmd())
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	for _, c := range root.Commands() {
 		if c.Args != nil {
@@ -139,6 +139,9 @@ func (a *app) load(cmd *cobra.Command) error {
 			return usagef("config file %s: %v", path, err)
 		}
 		for _, k := range file.AllKeys() {
+			if k == daemon.KindsKey || strings.HasPrefix(k, daemon.KindsKey+".") {
+				continue // read and checked by daemon.LoadKinds and daemon.New
+			}
 			if !slices.Contains(knownSettings, k) || k == "config" {
 				return usagef("config file %s: unknown setting %q (known: %s)", path, k, strings.Join(knownSettings[1:], ", "))
 			}
@@ -252,7 +255,13 @@ func (a *app) runCmd() *cobra.Command {
 				HTTPAddr:           a.v.GetString("http-addr"),
 				AdvertiseAddr:      a.v.GetString("advertise-addr"),
 				DataDir:            a.v.GetString("data-dir"),
+				StateDir:           a.v.GetString("state-dir"),
 				Logger:             log,
+			}
+			if path := a.v.GetString("config"); path != "" {
+				if cfg.Kinds, err = daemon.LoadKinds(path); err != nil {
+					return usageError{err}
+				}
 			}
 			link, err := watchdog.Attach()
 			if err != nil {
@@ -294,6 +303,7 @@ func (a *app) runCmd() *cobra.Command {
 	f.String("http-addr", ":8080", "address of /livez, /readyz and /metrics (empty: off)")
 	f.String("advertise-addr", "", "host:port published as this member's address (default: --http-addr as bound, an unspecified host replaced by the hostname)")
 	f.String("data-dir", "immortald.etcd", "data directory of the embedded etcd")
+	f.String("state-dir", "", "root of the state directories of command lives (default: $TMPDIR/immortald-<id>)")
 	f.Bool("watchdog", true, "run the member as the child of a watchdog that hands its lives to peers at once when it crashes (false: run it in this process)")
 	f.Bool("restart-member", true, "restart a crashed member, with backoff (false: exit 1 after the revoke; let Kubernetes or systemd restart the process)")
 	return cmd

@@ -16,6 +16,7 @@ import (
 	"github.com/immortald/immortald/cli"
 	"github.com/immortald/immortald/internal/etcdtest"
 	"github.com/immortald/immortald/registry"
+	"github.com/immortald/immortald/workload"
 )
 
 // unreachable is an endpoint nothing listens on. Commands that must fail
@@ -88,6 +89,16 @@ func TestStartGetAgeStop(t *testing.T) {
 	r = execute(t, append([]string{"start", "Adam"}, e...)...)
 	if r.code != 0 || !strings.Contains(r.stdout, "already wanted") {
 		t.Fatalf("second start Adam = %+v", r)
+	}
+	r = execute(t, append([]string{"start", "Job", "--kind", "counter"}, e...)...)
+	if r.code != 0 {
+		t.Fatalf("start Job --kind counter = %+v", r)
+	}
+	if resp, err := etcd.Get(context.Background(), "/immortals/lives/Job"); err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != `{"kind":"counter"}` {
+		t.Fatalf("start --kind wrote %v (%v), want {\"kind\":\"counter\"}", resp, err)
+	}
+	if r = execute(t, append([]string{"start", "Bad", "--kind", "Counter"}, e...)...); r.code != 2 || !strings.Contains(r.stderr, "--kind") {
+		t.Fatalf("start --kind Counter = %+v, want a usage error", r)
 	}
 
 	r = execute(t, append([]string{"get-age", "Adam"}, e...)...)
@@ -222,13 +233,13 @@ func TestLs(t *testing.T) {
 	if r.code != 0 || len(lines) != 3 {
 		t.Fatalf("ls = %+v, want a header and two rows", r)
 	}
-	if !regexp.MustCompile(`^NAME\s+STATE\s+AGE\s+HOLDER\s+INCARNATION\s+ERROR$`).MatchString(lines[0]) {
+	if !regexp.MustCompile(`^NAME\s+KIND\s+STATE\s+AGE\s+HOLDER\s+INCARNATION\s+ERROR$`).MatchString(lines[0]) {
 		t.Errorf("ls header = %q", lines[0])
 	}
-	if !regexp.MustCompile(`^Adam\s+waiting\s+0\s+0\s*$`).MatchString(lines[1]) {
+	if !regexp.MustCompile(`^Adam\s+age\s+waiting\s+0\s+0\s*$`).MatchString(lines[1]) {
 		t.Errorf("ls row of Adam = %q", lines[1])
 	}
-	if !regexp.MustCompile(`^"a b"\s+invalid\s+0\s+0\s+name contains white space`).MatchString(lines[2]) {
+	if !regexp.MustCompile(`^"a b"\s+age\s+invalid\s+0\s+0\s+name contains white space`).MatchString(lines[2]) {
 		t.Errorf("ls row of \"a b\" = %q", lines[2])
 	}
 
@@ -261,6 +272,17 @@ func TestMembers(t *testing.T) {
 	}
 }
 
+// A config file with kinds is read by every command: kinds are no unknown
+// setting.
+func TestConfigWithKinds(t *testing.T) {
+	ep, _ := server(t)
+	cfg := filepath.Join(t.TempDir(), "kinds.yaml")
+	writeFile(t, cfg, "kinds:\n  counter:\n    command: [/bin/true]\n    env: {COUNTER_LOG: /tmp/x}\n")
+	if r := execute(t, "ls", "--config", cfg, "--etcd-endpoints", ep); r.code != 0 {
+		t.Fatalf("ls with kinds in the config file = %+v", r)
+	}
+}
+
 func TestVersion(t *testing.T) {
 	r := execute(t, "version")
 	if r.code != 0 || !strings.HasPrefix(r.stdout, "immortald ") {
@@ -278,6 +300,8 @@ func TestUsageErrors(t *testing.T) {
 	writeFile(t, unknownJSON, `{"lease_ttl": "5s"}`)
 	badOutput := filepath.Join(dir, "output.yaml")
 	writeFile(t, badOutput, "output: yaml\n")
+	badKind := filepath.Join(dir, "kind.yaml")
+	writeFile(t, badKind, "kinds:\n  counter:\n    command: [/bin/true]\n    restart: sometimes\n")
 
 	tests := []struct {
 		name string
@@ -293,6 +317,7 @@ func TestUsageErrors(t *testing.T) {
 		{name: "output yaml in the config file", args: []string{"ls", "--config", badOutput}, want: []string{"yaml"}},
 		{name: "unknown key in a YAML config", args: []string{"ls", "--config", unknownYAML}, want: []string{"bogus-key", unknownYAML}},
 		{name: "unknown key in a JSON config", args: []string{"ls", "--config", unknownJSON}, want: []string{"lease_ttl"}},
+		{name: "bad kind in the config", args: []string{"run", "--config", badKind, "--etcd-endpoints", unreachable}, want: []string{"kinds.counter.restart", "sometimes"}},
 		{name: "missing config file", args: []string{"ls", "--config", filepath.Join(dir, "nope.yaml")}, want: []string{"nope.yaml"}},
 		{name: "unknown flag", args: []string{"ls", "--nope"}, want: []string{"--nope"}},
 		{name: "prefix without a slash", args: []string{"start", "Adam", "--prefix", "/x"}, want: []string{"--prefix", `"/x"`}},
@@ -463,5 +488,56 @@ func writeFile(t *testing.T, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// get-state prints the raw bytes, or the metadata with -o json; a life
+// without state, an unknown life, exit 1 with one line.
+func TestGetState(t *testing.T) {
+	ep, etcd := server(t)
+	ctx := context.Background()
+	resp, err := etcd.Put(ctx, "/immortals/lives/job", `{"kind":"counter"}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)
+	data := []byte("41\n\x00\xff")
+	rec, err := registry.StateRecord{LifeID: resp.Header.Revision, Holder: "m1", HolderRev: 77, Incarnation: 2, Time: at, Data: data,
+		Child: workload.ChildStatus{State: workload.ChildBackoff, ExitCode: 3, Restarts: 1}}.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := etcd.Put(ctx, "/immortals/states/job", string(rec)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := etcd.Put(ctx, "/immortals/lives/plain", ""); err != nil {
+		t.Fatal(err)
+	}
+	r := execute(t, "get-state", "job", "--etcd-endpoints", ep)
+	if r.code != 0 || r.stdout != string(data) {
+		t.Fatalf("get-state job = %+v, want the raw bytes %q", r, data)
+	}
+	r = execute(t, "get-state", "job", "-o", "json", "--etcd-endpoints", ep)
+	var info cli.StateInfo
+	if err := json.Unmarshal([]byte(r.stdout), &info); err != nil || r.code != 0 {
+		t.Fatalf("get-state -o json = %+v (%v)", r, err)
+	}
+	if info.Name != "job" || info.FencingToken != 77 || info.Incarnation != 2 || info.Size != len(data) || string(info.Data) != string(data) ||
+		info.Holder != "m1" || !info.Time.Equal(at) || info.Child.State != workload.ChildBackoff || info.LifeID != resp.Header.Revision {
+		t.Fatalf("get-state -o json = %+v", info)
+	}
+	if !strings.Contains(r.stdout, `"data":"NDEKAP8="`) {
+		t.Errorf("get-state -o json = %s, want the data in base64", r.stdout)
+	}
+	for _, name := range []string{"plain", "nobody"} {
+		r := execute(t, "get-state", name, "--etcd-endpoints", ep)
+		if r.code != 1 || !r.oneLineErr() || !strings.Contains(r.stderr, name) || r.stdout != "" {
+			t.Errorf("get-state %s = %+v, want exit 1 and one line naming it", name, r)
+		}
+	}
+
+	r = execute(t, "ls", "--etcd-endpoints", ep)
+	if !regexp.MustCompile(`(?m)^job\s+counter\s+waiting\s+0\s+0\s+no live member runs kind "counter"$`).MatchString(r.stdout) {
+		t.Errorf("ls = %q, want job of kind counter waiting for a member that runs it", r.stdout)
 	}
 }

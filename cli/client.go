@@ -1,10 +1,13 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"runtime"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -15,6 +18,7 @@ import (
 	"github.com/immortald/immortald/daemon"
 	"github.com/immortald/immortald/etcdclient"
 	"github.com/immortald/immortald/registry"
+	"github.com/immortald/immortald/workload"
 )
 
 // client connects to etcd for a client command, with the TLS and auth
@@ -73,19 +77,44 @@ func (a *app) output() (string, error) {
 	return "", usagef("--output %q: want text or json", o)
 }
 
+// withClient runs f, the body of a client command, with the output
+// format, a client and the keyspace, under signalContext.
+func (a *app) withClient(cmd *cobra.Command, f func(ctx context.Context, cli *clientv3.Client, keys registry.Keys, out string) error) error {
+	out, err := a.output()
+	if err != nil {
+		return err
+	}
+	cli, keys, err := a.client()
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := signalContext(cmd)
+	defer cancel()
+	return f(ctx, cli, keys, out)
+}
+
 func addOutput(cmd *cobra.Command) {
 	cmd.Flags().StringP("output", "o", "text", "output format: text or json")
 }
 
 func (a *app) startCmd() *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "start NAME",
-		Short: "Request a life (same as: etcdctl put <prefix>lives/NAME '')",
+		Short: "Request a life (same as: etcdctl put <prefix>lives/NAME '', or '{\"kind\":\"KIND\"}' with --kind)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
 			if err := registry.ValidateName(name); err != nil {
 				return usagef("bad life name %q: %v", name, err)
+			}
+			value := ""
+			if kind, _ := cmd.Flags().GetString("kind"); kind != "" && kind != workload.AgeKind {
+				if err := workload.ValidateKindName(kind); err != nil {
+					return usagef("--kind: %v", err)
+				}
+				b, _ := json.Marshal(registry.Options{Kind: kind})
+				value = string(b)
 			}
 			cli, keys, err := a.client()
 			if err != nil {
@@ -95,7 +124,7 @@ func (a *app) startCmd() *cobra.Command {
 			ctx, cancel := signalContext(cmd)
 			defer cancel()
 			key := keys.Life(name)
-			resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(clientv3.OpPut(key, "")).Commit()
+			resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(clientv3.OpPut(key, value)).Commit()
 			if err != nil {
 				return a.reach(err)
 			}
@@ -107,6 +136,8 @@ func (a *app) startCmd() *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().String("kind", "", "the life's kind, one that members declare in their config (default: the built-in age)")
+	return cmd
 }
 
 func (a *app) stopCmd() *cobra.Command {
@@ -141,29 +172,61 @@ func (a *app) getAgeCmd() *cobra.Command {
 		Short: "Print a life's age in whole seconds",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			out, err := a.output()
-			if err != nil {
+			return a.withClient(cmd, func(ctx context.Context, cli *clientv3.Client, keys registry.Keys, out string) error {
+				st, err := registry.GetStatus(ctx, cli, keys, args[0])
+				if err != nil {
+					return a.reach(err)
+				}
+				if out == "json" {
+					return json.NewEncoder(a.stdout).Encode(st)
+				}
+				if st.State == registry.StateInvalid {
+					return fmt.Errorf("life %q is invalid: %s", st.Name, st.Error)
+				}
+				fmt.Fprintln(a.stdout, st.Age)
+				return nil
+			})
+		},
+	}
+	addOutput(cmd)
+	return cmd
+}
+
+// StateInfo is what `immortald get-state NAME -o json` prints: the last
+// checkpointed state of a life with its metadata; Data is base64 in JSON.
+type StateInfo struct {
+	Name         string               `json:"name"`
+	LifeID       int64                `json:"life_id"`
+	Holder       string               `json:"holder"`
+	FencingToken int64                `json:"fencing_token"`
+	Incarnation  int64                `json:"incarnation"`
+	Time         time.Time            `json:"time"`
+	Size         int                  `json:"size"`
+	Child        workload.ChildStatus `json:"child"`
+	Data         []byte               `json:"data"`
+}
+
+func (a *app) getStateCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "get-state NAME",
+		Short: "Print a life's last checkpointed state: the raw bytes, or with -o json its metadata and the bytes in base64",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withClient(cmd, func(ctx context.Context, cli *clientv3.Client, keys registry.Keys, out string) error {
+				rec, err := registry.GetState(ctx, cli, keys, args[0])
+				if err != nil {
+					if errors.Is(err, registry.ErrNoLife) || errors.Is(err, registry.ErrNoState) || errors.Is(err, registry.ErrCorrupt) {
+						return err
+					}
+					return a.reach(err)
+				}
+				if out == "json" {
+					return json.NewEncoder(a.stdout).Encode(StateInfo{Name: args[0], LifeID: rec.LifeID, Holder: rec.Holder,
+						FencingToken: rec.HolderRev, Incarnation: rec.Incarnation, Time: rec.Time, Size: len(rec.Data), Child: rec.Child, Data: rec.Data})
+				}
+				_, err = a.stdout.Write(rec.Data)
 				return err
-			}
-			cli, keys, err := a.client()
-			if err != nil {
-				return err
-			}
-			defer cli.Close()
-			ctx, cancel := signalContext(cmd)
-			defer cancel()
-			st, err := registry.GetStatus(ctx, cli, keys, args[0])
-			if err != nil {
-				return a.reach(err)
-			}
-			if out == "json" {
-				return json.NewEncoder(a.stdout).Encode(st)
-			}
-			if st.State == registry.StateInvalid {
-				return fmt.Errorf("life %q is invalid: %s", st.Name, st.Error)
-			}
-			fmt.Fprintln(a.stdout, st.Age)
-			return nil
+			})
 		},
 	}
 	addOutput(cmd)
@@ -173,37 +236,42 @@ func (a *app) getAgeCmd() *cobra.Command {
 func (a *app) lsCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ls",
-		Short: "List every life: name, state, age, holder, incarnation",
+		Short: "List every life: name, kind, state, age, holder, incarnation, error",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			out, err := a.output()
-			if err != nil {
-				return err
-			}
-			cli, keys, err := a.client()
-			if err != nil {
-				return err
-			}
-			defer cli.Close()
-			ctx, cancel := signalContext(cmd)
-			defer cancel()
-			all, err := registry.ListStatus(ctx, cli, keys)
-			if err != nil {
-				return a.reach(err)
-			}
-			if out == "json" {
-				return json.NewEncoder(a.stdout).Encode(all)
-			}
-			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tAGE\tHOLDER\tINCARNATION\tERROR")
-			for _, s := range all {
-				name := s.Name
-				if registry.ValidateName(name) != nil {
-					name = strconv.Quote(name) // show white space and control characters
+			return a.withClient(cmd, func(ctx context.Context, cli *clientv3.Client, keys registry.Keys, out string) error {
+				all, err := registry.ListStatus(ctx, cli, keys)
+				if err != nil {
+					return a.reach(err)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\n", name, s.State, s.Age, s.Holder, s.Incarnation, s.Error)
-			}
-			return tw.Flush()
+				if out == "json" {
+					return json.NewEncoder(a.stdout).Encode(all)
+				}
+				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "NAME\tKIND\tSTATE\tAGE\tHOLDER\tINCARNATION\tERROR")
+				for _, s := range all {
+					name := s.Name
+					if registry.ValidateName(name) != nil {
+						name = strconv.Quote(name) // show white space and control characters
+					}
+					state := s.State
+					if s.Child != nil {
+						// The child's own state when it is not simply running.
+						if s.Child.State != workload.ChildRunning {
+							state += "/" + s.Child.State
+						}
+						if s.Child.Restarts > 0 {
+							state += fmt.Sprintf(" (exit %d, %d restarts)", s.Child.ExitCode, s.Child.Restarts)
+						}
+					}
+					errs := s.Error
+					if s.Child != nil && s.Child.Error != "" {
+						errs = strings.TrimPrefix(errs+"; "+s.Child.Error, "; ")
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%s\n", name, s.Kind, state, s.Age, s.Holder, s.Incarnation, errs)
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	addOutput(cmd)
@@ -216,38 +284,29 @@ func (a *app) membersCmd() *cobra.Command {
 		Short: "List the running members",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			out, err := a.output()
-			if err != nil {
-				return err
-			}
-			cli, keys, err := a.client()
-			if err != nil {
-				return err
-			}
-			defer cli.Close()
-			ctx, cancel := signalContext(cmd)
-			defer cancel()
-			_, kvs, err := registry.RangeAll(ctx, cli, keys.Members(), 0)
-			if err != nil {
-				return a.reach(err)
-			}
-			members := make([]registry.MemberRecord, 0, len(kvs))
-			for _, kv := range kvs {
-				var m registry.MemberRecord
-				if err := json.Unmarshal(kv.Value, &m); err != nil {
-					m.ID = registry.NameOf(keys.Members(), string(kv.Key)) + " (record does not parse)"
+			return a.withClient(cmd, func(ctx context.Context, cli *clientv3.Client, keys registry.Keys, out string) error {
+				_, kvs, err := registry.RangeAll(ctx, cli, keys.Members(), 0)
+				if err != nil {
+					return a.reach(err)
 				}
-				members = append(members, m)
-			}
-			if out == "json" {
-				return json.NewEncoder(a.stdout).Encode(members)
-			}
-			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tADDRESS\tVERSION\tSTARTED\tLIVES\tPID")
-			for _, m := range members {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\n", m.ID, m.Address, m.Version, m.Started.Format(time.RFC3339), m.Lives, m.PID)
-			}
-			return tw.Flush()
+				members := make([]registry.MemberRecord, 0, len(kvs))
+				for _, kv := range kvs {
+					var m registry.MemberRecord
+					if err := json.Unmarshal(kv.Value, &m); err != nil {
+						m.ID = registry.NameOf(keys.Members(), string(kv.Key)) + " (record does not parse)"
+					}
+					members = append(members, m)
+				}
+				if out == "json" {
+					return json.NewEncoder(a.stdout).Encode(members)
+				}
+				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "ID\tADDRESS\tVERSION\tSTARTED\tLIVES\tPID")
+				for _, m := range members {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\n", m.ID, m.Address, m.Version, m.Started.Format(time.RFC3339), m.Lives, m.PID)
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	addOutput(cmd)

@@ -12,9 +12,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +31,8 @@ import (
 	"github.com/immortald/immortald/lease"
 	"github.com/immortald/immortald/registry"
 	"github.com/immortald/immortald/supervisor"
+	"github.com/immortald/immortald/workload"
+	"github.com/immortald/immortald/workload/execkind"
 )
 
 // Version is set at build time with -ldflags "-X .../daemon.Version=...".
@@ -75,6 +80,18 @@ type Config struct {
 	// Leftover are leases of a dead predecessor to revoke first (see
 	// supervisor.Config.Leftover).
 	Leftover []clientv3.LeaseID
+	// Kinds are the command kinds this member runs, by name (see KindsKey
+	// and LoadKinds); New validates them and fills in their defaults. The
+	// built-in kind "age" is always run and cannot be declared.
+	Kinds map[string]execkind.Config
+	// StateDir is the root of the state directories of command lives.
+	// Default: os.TempDir()/immortald-<ID>.
+	StateDir string
+	// GoKinds are kinds whose lives are Go code, for a program that embeds
+	// the daemon (see examples/): each a workload.Kind with its New. Their
+	// names must be valid kind names, neither "age" nor one of Kinds, and
+	// distinct. Requests name them as they name command kinds.
+	GoKinds []workload.Kind
 }
 
 // The range of the checkpoint interval. Each member writes one heartbeat
@@ -126,6 +143,17 @@ func New(cfg Config) (*Main, error) {
 	if err := registry.ValidateName(cfg.ID); err != nil {
 		return nil, fmt.Errorf("--id %q: %w", cfg.ID, err)
 	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = filepath.Join(os.TempDir(), "immortald-"+cfg.ID)
+	}
+	cfg.Kinds = maps.Clone(cfg.Kinds)
+	if err := validateKinds(cfg.Kinds); err != nil {
+		return nil, err
+	}
+	if err := validateGoKinds(cfg.GoKinds, cfg.Kinds); err != nil {
+		return nil, err
+	}
+	cfg.GoKinds = slices.Clone(cfg.GoKinds)
 	if cfg.AdvertiseAddr != "" {
 		if host, port, err := net.SplitHostPort(cfg.AdvertiseAddr); err != nil || host == "" || port == "" {
 			return nil, fmt.Errorf("--advertise-addr %q: want host:port", cfg.AdvertiseAddr)
@@ -151,6 +179,11 @@ func New(cfg Config) (*Main, error) {
 	}
 	return &Main{cfg: cfg, log: cfg.Logger, denied: make(chan error, 1)}, nil
 }
+
+// Config returns the member's config as New checked it, with its defaults
+// filled in (Kinds validated, their programs resolved to absolute paths).
+// Its Kinds map is the member's: do not change it.
+func (m *Main) Config() Config { return m.cfg }
 
 // Ready reports whether the member serves (for /readyz and tests).
 func (m *Main) Ready() bool { return m.sup != nil && m.sup.Ready() }
@@ -228,6 +261,7 @@ func (m *Main) Open() error {
 		Metrics:            supervisor.NewMetrics(reg),
 		OnSession:          m.cfg.OnSession,
 		Leftover:           m.cfg.Leftover,
+		Kinds:              m.Kinds(),
 	})
 	if err != nil {
 		m.Close()

@@ -4,12 +4,15 @@
 //
 // Keyspace, under a prefix P (default "/immortals/"):
 //
-//	P lives/<name>                  requested by a user; empty or a JSON options object
+//	P lives/<name>                  requested by a user; empty or a JSON options object ({"labels", "kind"})
 //	P elections/<name>/<lease-hex>  candidates (concurrency.Election's layout); value = member id
 //	P ages/<name>                   AgeRecord, written only by the fenced holder
+//	P states/<name>                 StateRecord: the workload's last checkpoint and child status,
+//	                                written only by the fenced holder (lives of kinds other than age)
 //	P heartbeats/<lease-hex>        Heartbeat of the member on that lease; no lease, so it outlives it
 //	P quarantine/<name>             bytes of an ages/<name> value that did not parse
-//	P members/<id>                  MemberRecord, on the member's session lease
+//	P quarantine-states/<name>      bytes of a states/<name> value that did not parse
+//	P members/<id>                  MemberRecord, on the member's session lease; lists the kinds it runs
 //
 // Guarantees:
 //   - A name or options value that fails validation is reported as invalid
@@ -18,6 +21,9 @@
 //     broken watch, it lists again and delivers the whole set (Handler.Sync), so a
 //     consumer that reconciles against Sync never misses a request and never keeps
 //     a deleted life.
+//   - A request can name a kind (see package workload) but never a command:
+//     a request carrying a command, its arguments or its environment is
+//     invalid. Members declare the commands of their kinds in their config.
 //   - A life's identity (Life.ID) is the CreateRevision of its request key: a
 //     delete followed by a new put is a different life.
 package registry

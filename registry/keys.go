@@ -54,6 +54,19 @@ func (k Keys) Ages() string { return k.prefix + "ages/" }
 // Age is the age record key of one life.
 func (k Keys) Age(name string) string { return k.Ages() + name }
 
+// States is the prefix of every state record.
+func (k Keys) States() string { return k.prefix + "states/" }
+
+// State is the state record key of one life.
+func (k Keys) State(name string) string { return k.States() + name }
+
+// StateQuarantines is the prefix of every quarantined state record.
+func (k Keys) StateQuarantines() string { return k.prefix + "quarantine-states/" }
+
+// StateQuarantine is where the bytes of a states/<name> value that did not
+// parse are kept.
+func (k Keys) StateQuarantine(name string) string { return k.StateQuarantines() + name }
+
 // Heartbeats is the prefix of every member heartbeat.
 func (k Keys) Heartbeats() string { return k.prefix + "heartbeats/" }
 

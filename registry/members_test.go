@@ -43,6 +43,9 @@ func TestWatchMembers(t *testing.T) {
 				if m.Lease != 0 {
 					ids[i] += fmt.Sprintf("@%x", m.Lease)
 				}
+				if len(m.Kinds) > 0 {
+					ids[i] += "+" + strings.Join(m.Kinds, "+")
+				}
 			}
 			got = append(got, strings.Join(ids, ","))
 		}, slog.New(slog.DiscardHandler))
@@ -91,14 +94,21 @@ func TestWatchMembers(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitDeliveries(5)
-	mustPut(t, cli, keys.Member("m2"), "{}", clientv3.WithLease(grantMinute(t, cli)))
+	l2 := grantMinute(t, cli)
+	mustPut(t, cli, keys.Member("m2"), "{}", clientv3.WithLease(l2))
 	waitDeliveries(6)
+	// New kinds on the same lease are a change; the same kinds again are not.
+	mustPut(t, cli, keys.Member("m2"), `{"id":"m2","kinds":["age","counter"]}`, clientv3.WithLease(l2))
+	mustPut(t, cli, keys.Member("m2"), `{"id":"m2","kinds":["age","counter"],"lives":2}`, clientv3.WithLease(l2))
+	mustPut(t, cli, keys.Member("m3"), "{}")
+	waitDeliveries(8)
 
 	mu.Lock()
 	defer mu.Unlock()
 	m0 := fmt.Sprintf("m0@%x", grant.ID)
-	want := []string{"m1", "m1,m2", "m2", m0 + ",m2", "m2", got[len(got)-1]}
-	if !slices.Equal(got, want) || !strings.HasPrefix(got[5], "m2@") {
+	m2 := fmt.Sprintf("m2@%x", l2)
+	want := []string{"m1", "m1,m2", "m2", m0 + ",m2", "m2", m2, m2 + "+age+counter", m2 + "+age+counter,m3"}
+	if !slices.Equal(got, want) {
 		t.Fatalf("deliveries = %q, want %q", got, want)
 	}
 }

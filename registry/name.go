@@ -8,6 +8,8 @@ import (
 	"io"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/immortald/immortald/workload"
 )
 
 // MaxNameBytes is the longest life name accepted.
@@ -53,7 +55,23 @@ func ValidateName(name string) error {
 type Options struct {
 	// Labels are free-form key/value pairs shown by `immortald ls`.
 	Labels map[string]string `json:"labels,omitempty"`
+	// Kind names what the life runs: a kind the members declare in their
+	// config (see package workload). "" is the built-in kind "age".
+	Kind string `json:"kind,omitempty"`
 }
+
+// KindName is the life's kind, workload.AgeKind when none is named.
+func (o Options) KindName() string {
+	if o.Kind == "" {
+		return workload.AgeKind
+	}
+	return o.Kind
+}
+
+// commandFields are fields that would name a program or its input. A
+// request never carries them: anyone who may write to lives/ would own
+// every member.
+var commandFields = []string{"command", "cmd", "args", "argv", "env", "environment", "program", "exec", "executable", "path", "binary", "shell", "script", "entrypoint"}
 
 // MaxOptionsBytes is the largest request value accepted. Every member keeps
 // every request's options in memory, and `ls` reads them all; labels need
@@ -61,7 +79,10 @@ type Options struct {
 const MaxOptionsBytes = 8 << 10
 
 // ParseOptions decodes a request value. Empty (or only white space) means
-// default options. A value over MaxOptionsBytes is an error, unread.
+// default options. A value over MaxOptionsBytes is an error, unread; so are
+// unknown fields, a field that names a command (see commandFields) and a
+// kind that breaks workload.ValidateKindName. Whether any member runs the
+// kind is not checked here: see Status.
 func ParseOptions(value []byte) (Options, error) {
 	var o Options
 	if len(value) > MaxOptionsBytes {
@@ -73,6 +94,14 @@ func ParseOptions(value []byte) (Options, error) {
 	if bytes.TrimSpace(value)[0] != '{' {
 		return o, errors.New("options must be empty or a JSON object")
 	}
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(value, &fields) == nil {
+		for _, f := range commandFields {
+			if _, ok := fields[f]; ok {
+				return o, fmt.Errorf("options: field %q is not allowed: a request cannot carry a command: name a kind that members declare in their config", f)
+			}
+		}
+	}
 	dec := json.NewDecoder(bytes.NewReader(value))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&o); err != nil {
@@ -80,6 +109,11 @@ func ParseOptions(value []byte) (Options, error) {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return Options{}, errors.New("options: trailing data after the JSON object")
+	}
+	if o.Kind != "" {
+		if err := workload.ValidateKindName(o.Kind); err != nil {
+			return Options{}, fmt.Errorf("options: %w", err)
+		}
 	}
 	return o, nil
 }

@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
+
+	"github.com/immortald/immortald/workload"
 )
 
 // AgeRecord is the checkpoint of one life, stored at ages/<name>. Only the
@@ -134,6 +137,92 @@ type MemberRecord struct {
 	// PID is the member's process id (in its PID namespace): the process
 	// whose death its watchdog detects. 0 in records of older members.
 	PID int `json:"pid,omitempty"`
+	// Kinds are the kinds the member runs, sorted. Absent in records of
+	// older members, which run only workload.AgeKind; every member runs it.
+	Kinds []string `json:"kinds,omitempty"`
+}
+
+// Runs reports whether the member runs lives of kind.
+func (m MemberRecord) Runs(kind string) bool {
+	return kind == workload.AgeKind || slices.Contains(m.Kinds, kind)
+}
+
+// ParseMemberRecord decodes a members/<id> value; anything that is not a
+// JSON object with an id is ErrCorrupt.
+func ParseMemberRecord(v []byte) (MemberRecord, error) {
+	var m MemberRecord
+	if err := json.Unmarshal(v, &m); err != nil {
+		return MemberRecord{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	if m.ID == "" {
+		return MemberRecord{}, fmt.Errorf("%w: member record without an id", ErrCorrupt)
+	}
+	return m, nil
+}
+
+// StateRecord is the workload state of one life (of a kind other than age),
+// stored at states/<name>. Only the life's holder writes it, fenced as the
+// age record is (CreateRevision of its election key == HolderRev, and of
+// lives/<name> == LifeID): each checkpoint of the workload, and its child
+// status. A record whose LifeID is not the current life's is from an
+// earlier life and is never restored.
+type StateRecord struct {
+	LifeID int64 `json:"life_id"`
+	// Holder is the member id that wrote it.
+	Holder string `json:"holder"`
+	// HolderRev is the CreateRevision of the holder's election key: the
+	// fencing token the workload was given.
+	HolderRev int64 `json:"holder_rev"`
+	// Incarnation of the life when it was written, from 1.
+	Incarnation int64 `json:"incarnation"`
+	// Time is the holder's wall clock when it was written.
+	Time time.Time `json:"time"`
+	// Data is the state, at most workload.MaxStateBytes (base64 in JSON).
+	Data []byte `json:"data,omitempty"`
+	// Child is the workload's status when it was written.
+	Child workload.ChildStatus `json:"child"`
+}
+
+// MaxStateRecordBytes bounds a stored state record: the base64 of
+// workload.MaxStateBytes and 8 KiB of metadata.
+const MaxStateRecordBytes = (workload.MaxStateBytes+2)/3*4 + 8<<10
+
+// Marshal encodes r; a Data over workload.MaxStateBytes is
+// workload.ErrStateTooLarge, and nothing is encoded.
+func (r StateRecord) Marshal() ([]byte, error) {
+	if len(r.Data) > workload.MaxStateBytes {
+		return nil, fmt.Errorf("%w: %d bytes", workload.ErrStateTooLarge, len(r.Data))
+	}
+	b, err := json.Marshal(r)
+	if err == nil && len(b) > MaxStateRecordBytes {
+		err = fmt.Errorf("state record of %d bytes is over the limit of %d", len(b), MaxStateRecordBytes)
+	}
+	return b, err
+}
+
+// ParseStateRecord decodes a states/<name> value. A value over
+// MaxStateRecordBytes (unread), or whose data is over
+// workload.MaxStateBytes, or that is not a JSON object with a positive
+// life id, holder revision and incarnation, is ErrCorrupt.
+func ParseStateRecord(v []byte) (StateRecord, error) {
+	if len(v) > MaxStateRecordBytes {
+		return StateRecord{}, fmt.Errorf("%w: state record of %d bytes is over the limit of %d", ErrCorrupt, len(v), MaxStateRecordBytes)
+	}
+	var r StateRecord
+	if err := json.Unmarshal(v, &r); err != nil {
+		return StateRecord{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	switch {
+	case r.LifeID <= 0:
+		return StateRecord{}, fmt.Errorf("%w: life_id %d is not positive", ErrCorrupt, r.LifeID)
+	case r.HolderRev <= 0:
+		return StateRecord{}, fmt.Errorf("%w: holder_rev %d is not positive", ErrCorrupt, r.HolderRev)
+	case r.Incarnation <= 0:
+		return StateRecord{}, fmt.Errorf("%w: incarnation %d is not positive", ErrCorrupt, r.Incarnation)
+	case len(r.Data) > workload.MaxStateBytes:
+		return StateRecord{}, fmt.Errorf("%w: data of %d bytes is over the limit of %d", ErrCorrupt, len(r.Data), workload.MaxStateBytes)
+	}
+	return r, nil
 }
 
 // Marshal encodes m.

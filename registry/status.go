@@ -9,6 +9,8 @@ import (
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/workload"
 )
 
 // States of a life as the CLI shows them.
@@ -21,7 +23,9 @@ const (
 // ErrNoLife is returned for a name that has no request under lives/.
 var ErrNoLife = errors.New("no such life")
 
-// Status is what `immortald get-age -o json` and `ls -o json` print.
+// Status is what `immortald get-age -o json` and `ls -o json` print. A life
+// that no holder runs and whose kind no live member declares is waiting,
+// with the Error `no live member runs kind "K"`.
 type Status struct {
 	Name string `json:"name"`
 	// Age is the checkpointed age in whole seconds.
@@ -33,6 +37,11 @@ type Status struct {
 	LifeID         int64             `json:"life_id"`
 	CheckpointTime *time.Time        `json:"checkpoint_time,omitempty"`
 	Labels         map[string]string `json:"labels,omitempty"`
+	// Kind is what the life runs ("age" when the request names none).
+	Kind string `json:"kind"`
+	// Child is the workload's status as its current holder last
+	// checkpointed it; nil for age lives and lives no holder runs.
+	Child *workload.ChildStatus `json:"child,omitempty"`
 	// Error says what is wrong with the life, when something is.
 	Error string `json:"error,omitempty"`
 }
@@ -48,6 +57,8 @@ func GetStatus(ctx context.Context, cli *clientv3.Client, keys Keys, name string
 		clientv3.OpGet(keys.Age(name)),
 		clientv3.OpGet(keys.Quarantine(name)),
 		clientv3.OpGet(keys.Heartbeats(), clientv3.WithPrefix()),
+		clientv3.OpGet(keys.State(name)),
+		clientv3.OpGet(keys.Members(), clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
 		return Status{}, err
@@ -63,7 +74,41 @@ func GetStatus(ctx context.Context, cli *clientv3.Client, keys Keys, name string
 	if req == nil {
 		return Status{}, fmt.Errorf("%w: %q", ErrNoLife, name)
 	}
-	return buildStatus(keys, name, req, first(1), first(2), first(3), resp.Responses[4].GetResponseRange().Kvs), nil
+	v := view{keys: keys, beats: resp.Responses[4].GetResponseRange().Kvs, kinds: memberKinds(resp.Responses[6].GetResponseRange().Kvs)}
+	return v.status(name, req, first(1), first(2), first(3), first(5)), nil
+}
+
+// ErrNoState is returned for a life that has no checkpointed state.
+var ErrNoState = errors.New("no state checkpointed")
+
+// GetState reads the last checkpointed state of one life, in one snapshot
+// with its request. Errors: ErrNoLife when the life is not requested;
+// ErrNoState when it has no state record of its own life id (lives of kind
+// age never have one, others not before their first checkpoint); an
+// ErrCorrupt when the record does not parse.
+func GetState(ctx context.Context, cli *clientv3.Client, keys Keys, name string) (StateRecord, error) {
+	if name == "" {
+		return StateRecord{}, errors.New("name is empty")
+	}
+	resp, err := cli.Txn(ctx).Then(clientv3.OpGet(keys.Life(name)), clientv3.OpGet(keys.State(name))).Commit()
+	if err != nil {
+		return StateRecord{}, err
+	}
+	req, st := resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs
+	if len(req) == 0 {
+		return StateRecord{}, fmt.Errorf("%w: %q", ErrNoLife, name)
+	}
+	if len(st) == 0 {
+		return StateRecord{}, fmt.Errorf("%w for life %q", ErrNoState, name)
+	}
+	rec, err := ParseStateRecord(st[0].Value)
+	if err != nil {
+		return StateRecord{}, fmt.Errorf("state record at %s: %w", keys.State(name), err)
+	}
+	if rec.LifeID != req[0].CreateRevision {
+		return StateRecord{}, fmt.Errorf("%w for life %q (the record is of an earlier life)", ErrNoState, name)
+	}
+	return rec, nil
 }
 
 // ListStatus reads every life's status at one revision, sorted by name.
@@ -91,6 +136,14 @@ func ListStatus(ctx context.Context, cli *clientv3.Client, keys Keys) ([]Status,
 	if err != nil {
 		return nil, err
 	}
+	states, err := byName(keys.States())
+	if err != nil {
+		return nil, err
+	}
+	_, members, err := RangeAll(ctx, cli, keys.Members(), rev)
+	if err != nil {
+		return nil, err
+	}
 	_, beats, err := RangeAll(ctx, cli, keys.Heartbeats(), rev)
 	if err != nil {
 		return nil, err
@@ -109,10 +162,11 @@ func ListStatus(ctx context.Context, cli *clientv3.Client, keys Keys) ([]Status,
 			leaders[name] = kv
 		}
 	}
+	v := view{keys: keys, beats: beats, kinds: memberKinds(members)}
 	out := make([]Status, 0, len(reqs))
 	for _, req := range reqs {
 		name := NameOf(keys.Lives(), string(req.Key))
-		out = append(out, buildStatus(keys, name, req, leaders[name], ages[name], quarantined[name], beats))
+		out = append(out, v.status(name, req, leaders[name], ages[name], quarantined[name], states[name]))
 	}
 	slices.SortFunc(out, func(a, b Status) int {
 		switch {
@@ -126,11 +180,34 @@ func ListStatus(ctx context.Context, cli *clientv3.Client, keys Keys) ([]Status,
 	return out, nil
 }
 
-// buildStatus derives a status from the keys of one life; leader, age and
-// quarantine may be nil. beats are the heartbeats/ keys read with them.
-func buildStatus(keys Keys, name string, req, leader, age, quarantine *mvccpb.KeyValue, beats []*mvccpb.KeyValue) Status {
+// view is what every life's status is derived with: the heartbeats/ keys
+// and the kinds the live members run, read in the same snapshot.
+type view struct {
+	keys  Keys
+	beats []*mvccpb.KeyValue
+	kinds map[string]bool
+}
+
+// memberKinds is the set of kinds the members of kvs (members/ keys) run; a
+// record that does not parse counts as a member that runs age only.
+func memberKinds(kvs []*mvccpb.KeyValue) map[string]bool {
+	out := map[string]bool{}
+	for _, kv := range kvs {
+		m, _ := ParseMemberRecord(kv.Value)
+		out[workload.AgeKind] = true
+		for _, k := range m.Kinds {
+			out[k] = true
+		}
+	}
+	return out
+}
+
+// status derives a status from the keys of one life; leader, age,
+// quarantine and state may be nil.
+func (v view) status(name string, req, leader, age, quarantine, state *mvccpb.KeyValue) Status {
+	keys, beats := v.keys, v.beats
 	life := ParseLife(name, req.CreateRevision, req.ModRevision, req.Value)
-	st := Status{Name: name, LifeID: life.ID, State: StateWaiting, Labels: life.Options.Labels}
+	st := Status{Name: name, LifeID: life.ID, State: StateWaiting, Labels: life.Options.Labels, Kind: life.Options.KindName()}
 	if !life.Valid() {
 		st.State = StateInvalid
 		st.Error = life.Err.Error()
@@ -151,6 +228,19 @@ func buildStatus(keys Keys, name string, req, leader, age, quarantine *mvccpb.Ke
 				st.State, st.Holder = StateRunning, rec.Holder
 			}
 		}
+	}
+	if state != nil && st.State == StateRunning {
+		rec, err := ParseStateRecord(state.Value)
+		switch {
+		case err != nil:
+			problems = append(problems, fmt.Sprintf("state record at %s does not parse: %v", keys.State(name), err))
+		case rec.LifeID == life.ID && leader.CreateRevision == rec.HolderRev:
+			c := rec.Child
+			st.Child = &c
+		}
+	}
+	if st.State != StateRunning && st.Kind != workload.AgeKind && !v.kinds[st.Kind] {
+		problems = append(problems, fmt.Sprintf("no live member runs kind %q", st.Kind))
 	}
 	if quarantine != nil {
 		problems = append(problems, fmt.Sprintf("a corrupt age record was found; its bytes are kept at %s", keys.Quarantine(name)))

@@ -41,11 +41,19 @@ func Watch(ctx context.Context, cli *clientv3.Client, keys Keys, h Handler, log 
 type Member struct {
 	ID    string
 	Lease int64
+	// Kinds the member runs, from its record (see MemberRecord.Kinds); nil
+	// for a record of an older member or one that does not parse.
+	Kinds []string
+}
+
+// Runs reports whether the member runs lives of kind.
+func (m Member) Runs(kind string) bool {
+	return MemberRecord{Kinds: m.Kinds}.Runs(kind)
 }
 
 // WatchMembers delivers the live members (those with a record under
-// members/), sorted by id, to f, in full, every time the set or a member's
-// lease changes, until ctx ends. It returns ctx.Err().
+// members/), sorted by id, to f, in full, every time the set, a member's
+// lease or its kinds change, until ctx ends. It returns ctx.Err().
 func WatchMembers(ctx context.Context, cli *clientv3.Client, keys Keys, f func(members []Member), log *slog.Logger) error {
 	return watchPrefix(ctx, cli, keys.Members(), &membersAdapter{keys: keys, f: f}, log)
 }
@@ -79,39 +87,45 @@ func (a livesAdapter) put(kv *mvccpb.KeyValue) { a.h.Put(a.life(kv)) }
 func (a livesAdapter) del(key string, rev int64) { a.h.Delete(NameOf(a.keys.Lives(), key), rev) }
 
 type membersAdapter struct {
-	keys   Keys
-	f      func([]Member)
-	leases map[string]int64 // by id
+	keys    Keys
+	f       func([]Member)
+	members map[string]Member // by id
+}
+
+func (a *membersAdapter) member(kv *mvccpb.KeyValue) Member {
+	rec, _ := ParseMemberRecord(kv.Value) // a record that does not parse runs age only
+	return Member{ID: NameOf(a.keys.Members(), string(kv.Key)), Lease: kv.Lease, Kinds: rec.Kinds}
 }
 
 func (a *membersAdapter) sync(_ int64, kvs []*mvccpb.KeyValue) {
-	a.leases = make(map[string]int64, len(kvs))
+	a.members = make(map[string]Member, len(kvs))
 	for _, kv := range kvs {
-		a.leases[NameOf(a.keys.Members(), string(kv.Key))] = kv.Lease
+		m := a.member(kv)
+		a.members[m.ID] = m
 	}
 	a.deliver()
 }
 
 func (a *membersAdapter) put(kv *mvccpb.KeyValue) {
-	id := NameOf(a.keys.Members(), string(kv.Key))
-	if l, ok := a.leases[id]; !ok || l != kv.Lease {
-		a.leases[id] = kv.Lease
+	m := a.member(kv)
+	if old, ok := a.members[m.ID]; !ok || old.Lease != m.Lease || !slices.Equal(old.Kinds, m.Kinds) {
+		a.members[m.ID] = m
 		a.deliver()
 	}
 }
 
 func (a *membersAdapter) del(key string, _ int64) {
 	id := NameOf(a.keys.Members(), key)
-	if _, ok := a.leases[id]; ok {
-		delete(a.leases, id)
+	if _, ok := a.members[id]; ok {
+		delete(a.members, id)
 		a.deliver()
 	}
 }
 
 func (a *membersAdapter) deliver() {
-	out := make([]Member, 0, len(a.leases))
-	for id, l := range a.leases {
-		out = append(out, Member{ID: id, Lease: l})
+	out := make([]Member, 0, len(a.members))
+	for _, m := range a.members {
+		out = append(out, m)
 	}
 	slices.SortFunc(out, func(x, y Member) int { return strings.Compare(x.ID, y.ID) })
 	a.f(out)

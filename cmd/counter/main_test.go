@@ -1,0 +1,104 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv("COUNTER_TEST_AS_COUNTER") != "" {
+		main()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// counter starts the test binary as the counter in a state dir.
+func counter(t *testing.T, dir string, args ...string) (*exec.Cmd, *bytes.Buffer) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], append([]string{"--interval", "20ms"}, args...)...)
+	cmd.Env = append(os.Environ(), "COUNTER_TEST_AS_COUNTER=1", "IMMORTALD_STATE_DIR="+dir,
+		"IMMORTALD_FENCING_TOKEN=42", "COUNTER_LOG="+filepath.Join(dir, "log"))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return cmd, &stderr
+}
+
+// It counts on from the restored state, logs token and n, and writes its
+// state on SIGTERM before exiting 0.
+func TestCountsFromStateAndStopsOnSIGTERM(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "state"), []byte("41\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd, stderr := counter(t, dir)
+	for end := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if b, _ := os.ReadFile(filepath.Join(dir, "log")); strings.Count(string(b), "\n") >= 3 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("fewer than 3 log lines; stderr: %s", stderr)
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("counter after SIGTERM: %v; stderr: %s", err, stderr)
+	}
+	log, _ := os.ReadFile(filepath.Join(dir, "log"))
+	lines := strings.Split(strings.TrimSpace(string(log)), "\n")
+	var last int64
+	for i, l := range lines {
+		f := strings.Fields(l)
+		if len(f) != 3 || f[0] != "42" {
+			t.Fatalf("log line %q: want \"42 n unix-ms\"", l)
+		}
+		n, _ := strconv.ParseInt(f[1], 10, 64)
+		if ms, err := strconv.ParseInt(f[2], 10, 64); err != nil || ms < time.Now().Add(-time.Hour).UnixMilli() {
+			t.Fatalf("log line %q: bad time", l)
+		}
+		if n != int64(42+i) {
+			t.Fatalf("log line %d is n=%d, want %d", i, n, 42+i)
+		}
+		last = n
+	}
+	st, _ := os.ReadFile(filepath.Join(dir, "state"))
+	if got := strings.TrimSpace(string(st)); got != strconv.FormatInt(last, 10) {
+		t.Fatalf("state %q after SIGTERM, want the last n %d", got, last)
+	}
+	if ents, _ := filepath.Glob(filepath.Join(dir, ".state-*")); len(ents) != 0 {
+		t.Errorf("temporary files left: %v", ents)
+	}
+}
+
+// A state that is not a count is refused and left as it is.
+func TestBadStateIsKept(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "state")
+	if err := os.WriteFile(file, []byte("not a number"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd, stderr := counter(t, dir)
+	err := cmd.Wait()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("counter with a bad state: %v, want exit 1", err)
+	}
+	if !strings.Contains(stderr.String(), "not a count") {
+		t.Errorf("stderr %q does not say why", stderr)
+	}
+	if b, _ := os.ReadFile(file); string(b) != "not a number" {
+		t.Errorf("the bad state was overwritten: %q", b)
+	}
+}

@@ -1,0 +1,472 @@
+package execkind_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/immortald/immortald/workload"
+	"github.com/immortald/immortald/workload/execkind"
+	"github.com/immortald/immortald/workload/workloadtest"
+)
+
+// fakeMemberEnv makes the test binary a fake member (see TestMain).
+const fakeMemberEnv = "EXECKIND_TEST_FAKE_MEMBER"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(fakeMemberEnv) != "" {
+		fakeMember()
+		return
+	}
+	os.Exit(m.Run())
+}
+
+// fakeMember runs one command life in this process and never returns: the
+// test SIGKILLs it. The child writes its pid to $PIDFILE.
+func fakeMember() {
+	cfg := execkind.Config{Command: []string{"/bin/sh", "-c", `echo $$ > "$PIDFILE.tmp" && mv "$PIDFILE.tmp" "$PIDFILE"; exec sleep 1000`},
+		Env: map[string]string{"PIDFILE": os.Getenv("PIDFILE")}}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(3)
+	}
+	k := execkind.Kind("sleeper", cfg, execkind.Options{StateRoot: os.Getenv("STATEROOT")})
+	_ = k.New().Run(context.Background(), workloadtest.New("sleeper", nil, nil))
+	os.Exit(4)
+}
+
+// logBuf is a log destination safe for concurrent writers.
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
+func (l *logBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+// life runs script under /bin/sh as a life with the given settings and
+// returns its handle, its log and Run's result channel. ctx's cancel is
+// the caller's.
+type life struct {
+	h    *workloadtest.Handle
+	log  *logBuf
+	done chan error
+	root string
+}
+
+func run(t *testing.T, ctx context.Context, script string, restored []byte, mod func(*execkind.Config, *execkind.Options)) *life {
+	t.Helper()
+	cfg := execkind.Config{Command: []string{"/bin/sh", "-c", script}, StopGrace: 5 * time.Second}
+	opt := execkind.Options{StateRoot: t.TempDir(), CheckpointInterval: 20 * time.Millisecond, BackoffMin: 10 * time.Millisecond, BackoffMax: 40 * time.Millisecond}
+	if mod != nil {
+		mod(&cfg, &opt)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	l := &life{log: &logBuf{}, done: make(chan error, 1), root: opt.StateRoot}
+	l.h = workloadtest.New("job", restored, slog.New(slog.NewTextHandler(l.log, nil)))
+	r := execkind.Kind("test", cfg, opt).New()
+	go func() { l.done <- r.Run(ctx, l.h) }()
+	t.Cleanup(func() {
+		select {
+		case <-l.done:
+		case <-time.After(30 * time.Second):
+			t.Error("Run did not return")
+		}
+	})
+	return l
+}
+
+func (l *life) wait(t *testing.T, what string, cond func([][]byte, []workload.ChildStatus) bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if !l.h.WaitFor(ctx, cond) {
+		t.Fatalf("timed out waiting for %s; checkpoints %q, statuses %+v, log:\n%s", what, l.h.Checkpoints(), l.h.Statuses(), l.log)
+	}
+}
+
+func (l *life) result(t *testing.T) error {
+	t.Helper()
+	select {
+	case err := <-l.done:
+		l.done <- err
+		return err
+	case <-time.After(20 * time.Second):
+		t.Fatalf("Run did not return; log:\n%s", l.log)
+		return nil
+	}
+}
+
+func lastIs(want string) func([][]byte, []workload.ChildStatus) bool {
+	return func(c [][]byte, _ []workload.ChildStatus) bool { return len(c) > 0 && string(c[len(c)-1]) == want }
+}
+
+// alive reports whether pid is a process that is not a zombie.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i > 0 && i+2 < len(b) && b[i+2] != 'Z'
+}
+
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if !alive(pid) {
+			return
+		}
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	t.Fatalf("process %d is still running", pid)
+}
+
+func readPid(t *testing.T, file string) int {
+	t.Helper()
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		b, err := os.ReadFile(file)
+		if err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				return pid
+			}
+		}
+	}
+	t.Fatalf("no pid in %s", file)
+	return 0
+}
+
+// The restored state is in the file before the child starts; the
+// environment is the contract's and not the member's; a changed file is
+// checkpointed once; SIGTERM's final state is checkpointed before Run
+// returns, and the state directory is removed.
+func TestRestoreCheckpointOnChangeAndFinalState(t *testing.T) {
+	t.Setenv("IMMORTALD_ETCD_PASSWORD", "secret")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	l := run(t, ctx, `cd "$IMMORTALD_STATE_DIR" || exit 9
+echo "restored=$(cat state) life=$IMMORTALD_LIFE inc=$IMMORTALD_INCARNATION token=$IMMORTALD_FENCING_TOKEN pw=${IMMORTALD_ETCD_PASSWORD:-unset} path=$PATH"
+echo oops >&2
+trap 'printf final > state.tmp && mv state.tmp state; exit 0' TERM
+printf "next-$(cat state)" > state.tmp && mv state.tmp state
+while :; do sleep 0.05; done`, []byte("old"), nil)
+	l.wait(t, "the first checkpoint", lastIs("next-old"))
+	time.Sleep(300 * time.Millisecond) // many intervals with no change
+	if c := l.h.Checkpoints(); len(c) != 1 {
+		t.Fatalf("checkpoints of an unchanged file: %q, want one", c)
+	}
+	cancel(workload.ErrStopped)
+	if err := l.result(t); err != nil {
+		t.Fatalf("Run after a graceful stop: %v", err)
+	}
+	if c := l.h.Checkpoints(); len(c) != 2 || string(c[1]) != "final" {
+		t.Fatalf("checkpoints %q, want [next-old final]", c)
+	}
+	logs := l.log.String()
+	want := fmt.Sprintf("restored=old life=job inc=1 token=7 pw=unset path=%s", execkind.DefaultPath)
+	for _, s := range []string{want, "stream=stdout", "line=oops stream=stderr"} {
+		if !strings.Contains(logs, s) && !strings.Contains(logs, strings.ReplaceAll(s, "line=oops stream=stderr", "stream=stderr line=oops")) {
+			t.Errorf("log lacks %q:\n%s", s, logs)
+		}
+	}
+	if ents, _ := os.ReadDir(l.root); len(ents) != 0 {
+		t.Errorf("state root still holds %v after Run", ents)
+	}
+}
+
+// At the deadline the group is killed at once, even a child that ignores
+// SIGTERM, and nothing more is checkpointed.
+func TestDeadlineKillsAtOnce(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	pidfile := filepath.Join(t.TempDir(), "pid")
+	l := run(t, ctx, `trap '' TERM; echo $$ > `+pidfile+`; printf x > "$IMMORTALD_STATE_DIR/state"; while :; do sleep 0.05; done`, nil,
+		func(c *execkind.Config, _ *execkind.Options) { c.StopGrace = time.Minute })
+	pid := readPid(t, pidfile)
+	l.wait(t, "the checkpoint", lastIs("x"))
+	cancel(workload.ErrDeadline)
+	if err := l.result(t); !errors.Is(err, workload.ErrDeadline) {
+		t.Fatalf("Run at the deadline: %v, want ErrDeadline", err)
+	}
+	waitGone(t, pid)
+	if n := len(l.h.Checkpoints()); n != 1 {
+		t.Errorf("%d checkpoints, want 1", n)
+	}
+}
+
+// A graceful stop whose child ignores SIGTERM: the deadline (Expired)
+// during the grace kills it at once.
+func TestExpiredDuringGrace(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	pidfile := filepath.Join(t.TempDir(), "pid")
+	l := run(t, ctx, `trap '' TERM; echo $$ > `+pidfile+`; while :; do sleep 0.05; done`, nil,
+		func(c *execkind.Config, _ *execkind.Options) { c.StopGrace = time.Minute })
+	pid := readPid(t, pidfile)
+	cancel(workload.ErrStopped)
+	time.Sleep(100 * time.Millisecond)
+	if !alive(pid) {
+		t.Fatal("the child ignoring SIGTERM died within 100ms of a stop with a minute of grace")
+	}
+	l.h.Expire()
+	if err := l.result(t); !errors.Is(err, workload.ErrDeadline) {
+		t.Fatalf("Run: %v, want ErrDeadline", err)
+	}
+	waitGone(t, pid)
+}
+
+// A checkpoint blocked on etcd does not delay the kill at the deadline.
+func TestExpiredWhileCheckpointBlocks(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	pidfile := filepath.Join(t.TempDir(), "pid")
+	l := run(t, ctx, `echo $$ > `+pidfile+`; cd "$IMMORTALD_STATE_DIR"; n=0; while :; do n=$((n+1)); echo $n > s.tmp && mv s.tmp state; sleep 0.02; done`, nil, nil)
+	pid := readPid(t, pidfile)
+	l.h.Block(true)
+	time.Sleep(200 * time.Millisecond) // a checkpoint is blocked by now
+	l.h.Expire()
+	if err := l.result(t); !errors.Is(err, workload.ErrDeadline) {
+		t.Fatalf("Run: %v, want ErrDeadline", err)
+	}
+	waitGone(t, pid)
+}
+
+// A state whose checkpoint failed when the child exited is checkpointed at
+// the graceful stop of a hold whose child is not restarted.
+func TestFinalSaveAfterExit(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	l := run(t, ctx, `cd "$IMMORTALD_STATE_DIR"; while [ ! -e go ]; do sleep 0.02; done; echo done > s.tmp && mv s.tmp state; exit 0`, nil, nil)
+	l.h.FailWith(errors.New("etcd is away"))
+	dirs, _ := filepath.Glob(filepath.Join(l.root, "job-*"))
+	for ; len(dirs) == 0; dirs, _ = filepath.Glob(filepath.Join(l.root, "job-*")) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := os.WriteFile(filepath.Join(dirs[0], "go"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l.wait(t, "exited", func(_ [][]byte, s []workload.ChildStatus) bool {
+		return len(s) > 0 && s[len(s)-1].State == workload.ChildExited
+	})
+	l.h.FailWith(nil)
+	cancel(workload.ErrStopped)
+	if err := l.result(t); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if c := l.h.Checkpoints(); len(c) != 1 || string(c[0]) != "done\n" {
+		t.Fatalf("checkpoints %q, want the state written before the exit", c)
+	}
+}
+
+// A child that ignores SIGTERM is SIGKILLed after its stop grace.
+func TestStopGraceThenKill(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	pidfile := filepath.Join(t.TempDir(), "pid")
+	l := run(t, ctx, `trap '' TERM; echo $$ > `+pidfile+`; while :; do sleep 0.05; done`, nil,
+		func(c *execkind.Config, _ *execkind.Options) { c.StopGrace = 200 * time.Millisecond })
+	pid := readPid(t, pidfile)
+	cancel(workload.ErrStopped)
+	if err := l.result(t); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	waitGone(t, pid)
+	if !strings.Contains(l.log.String(), "did not exit within its stop grace") {
+		t.Errorf("no warning of the SIGKILL in the log:\n%s", l.log)
+	}
+}
+
+// A failing child is restarted with its state kept, and its status says
+// so; the rest of its group dies with it.
+func TestRestartOnFailureKeepsState(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	dir := t.TempDir()
+	l := run(t, ctx, `cd "$IMMORTALD_STATE_DIR"; n=$(cat state 2>/dev/null || echo 0); echo $((n+1)) > s.tmp && mv s.tmp state
+sleep 1000 & echo $! > `+dir+`/grandchild.$n; exit 3`, nil, nil)
+	l.wait(t, "three runs", func(c [][]byte, s []workload.ChildStatus) bool {
+		return len(c) > 0 && strings.TrimSpace(string(c[len(c)-1])) == "3"
+	})
+	l.wait(t, "a status after restarts", func(_ [][]byte, s []workload.ChildStatus) bool {
+		for _, st := range s {
+			if st.State == workload.ChildBackoff && st.ExitCode == 3 && st.Restarts >= 1 {
+				return true
+			}
+		}
+		return false
+	})
+	waitGone(t, readPid(t, dir+"/grandchild.0"))
+	cancel(workload.ErrStopped)
+	if err := l.result(t); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	for i, c := range l.h.Checkpoints() {
+		if got := strings.TrimSpace(string(c)); got != strconv.Itoa(i+1) {
+			t.Fatalf("checkpoint %d is %q, want %d: the state was not kept across restarts", i, got, i+1)
+		}
+	}
+}
+
+// Under "never" and "on-failure", a clean exit is not restarted; the life
+// stays held until its context ends.
+func TestNoRestart(t *testing.T) {
+	for _, tc := range []struct{ policy, code string }{{execkind.RestartNever, "5"}, {execkind.RestartOnFailure, "0"}} {
+		t.Run(tc.policy, func(t *testing.T) {
+			ctx, cancel := context.WithCancelCause(context.Background())
+			defer cancel(nil)
+			l := run(t, ctx, `cd "$IMMORTALD_STATE_DIR"; echo ran > s.tmp && mv s.tmp state; exit `+tc.code, nil,
+				func(c *execkind.Config, _ *execkind.Options) { c.Restart = tc.policy })
+			l.wait(t, "exited", func(_ [][]byte, s []workload.ChildStatus) bool {
+				return len(s) > 0 && s[len(s)-1].State == workload.ChildExited
+			})
+			time.Sleep(200 * time.Millisecond)
+			select {
+			case err := <-l.done:
+				t.Fatalf("Run returned before its context ended: %v", err)
+			default:
+			}
+			st := l.h.Statuses()
+			if last := st[len(st)-1]; last.Restarts != 0 || strconv.Itoa(last.ExitCode) != tc.code {
+				t.Fatalf("status %+v, want exit code %s and no restarts", last, tc.code)
+			}
+			if c := l.h.Checkpoints(); len(c) != 1 || string(c[0]) != "ran\n" {
+				t.Fatalf("checkpoints %q, want one run's", c)
+			}
+			cancel(workload.ErrStopped)
+			if err := l.result(t); err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+		})
+	}
+}
+
+// A state over the limit is not checkpointed, is shown in the status, and
+// the child keeps running; a later state within it is checkpointed.
+func TestStateTooLarge(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	l := run(t, ctx, `cd "$IMMORTALD_STATE_DIR"
+head -c `+strconv.Itoa(workload.MaxStateBytes+1)+` /dev/zero > s.tmp && mv s.tmp state
+while [ ! -e go ]; do sleep 0.05; done
+printf small > s.tmp && mv s.tmp state
+while :; do sleep 0.05; done`, nil, nil)
+	l.wait(t, "the error in the status", func(_ [][]byte, s []workload.ChildStatus) bool {
+		return len(s) > 0 && strings.Contains(s[len(s)-1].Error, "over the limit") && s[len(s)-1].State == workload.ChildRunning
+	})
+	if c := l.h.Checkpoints(); len(c) != 0 {
+		t.Fatalf("%d checkpoints of a state over the limit", len(c))
+	}
+	dirs, _ := filepath.Glob(filepath.Join(l.root, "job-*"))
+	if len(dirs) != 1 {
+		t.Fatalf("state dirs %v", dirs)
+	}
+	if err := os.WriteFile(filepath.Join(dirs[0], "go"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l.wait(t, "the small state", lastIs("small"))
+	l.wait(t, "the error cleared", func(_ [][]byte, s []workload.ChildStatus) bool {
+		return len(s) > 0 && s[len(s)-1].Error == ""
+	})
+	if n := strings.Count(l.log.String(), "state not checkpointed"); n != 1 {
+		t.Errorf("the refused state was logged %d times, want once", n)
+	}
+	cancel(workload.ErrStopped)
+	if err := l.result(t); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+// A line longer than MaxLogLine is logged in pieces, none longer.
+func TestLongLineSplit(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	l := run(t, ctx, `head -c 10000 /dev/zero | tr '\0' a; echo; echo end; exec sleep 1000`, nil, nil)
+	for end := time.Now().Add(20 * time.Second); !strings.Contains(l.log.String(), "line=end"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("no end line in the log:\n%s", l.log)
+		}
+	}
+	cancel(workload.ErrStopped)
+	if err := l.result(t); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	var total int
+	for _, line := range strings.Split(l.log.String(), "\n") {
+		if i := strings.Index(line, "line=a"); i >= 0 {
+			n := len(line[i+len("line="):])
+			if n > execkind.MaxLogLine {
+				t.Errorf("a record of %d bytes", n)
+			}
+			total += n
+		}
+	}
+	if total != 10000 {
+		t.Errorf("%d bytes of the long line logged, want 10000", total)
+	}
+}
+
+// When the member process dies by SIGKILL, its child dies too.
+func TestMemberDeathKillsChild(t *testing.T) {
+	dir := t.TempDir()
+	pidfile := filepath.Join(dir, "child.pid")
+	member := exec.Command(os.Args[0], "-test.run=^$")
+	member.Env = append(os.Environ(), fakeMemberEnv+"=1", "PIDFILE="+pidfile, "STATEROOT="+filepath.Join(dir, "state"))
+	var stderr logBuf
+	member.Stderr = &stderr
+	if err := member.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = member.Process.Kill(); _ = member.Wait() })
+	pid := readPid(t, pidfile)
+	if !alive(pid) {
+		t.Fatalf("child %d is not running; member stderr: %s", pid, stderr.String())
+	}
+	time.Sleep(200 * time.Millisecond) // let the member's other threads run and park
+	if err := member.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = member.Wait()
+	waitGone(t, pid)
+}
+
+func TestConfigValidate(t *testing.T) {
+	good := execkind.Config{Command: []string{"sh", "-c", "true"}}
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if !filepath.IsAbs(good.Command[0]) || good.StopGrace != execkind.DefaultStopGrace || good.Restart != execkind.DefaultRestart {
+		t.Fatalf("defaults not filled in: %+v", good)
+	}
+	for _, tc := range []struct {
+		cfg  execkind.Config
+		want string
+	}{
+		{execkind.Config{}, "command: must be a non-empty list"},
+		{execkind.Config{Command: []string{"no-such-program-here"}}, "not found on PATH"},
+		{execkind.Config{Command: []string{"bin/sh"}}, "absolute path or a name found on PATH"},
+		{execkind.Config{Command: []string{"/etc/passwd"}}, "not an executable file"},
+		{execkind.Config{Command: []string{"/bin/sh"}, Env: map[string]string{"IMMORTALD_LIFE": "x"}}, "set by the member"},
+		{execkind.Config{Command: []string{"/bin/sh"}, Env: map[string]string{"A=B": "x"}}, "not a variable name"},
+		{execkind.Config{Command: []string{"/bin/sh"}, StopGrace: -time.Second}, "stop_grace"},
+		{execkind.Config{Command: []string{"/bin/sh"}, StopGrace: time.Hour}, "stop_grace"},
+		{execkind.Config{Command: []string{"/bin/sh"}, Restart: "sometimes"}, `restart "sometimes"`},
+	} {
+		err := tc.cfg.Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Validate(%+v) = %v, want an error containing %q", tc.cfg, err, tc.want)
+		}
+	}
+}
