@@ -70,7 +70,7 @@ unit:
 ## e2e: both images, then the end-to-end scenarios against Docker.
 # IMMORTALD_E2E_BACKEND=kind selects the kind backend instead.
 e2e: image etcd-image
-	$(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) $(E2E_FLAGS) ./e2e/...
+	IMMORTALD_E2E_IMAGE=$(IMAGE) IMMORTALD_E2E_ETCD_IMAGE=$(ETCD_IMAGE) $(GO) test -tags e2e -count=1 -timeout $(E2E_TIMEOUT) $(E2E_FLAGS) ./e2e/...
 
 ## kind-image: the kind node image (Kubernetes v1.34.4), built offline from
 ## Go modules and Debian packages (hack/kind/); skipped when Docker has it.

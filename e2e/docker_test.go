@@ -19,6 +19,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/internal/observe"
 )
 
 // Images the docker backend runs; `make image etcd-image` builds them.
@@ -469,19 +471,13 @@ func (c *dockerCluster) KillMember(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	pid1 := strings.TrimSpace(res.Stdout)
-	kids, _ := filepath.Glob("/proc/" + pid1 + "/task/*/children")
-	var pids []int
-	for _, k := range kids {
-		b, _ := os.ReadFile(k)
-		for _, f := range strings.Fields(string(b)) {
-			if p, err := strconv.Atoi(f); err == nil {
-				pids = append(pids, p)
-			}
-		}
+	pid1, err := strconv.Atoi(strings.TrimSpace(res.Stdout))
+	if err != nil {
+		return fmt.Errorf("member %s: pid of the container's first process: %w", id, err)
 	}
+	pids := observe.Children(pid1)
 	if len(pids) != 1 {
-		return fmt.Errorf("member %s: want one member process under the watchdog (pid %s on this host), found %v", id, pid1, pids)
+		return fmt.Errorf("member %s: want one member process under the watchdog (pid %d on this host), found %v", id, pid1, pids)
 	}
 	return syscall.Kill(pids[0], syscall.SIGKILL)
 }

@@ -9,12 +9,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/internal/observe"
 )
 
 // env is one scenario's cluster and checker.
@@ -161,13 +162,9 @@ func (e *env) metric(id, name string) (v float64, found bool, err error) {
 	if err != nil {
 		return 0, false, err
 	}
-	for _, line := range strings.Split(page, "\n") {
-		if s, ok := strings.CutPrefix(line, name+" "); ok {
-			v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
-			return v, err == nil, err
-		}
-	}
-	return 0, false, nil
+	m, err := observe.ParseMetrics(strings.NewReader(page))
+	v, found = m[name]
+	return v, found, err
 }
 
 // waitExactlyOnce waits until every life runs exactly once: each member's

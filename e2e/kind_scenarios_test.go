@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/immortald/immortald/internal/observe"
 )
 
 // Scenarios that only mean something on Kubernetes: pods deleted, a
@@ -525,11 +527,7 @@ func TestKindProbes(t *testing.T) {
 
 // hasMetric reports whether a /metrics page has the line "name value".
 func hasMetric(page, name string, value int) bool {
-	for _, line := range strings.Split(page, "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			return err == nil && int(f) == value
-		}
-	}
-	return false
+	m, err := observe.ParseMetrics(strings.NewReader(page))
+	v, ok := m[name]
+	return err == nil && ok && int(v) == value
 }

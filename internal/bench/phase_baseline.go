@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bufio"
@@ -15,6 +15,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/internal/observe"
 )
 
 // heldScript runs under `etcdctl lock` once the lock is held: it says so on
@@ -82,23 +84,11 @@ func (h *heldLog) read(r *os.File) {
 
 // waitUntil waits until cond (called with h.mu held) is true.
 func (h *heldLog) waitUntil(ctx context.Context, timeout time.Duration, cond func() bool) error {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
+	return waitNotified(ctx, timeout, 0, func() (bool, <-chan struct{}, error) {
 		h.mu.Lock()
-		ok, ch := cond(), h.notify
-		h.mu.Unlock()
-		if ok {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-deadline.C:
-			return fmt.Errorf("timed out after %s", timeout)
-		case <-ch:
-		}
-	}
+		defer h.mu.Unlock()
+		return cond(), h.notify, nil
+	})
 }
 
 // slot is one contender of one life: an `etcdctl lock` process, started
@@ -150,7 +140,7 @@ func (bl *baseline) spawn(s *slot) error {
 	s.gen++
 	tag := fmt.Sprintf("b%d.%d.%d", s.life, s.c, s.gen)
 	p, err := bl.b.ps.start("etcdctl lock "+tag, bl.out, bl.errf,
-		bl.b.bins.etcdctl, "--endpoints", bl.b.endpoint, "lock", "--ttl", "2",
+		bl.b.bins.Etcdctl, "--endpoints", bl.b.endpoint, "lock", "--ttl", "2",
 		fmt.Sprintf("%s%d", lockPrefix, s.life), "--", "sh", "-c", heldScript, tag)
 	if err != nil {
 		return err
@@ -200,7 +190,7 @@ func (b *bench) phaseBaseline(ctx context.Context) error {
 	lives := b.cfg.baselineLives
 	// Each etcdctl keeps ~4.5 MiB of its own (RssAnon) and shares its text.
 	const perProc = 6 << 20
-	if avail := meminfo("MemAvailable"); avail > 0 {
+	if avail := observe.MemInfo("MemAvailable"); avail > 0 {
 		maxLives := int(float64(avail) * 0.6 / (2 * perProc))
 		if lives > maxLives {
 			fmt.Fprintf(logw, "  baseline: %d lives would need ~%s of memory; MemAvailable is %s: running %d lives\n",
@@ -404,7 +394,7 @@ func (b *bench) phaseBaseline(ctx context.Context) error {
 				}
 				etcdctls++
 				all = append(all, p.pid)
-				all = append(all, children(p.pid)...)
+				all = append(all, observe.Children(p.pid)...)
 			}
 		}
 		return all, etcdctls
@@ -412,11 +402,11 @@ func (b *bench) phaseBaseline(ctx context.Context) error {
 	var rss, anon, pss float64
 	all, nctl := pids()
 	for _, pid := range all {
-		if m, err := readProcMem(pid); err == nil {
+		if m, err := observe.ReadMem(pid); err == nil {
 			rss += float64(m.RSS)
 			anon += float64(m.Anon)
 		}
-		if p, err := readPSS(pid); err == nil {
+		if p, err := observe.PSS(pid); err == nil {
 			pss += float64(p)
 		}
 	}
@@ -516,11 +506,11 @@ func (b *bench) phaseBaseline(ctx context.Context) error {
 	all, nctl = pids()
 	cpu0 := make(map[int]float64, len(all))
 	for _, pid := range all {
-		if c, err := readCPU(pid); err == nil {
+		if c, err := observe.CPU(pid); err == nil {
 			cpu0[pid] = c
 		}
 	}
-	etcdCPU0, _ := readCPU(b.etcd.pid)
+	etcdCPU0, _ := observe.CPU(b.etcd.pid)
 	met0, _ := scrapeMetrics(b.metricsURL)
 	w0 := time.Now()
 	if err := sleepCtx(ctx, b.cfg.baselineWindow); err != nil {
@@ -528,11 +518,11 @@ func (b *bench) phaseBaseline(ctx context.Context) error {
 	}
 	var cpu float64
 	for pid, c0 := range cpu0 {
-		if c, err := readCPU(pid); err == nil {
+		if c, err := observe.CPU(pid); err == nil {
 			cpu += c - c0
 		}
 	}
-	etcdCPU1, _ := readCPU(b.etcd.pid)
+	etcdCPU1, _ := observe.CPU(b.etcd.pid)
 	met1, _ := scrapeMetrics(b.metricsURL)
 	win := time.Since(w0).Seconds()
 	k := float64(lives) / 1000
@@ -589,7 +579,7 @@ func (b *bench) baselineCPUCap(ctx context.Context, running [][2]*slot, lives in
 	}
 	c0 := make(map[int]float64, len(pids))
 	for _, pid := range pids {
-		if c, err := readCPU(pid); err == nil {
+		if c, err := observe.CPU(pid); err == nil {
 			c0[pid] = c
 		}
 	}
@@ -599,7 +589,7 @@ func (b *bench) baselineCPUCap(ctx context.Context, running [][2]*slot, lives in
 	}
 	var cpu float64
 	for pid, c := range c0 {
-		if c1, err := readCPU(pid); err == nil {
+		if c1, err := observe.CPU(pid); err == nil {
 			cpu += c1 - c
 		}
 	}

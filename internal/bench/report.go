@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bytes"
@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"slices"
 	"strconv"
 	"strings"
 )
@@ -130,11 +129,6 @@ func encodeValue(v any) ([]byte, error) {
 	return bytes.TrimRight(b.Bytes(), "\n"), nil
 }
 
-func round(x float64, decimals int) float64 {
-	p := math.Pow(10, float64(decimals))
-	return math.Round(x*p) / p
-}
-
 // printTable writes the human table.
 func (r *report) printTable(w io.Writer) {
 	named := make(map[string]bool)
@@ -205,41 +199,6 @@ func iec(f float64) string {
 		i++
 	}
 	return fmt.Sprintf("%.1f %s", f, units[i])
-}
-
-// percentile returns the p-th percentile (0..100) of xs, interpolating
-// linearly between the two nearest ranks (the "type 7" estimator of R and
-// NumPy's default). It returns NaN for no samples.
-func percentile(xs []float64, p float64) float64 {
-	if len(xs) == 0 || math.IsNaN(p) {
-		return math.NaN()
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	p = min(max(p, 0), 100)
-	rank := p / 100 * float64(len(s)-1)
-	lo := int(math.Floor(rank))
-	hi := int(math.Ceil(rank))
-	if lo == hi {
-		return s[lo]
-	}
-	return s[lo] + (s[hi]-s[lo])*(rank-float64(lo))
-}
-
-// maxOf returns the largest of xs, or NaN for none.
-func maxOf(xs []float64) float64 {
-	if len(xs) == 0 {
-		return math.NaN()
-	}
-	return slices.Max(xs)
-}
-
-// minOf returns the smallest of xs, or NaN for none.
-func minOf(xs []float64) float64 {
-	if len(xs) == 0 {
-		return math.NaN()
-	}
-	return slices.Min(xs)
 }
 
 // ratio returns a/b, or NaN when either is missing or b is zero.

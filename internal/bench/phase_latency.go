@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/immortald/immortald/internal/observe"
 )
 
 // phaseLatency measures, with 3 members and a few probe lives: start
@@ -39,7 +41,7 @@ func (b *bench) phaseLatency(ctx context.Context) error {
 	for i := range b.cfg.startTrials {
 		name := fmt.Sprintf("s%03d", i)
 		t0 := time.Now()
-		out, err := exec.CommandContext(ctx, b.bins.etcdctl, "--endpoints", b.endpoint, "put", livesPrefix+name, "").CombinedOutput()
+		out, err := exec.CommandContext(ctx, b.bins.Etcdctl, "--endpoints", b.endpoint, "put", livesPrefix+name, "").CombinedOutput()
 		putDone := time.Now()
 		if err != nil {
 			return fmt.Errorf("etcdctl put: %v: %s", err, out)
@@ -323,7 +325,7 @@ func (b *bench) killTrial(ctx context.Context, al *ageLog, probes []string, kind
 		return res, fmt.Errorf("%s still runs 20s after %s", victim.id, sigName(sig))
 	}
 	res.exit = victim.p.exitedAt.Sub(res.killAt)
-	if sig == syscall.SIGKILL && !processGone(memberPID, 5*time.Second) {
+	if sig == syscall.SIGKILL && !observe.Gone(memberPID, 5*time.Second) {
 		res.memberLeft = 1 // its watchdog is dead, and it runs on
 		fmt.Fprintf(logw, "  trial %d: the member process %d of %s outlived its killed watchdog\n", i, memberPID, victim.id)
 	}
@@ -371,5 +373,3 @@ func sigName(s syscall.Signal) string {
 	}
 	return strings.ToUpper(s.String())
 }
-
-func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -21,26 +21,6 @@ import (
 
 // heartbeatMetrics are the members' heartbeat counters the steady state reads.
 var heartbeatMetrics = []string{"immortald_heartbeats_total", "immortald_heartbeat_errors_total", "immortald_heartbeat_seconds"}
-
-// memberMetricsEach scrapes the given samples of every alive member's
-// /metrics, by member id; a member that does not answer is left out.
-func (b *bench) memberMetricsEach(names ...string) map[string]map[string]float64 {
-	out := make(map[string]map[string]float64)
-	for _, m := range b.alive() {
-		met, err := scrapeMetrics("http://" + m.http + "/metrics")
-		if err != nil {
-			continue
-		}
-		mm := make(map[string]float64, len(names))
-		for _, n := range names {
-			if v, ok := met[n]; ok {
-				mm[n] = v
-			}
-		}
-		out[m.id] = mm
-	}
-	return out
-}
 
 // checkpointWatch counts, over a window, what etcd applies of the
 // checkpoints: every heartbeat (by member, with its clock) and every write

@@ -1,10 +1,8 @@
-package main
+package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -90,31 +88,4 @@ func (b *bench) phaseEtcd(ctx context.Context) error {
 	}
 	fmt.Fprintf(logw, "  (context, not a bar: the old per-life checkpoint model's ceiling; now a life's record is written only when it starts, is handed off or stops, so the ceiling of moving many lives at once)\n")
 	return nil
-}
-
-// parallel runs f(0..n-1) with at most k at once and returns the first error.
-func parallel(ctx context.Context, n, k int, f func(i int) error) error {
-	sem := make(chan struct{}, k)
-	var (
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		errs []error
-	)
-	for i := 0; i < n && ctx.Err() == nil; i++ {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			if err := f(i); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	return ctx.Err()
 }

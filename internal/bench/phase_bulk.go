@@ -1,11 +1,9 @@
-package main
+package bench
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -14,6 +12,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/internal/observe"
 )
 
 // bulkName is the name of the i-th life of the bulk phase.
@@ -53,7 +53,7 @@ func (b *bench) phaseBulk(ctx context.Context) error {
 			c, _ := treeCPU(m.p.pid)
 			members += c
 		}
-		etcd, _ = readCPU(b.etcd.pid)
+		etcd, _ = observe.CPU(b.etcd.pid)
 		return members, etcd
 	}
 	mc0, ec0 := cpuOf()
@@ -229,7 +229,7 @@ func (b *bench) steady(ctx context.Context, n int, idleRSS, idlePSS float64) err
 		}
 		cpu0[i] = c
 	}
-	etcdCPU0, _ := readCPU(b.etcd.pid)
+	etcdCPU0, _ := observe.CPU(b.etcd.pid)
 	met0, err := scrapeMetrics(b.metricsURL)
 	if err != nil {
 		return err
@@ -264,7 +264,7 @@ func (b *bench) steady(ctx context.Context, n int, idleRSS, idlePSS float64) err
 		}
 		cpu += c - cpu0[i]
 	}
-	etcdCPU1, _ := readCPU(b.etcd.pid)
+	etcdCPU1, _ := observe.CPU(b.etcd.pid)
 	met1, err := scrapeMetrics(b.metricsURL)
 	if err != nil {
 		return err
@@ -272,7 +272,7 @@ func (b *bench) steady(ctx context.Context, n int, idleRSS, idlePSS float64) err
 	hb1 := b.memberMetricsEach(heartbeatMetrics...)
 	win := time.Since(t0).Seconds()
 	cw.stop()
-	etcdRSS, _ := readProcMem(b.etcd.pid)
+	etcdRSS, _ := observe.ReadMem(b.etcd.pid)
 
 	holders, _, err := scanAges(ctx, b.cli, "b")
 	if err != nil {
@@ -436,69 +436,10 @@ func (b *bench) describe(ctx context.Context, names map[string]bool, n int) []st
 	return out
 }
 
-// setEtcdDisk reports etcd's WAL fsyncs and backend commits between two
-// scrapes: how many per second, and how long they took on average.
-func (b *bench) setEtcdDisk(pfx string, m0, m1 map[string]float64, secs float64) {
-	for _, h := range []struct{ name, metric string }{
-		{"wal_fsync", "etcd_disk_wal_fsync_duration_seconds"},
-		{"backend_commit", "etcd_disk_backend_commit_duration_seconds"},
-	} {
-		n := delta(m0, m1, h.metric+"_count")
-		sum := delta(m0, m1, h.metric+"_sum")
-		b.rep.set(pfx+"etcd_"+h.name+"_per_s", n/secs)
-		if n > 0 {
-			b.rep.set(pfx+"etcd_"+h.name+"_mean_ms", sum/n*1000)
-		}
-	}
-}
-
 func holderCounts(h map[string]string) map[string]int {
 	out := make(map[string]int)
 	for _, v := range h {
 		out[v]++
 	}
 	return out
-}
-
-func delta(a, b map[string]float64, k string) float64 {
-	x, ok1 := a[k]
-	y, ok2 := b[k]
-	if !ok1 || !ok2 {
-		return math.NaN()
-	}
-	return y - x
-}
-
-func mean(xs []float64) float64 {
-	if len(xs) == 0 {
-		return math.NaN()
-	}
-	s := 0.0
-	for _, x := range xs {
-		s += x
-	}
-	return s / float64(len(xs))
-}
-
-func flatten(xss [][]float64) []float64 {
-	var out []float64
-	for _, xs := range xss {
-		out = append(out, xs...)
-	}
-	sort.Float64s(out)
-	return out
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bytes"
@@ -155,38 +155,7 @@ func TestHuman(t *testing.T) {
 	}
 }
 
-func TestParseStatCPU(t *testing.T) {
-	// The command name may hold spaces and parentheses.
-	line := "1234 (im (mortal) d) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 12 0 100 1000 200 18446744073709551615"
-	got, err := parseStatCPU(line)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got != 3.0 {
-		t.Errorf("cpu = %v s, want 3 (300 ticks)", got)
-	}
-	if _, err := parseStatCPU("garbage"); err == nil {
-		t.Error("no error for a malformed line")
-	}
-}
-
-func TestParseMetrics(t *testing.T) {
-	in := `# HELP etcd_mvcc_txn_total x
-# TYPE etcd_mvcc_txn_total counter
-etcd_mvcc_txn_total 1.234e+06
-etcd_server_proposals_committed_total 42
-etcd_disk_wal_fsync_duration_seconds_bucket{le="0.001"} 5
-`
-	m, err := parseMetrics(strings.NewReader(in))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if m["etcd_mvcc_txn_total"] != 1234000 || m["etcd_server_proposals_committed_total"] != 42 {
-		t.Errorf("parsed %v", m)
-	}
-	if len(m) != 2 {
-		t.Errorf("labelled samples must be skipped: %v", m)
-	}
+func TestDelta(t *testing.T) {
 	if d := delta(map[string]float64{"a": 1}, map[string]float64{"a": 4}, "a"); d != 3 {
 		t.Errorf("delta = %v", d)
 	}
@@ -216,9 +185,6 @@ func TestRecordsAndNames(t *testing.T) {
 		if _, _, _, ok := parseTag(bad); ok {
 			t.Errorf("parseTag(%q) accepted", bad)
 		}
-	}
-	if kbField("VmRSS:	   20084 kB") != 20084*1024 {
-		t.Error("kbField")
 	}
 }
 
@@ -266,6 +232,20 @@ func TestDefaults(t *testing.T) {
 	}
 	if f.quick || f.lives != 100000 || f.baselineLives != 1000 {
 		t.Errorf("full defaults: %+v", f)
+	}
+}
+
+func TestOptionsConfig(t *testing.T) {
+	c := Options{Quick: true, LeaseTTL: "3s", Lives: 500, BaselineLives: 7, Budget: 45 * time.Second}.config()
+	q := defaults(true)
+	if c.lives != 500 || c.baselineLives != 7 || !c.baselineLivesForced || c.leaseTTL != "3s" {
+		t.Errorf("config = %+v", c)
+	}
+	if c.budget != 45*time.Second || c.latencyBudget != q.latencyBudget/2 || c.scaleBudget != q.scaleBudget/2 {
+		t.Errorf("a budget of half the default halves each phase's: %v %v %v", c.budget, c.latencyBudget, c.scaleBudget)
+	}
+	if d := (Options{}).config(); d.lives != defaults(false).lives || d.baselineLivesForced || d.budget != defaults(false).budget {
+		t.Errorf("no options: %+v, want the full run's defaults", d)
 	}
 }
 

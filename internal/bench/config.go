@@ -1,0 +1,99 @@
+package bench
+
+import (
+	"time"
+)
+
+// Options are the command line's choices; Run fills in the rest from the
+// quick or full sizes.
+type Options struct {
+	Quick         bool          // small and fast
+	Check         bool          // exit 1 unless every target is met
+	Out           string        // also write the JSON figures to this file
+	Bins          Binaries      // prebuilt binaries; empty ones are built
+	BinDir        string        // where to build the binaries
+	Lives         int           // lives of the bulk phase; 0: the default
+	BaselineLives int           // lives of the baseline; 0: the default
+	Only          string        // the phases to run, comma-separated; empty: all
+	Budget        time.Duration // time limit after the build; 0: the default
+	LeaseTTL      string        // the members' --lease-ttl
+	Keep          bool          // keep etcd's data directory too
+}
+
+type config struct {
+	quick   bool
+	out     string
+	binDir  string
+	keepDir bool
+	only    string
+	bins    Binaries
+
+	lives, baselineLives, scaleLives           int
+	baselineLivesForced                        bool // -baseline-lives given: no CPU cap
+	startTrials, handoffTrials, failoverTrials int
+	memberCrashTrials                          int // SIGKILL of the member process alone
+	baselineStartTrials, baselineFailovers     int
+	baselineRound                              int
+	window, baselineWindow                     time.Duration
+	settleExtra, settleQuiet, pollEvery        time.Duration
+	placeTimeout, settleTimeout, moveTimeout   time.Duration
+	compaction                                 string
+	leaseTTL                                   string        // of the members
+	budget                                     time.Duration // whole run, after the build
+	latencyBudget, baselineBudget, scaleBudget time.Duration // the bulk phase gets the rest
+	flapWindow                                 time.Duration // watched after the scale-out balanced
+}
+
+// defaults returns the sizes of a quick or a full run.
+func defaults(quick bool) config {
+	if quick {
+		return config{
+			quick: true, lives: 10000, baselineLives: 100, scaleLives: 10000,
+			startTrials: 10, handoffTrials: 2, failoverTrials: 2, memberCrashTrials: 3,
+			baselineStartTrials: 10, baselineFailovers: 20, baselineRound: 20,
+			window: 3 * time.Second, baselineWindow: 2 * time.Second,
+			settleExtra: 500 * time.Millisecond, settleQuiet: 1500 * time.Millisecond,
+			pollEvery:    100 * time.Millisecond,
+			placeTimeout: 10 * time.Second, settleTimeout: 4 * time.Second, moveTimeout: 8 * time.Second,
+			compaction: "5m", leaseTTL: "2s",
+			budget: 90 * time.Second, latencyBudget: 30 * time.Second, baselineBudget: 12 * time.Second,
+			scaleBudget: 26 * time.Second, flapWindow: 2 * time.Second,
+		}
+	}
+	return config{
+		lives: 100000, baselineLives: 1000, scaleLives: 10000,
+		startTrials: 100, handoffTrials: 20, failoverTrials: 10, memberCrashTrials: 100,
+		baselineStartTrials: 100, baselineFailovers: 200, baselineRound: 50,
+		window: 10 * time.Second, baselineWindow: 10 * time.Second,
+		settleExtra: 3 * time.Second, settleQuiet: 2 * time.Second,
+		pollEvery:    250 * time.Millisecond,
+		placeTimeout: 5 * time.Minute, settleTimeout: 60 * time.Second, moveTimeout: 2 * time.Minute,
+		compaction: "5m", leaseTTL: "2s",
+		budget: 17*time.Minute + 30*time.Second, latencyBudget: 12 * time.Minute, baselineBudget: 3*time.Minute + 30*time.Second,
+		scaleBudget: 2 * time.Minute, flapWindow: 10 * time.Second,
+	}
+}
+
+// config is the run o asks for: the quick or full sizes, with o's choices.
+// A budget scales every phase's budget with the run's.
+func (o Options) config() config {
+	cfg := defaults(o.Quick)
+	cfg.out, cfg.binDir, cfg.keepDir, cfg.only = o.Out, o.BinDir, o.Keep, o.Only
+	cfg.bins = o.Bins
+	cfg.leaseTTL = o.LeaseTTL
+	if o.Budget > 0 {
+		scale := float64(o.Budget) / float64(cfg.budget)
+		cfg.budget = o.Budget
+		cfg.latencyBudget = time.Duration(float64(cfg.latencyBudget) * scale)
+		cfg.baselineBudget = time.Duration(float64(cfg.baselineBudget) * scale)
+		cfg.scaleBudget = time.Duration(float64(cfg.scaleBudget) * scale)
+	}
+	if o.Lives > 0 {
+		cfg.lives = o.Lives
+	}
+	if o.BaselineLives > 0 {
+		cfg.baselineLives = o.BaselineLives
+		cfg.baselineLivesForced = true
+	}
+	return cfg
+}
