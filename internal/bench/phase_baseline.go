@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -535,6 +536,13 @@ func (b *bench) phaseBaseline(ctx context.Context) error {
 	b.rep.set("baseline_etcd_proposals_committed_per_s", delta(met0, met1, "etcd_server_proposals_committed_total")/win)
 	b.rep.set("baseline_cpu_window_s", win)
 
+	// Duplicates, last (a run short of time keeps the figures above):
+	// SIGKILL of a holder's etcdctl alone, on lives the failovers did not
+	// touch.
+	if err := b.baselineDuplicates(ctx, hl, slots, healthy[len(order):]); err != nil {
+		return err
+	}
+
 	// Tear down: kill every process group and revoke their leases, so etcd
 	// is quiet for the next phase.
 	stopSlots()
@@ -555,6 +563,89 @@ func (b *bench) phaseBaseline(ctx context.Context) error {
 			}
 		}
 	}
+	return nil
+}
+
+// baselineDuplicates SIGKILLs the etcdctl process alone of the holder of
+// each of up to baselineDupTrials lives (a crash of the lock holder's
+// process, as an OOM kill would be, not of its whole pod), waits until the
+// life's other contender runs its command, and counts the lives whose old
+// command still runs then: etcdctl lock does not take its command with it
+// when it dies, so once its lease expires the life runs twice. The orphans
+// are killed afterwards.
+func (b *bench) baselineDuplicates(ctx context.Context, hl *heldLog, slots [][2]*slot, lives []int) error {
+	type trial struct {
+		life    int
+		at      time.Time
+		pgid    int   // the killed etcdctl's process group: its command's too
+		command []int // the command it ran under the lock
+	}
+	var trials []trial
+	defer func() {
+		for _, tr := range trials {
+			_ = syscall.Kill(-tr.pgid, syscall.SIGKILL)
+		}
+	}()
+	for _, life := range lives {
+		if len(trials) == b.cfg.baselineDupTrials {
+			break
+		}
+		s := b.baselineHolder(hl, slots[life])
+		if s == nil {
+			continue
+		}
+		p, _ := s.current()
+		cmd := observe.Children(p.pid)
+		if len(cmd) == 0 {
+			continue
+		}
+		at := time.Now()
+		if p.signal(syscall.SIGKILL) != nil {
+			continue
+		}
+		trials = append(trials, trial{life: life, at: at, pgid: p.pid, command: cmd})
+	}
+	taken := func(tr trial) bool { // hl.mu held
+		for _, e := range hl.byLife[tr.life] {
+			if e.at.After(tr.at) {
+				return true
+			}
+		}
+		return false
+	}
+	err := hl.waitUntil(ctx, 30*time.Second, func() bool {
+		for _, tr := range trials {
+			if !taken(tr) {
+				return false
+			}
+		}
+		return true
+	})
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	n, dups := 0, 0
+	for _, tr := range trials {
+		hl.mu.Lock()
+		ok := taken(tr)
+		hl.mu.Unlock()
+		if !ok {
+			continue
+		}
+		n++
+		for _, pid := range tr.command {
+			if !observe.Gone(pid, 0) {
+				dups++
+				break
+			}
+		}
+	}
+	if n < len(trials) {
+		fmt.Fprintf(logw, "  baseline duplicates: %d of %d lives had no new holder: %v\n", len(trials)-n, len(trials), err)
+	}
+	fmt.Fprintf(logw, "  baseline duplicates: etcdctl SIGKILLed alone in %d lives: %d ran their command twice\n", n, dups)
+	b.rep.set("baseline_dup_trials", n)
+	b.rep.set("baseline_duplicates", dups)
 	return nil
 }
 
