@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +31,7 @@ import (
 	"github.com/immortald/immortald/lease"
 	"github.com/immortald/immortald/registry"
 	"github.com/immortald/immortald/supervisor"
+	"github.com/immortald/immortald/workload"
 	"github.com/immortald/immortald/workload/execkind"
 )
 
@@ -85,6 +87,11 @@ type Config struct {
 	// StateDir is the root of the state directories of command lives.
 	// Default: os.TempDir()/immortald-<ID>.
 	StateDir string
+	// GoKinds are kinds whose lives are Go code, for a program that embeds
+	// the daemon (see examples/): each a workload.Kind with its New. Their
+	// names must be valid kind names, neither "age" nor one of Kinds, and
+	// distinct. Requests name them as they name command kinds.
+	GoKinds []workload.Kind
 }
 
 // The range of the checkpoint interval. Each member writes one heartbeat
@@ -143,6 +150,10 @@ func New(cfg Config) (*Main, error) {
 	if err := validateKinds(cfg.Kinds); err != nil {
 		return nil, err
 	}
+	if err := validateGoKinds(cfg.GoKinds, cfg.Kinds); err != nil {
+		return nil, err
+	}
+	cfg.GoKinds = slices.Clone(cfg.GoKinds)
 	if cfg.AdvertiseAddr != "" {
 		if host, port, err := net.SplitHostPort(cfg.AdvertiseAddr); err != nil || host == "" || port == "" {
 			return nil, fmt.Errorf("--advertise-addr %q: want host:port", cfg.AdvertiseAddr)
@@ -250,6 +261,7 @@ func (m *Main) Open() error {
 		Metrics:            supervisor.NewMetrics(reg),
 		OnSession:          m.cfg.OnSession,
 		Leftover:           m.cfg.Leftover,
+		Kinds:              m.Kinds(),
 	})
 	if err != nil {
 		m.Close()

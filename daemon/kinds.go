@@ -124,14 +124,38 @@ func validateKinds(kinds map[string]execkind.Config) error {
 	return nil
 }
 
-// Kinds returns the kinds this member runs, by name: the built-in age kind
-// and each command kind of its config, whose state directories are made
-// under Config.StateDir and whose state files are read every checkpoint
-// interval.
+// validateGoKinds checks the Go kinds of an embedding program: valid
+// names, distinct, neither the built-in kind nor a command kind.
+func validateGoKinds(goKinds []workload.Kind, kinds map[string]execkind.Config) error {
+	seen := make(map[string]bool, len(goKinds))
+	for _, k := range goKinds {
+		if err := k.Validate(); err != nil {
+			return fmt.Errorf("Go kind: %w", err)
+		}
+		switch _, isCmd := kinds[k.Name]; {
+		case k.Name == workload.AgeKind:
+			return fmt.Errorf("Go kind %q: the kind is built in", k.Name)
+		case isCmd:
+			return fmt.Errorf("Go kind %q: a command kind of the config has the same name", k.Name)
+		case seen[k.Name]:
+			return fmt.Errorf("Go kind %q: given twice", k.Name)
+		}
+		seen[k.Name] = true
+	}
+	return nil
+}
+
+// Kinds returns the kinds this member runs, by name: the built-in age kind,
+// each command kind of its config, whose state directories are made under
+// Config.StateDir and whose state files are read every checkpoint
+// interval, and each Go kind (Config.GoKinds).
 func (m *Main) Kinds() map[string]workload.Kind {
 	out := map[string]workload.Kind{workload.AgeKind: age.Kind()}
 	for name, c := range m.cfg.Kinds {
 		out[name] = execkind.Kind(name, c, execkind.Options{StateRoot: m.cfg.StateDir, CheckpointInterval: m.cfg.CheckpointInterval})
+	}
+	for _, k := range m.cfg.GoKinds {
+		out[k.Name] = k
 	}
 	return out
 }

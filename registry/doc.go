@@ -11,6 +11,7 @@
 //	                                written only by the fenced holder (lives of kinds other than age)
 //	P heartbeats/<lease-hex>        Heartbeat of the member on that lease; no lease, so it outlives it
 //	P quarantine/<name>             bytes of an ages/<name> value that did not parse
+//	P quarantine-states/<name>      bytes of a states/<name> value that did not parse
 //	P members/<id>                  MemberRecord, on the member's session lease; lists the kinds it runs
 //
 // Guarantees:

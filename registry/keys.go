@@ -60,6 +60,13 @@ func (k Keys) States() string { return k.prefix + "states/" }
 // State is the state record key of one life.
 func (k Keys) State(name string) string { return k.States() + name }
 
+// StateQuarantines is the prefix of every quarantined state record.
+func (k Keys) StateQuarantines() string { return k.prefix + "quarantine-states/" }
+
+// StateQuarantine is where the bytes of a states/<name> value that did not
+// parse are kept.
+func (k Keys) StateQuarantine(name string) string { return k.StateQuarantines() + name }
+
 // Heartbeats is the prefix of every member heartbeat.
 func (k Keys) Heartbeats() string { return k.prefix + "heartbeats/" }
 

@@ -55,6 +55,8 @@ func TestKeysLayout(t *testing.T) {
 		{name: "quarantine", got: k.Quarantine("Adam"), want: "/p/quarantine/Adam"},
 		{name: "states", got: k.States(), want: "/p/states/"},
 		{name: "state", got: k.State("Adam"), want: "/p/states/Adam"},
+		{name: "state quarantines", got: k.StateQuarantines(), want: "/p/quarantine-states/"},
+		{name: "state quarantine", got: k.StateQuarantine("Adam"), want: "/p/quarantine-states/Adam"},
 		{name: "members", got: k.Members(), want: "/p/members/"},
 		{name: "member", got: k.Member("m1"), want: "/p/members/m1"},
 		{name: "name of a life", got: registry.NameOf(k.Lives(), "/p/lives/Adam"), want: "Adam"},

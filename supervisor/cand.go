@@ -56,14 +56,18 @@ type cleanup struct {
 type stopReason int
 
 const (
-	stopEnded   stopReason = iota // deleted or replaced by another life of the same name
-	stopInvalid                   // the request became invalid
+	stopEnded       stopReason = iota // deleted or replaced by another life of the same name
+	stopInvalid                       // the request became invalid
+	stopKindChanged                   // the request names another kind: what runs changes
 )
 
 // String is the reason as the stopped-lives metric and the log name it.
 func (r stopReason) String() string {
-	if r == stopInvalid {
+	switch r {
+	case stopInvalid:
 		return "invalid"
+	case stopKindChanged:
+		return "kind_changed"
 	}
 	return "ended"
 }
@@ -181,7 +185,10 @@ func (s *Supervisor) stopLocked(c *cand, why stopReason) {
 		s.m.Lost.WithLabelValues(reason).Inc()
 		s.log.Info("life stopped: "+h.name, "name", h.name, "age", h.ageAt(time.Now())/1000, "reason", reason)
 	}
-	c.owe = &cleanup{rev: c.rev, h: h, final: why == stopInvalid, dropAge: why == stopEnded}
+	// Its work stops gracefully; the clean-up (and with it the election
+	// key) waits for its Run to return.
+	s.stopWorkLocked(h)
+	c.owe = &cleanup{rev: c.rev, h: h, final: why != stopEnded, dropAge: why == stopEnded}
 	c.h, c.held, c.rev = nil, false, 0
 	s.queueLocked(c)
 }
@@ -194,6 +201,9 @@ func (s *Supervisor) loseLocked(c *cand, why string) {
 	if c.held && s.removeHeldLocked(h) {
 		s.m.Lost.WithLabelValues("fenced").Inc()
 		s.log.Warn("lost the life: "+why, "name", h.name)
+	}
+	if h != nil {
+		h.expireWork("the life was lost: " + why)
 	}
 	c.h, c.held, c.rev = nil, false, 0
 	s.queueLocked(c)

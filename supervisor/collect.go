@@ -88,8 +88,9 @@ func (s *Supervisor) sweepFailed(ctx context.Context, what string, err error) {
 
 // sweepAges reads every age record and returns which of the dead leases
 // running records are still on. A running record on a dead lease whose life
-// has ended is deleted instead: guarded by its revision and by the request
-// key not being that life, so a life that is wanted keeps its age.
+// has ended is deleted instead, with the life's state record when it is of
+// the same life: guarded by their revisions and by the request key not
+// being that life, so a life that is wanted keeps its age and state.
 func (s *Supervisor) sweepAges(ctx context.Context, dead map[int64]*mvccpb.KeyValue) (map[int64]bool, error) {
 	k := s.cfg.Keys
 	_, kvs, err := registry.RangeAll(ctx, s.cfg.Client, k.Ages(), 0)
@@ -111,11 +112,22 @@ func (s *Supervisor) sweepAges(ctx context.Context, dead map[int64]*mvccpb.KeyVa
 			out[rec.Lease] = true // still wanted: its successor needs the heartbeat
 			continue
 		}
-		resp, err := s.cfg.Client.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision),
-				clientv3.Compare(clientv3.CreateRevision(k.Life(name)), "!=", rec.LifeID)).
-			Then(clientv3.OpDelete(string(kv.Key))).
-			Commit()
+		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision),
+			clientv3.Compare(clientv3.CreateRevision(k.Life(name)), "!=", rec.LifeID)}
+		then := []clientv3.Op{clientv3.OpDelete(string(kv.Key))}
+		// The life's state record goes with it, if it is of the same life
+		// and unchanged since read.
+		st, err := s.cfg.Client.Get(ctx, k.State(name))
+		if err != nil {
+			return nil, err
+		}
+		if len(st.Kvs) > 0 {
+			if srec, err := registry.ParseStateRecord(st.Kvs[0].Value); err == nil && srec.LifeID == rec.LifeID {
+				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.State(name)), "=", st.Kvs[0].ModRevision))
+				then = append(then, clientv3.OpDelete(k.State(name)))
+			}
+		}
+		resp, err := s.cfg.Client.Txn(ctx).If(cmps...).Then(then...).Commit()
 		if err != nil {
 			return nil, err
 		}

@@ -4,12 +4,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/immortald/immortald/lease"
 	"github.com/immortald/immortald/registry"
+	"github.com/immortald/immortald/workload"
+	"github.com/immortald/immortald/workload/age"
 )
 
 // Config configures a Supervisor.
@@ -53,6 +57,12 @@ type Config struct {
 	// watchdog) to revoke before the first session, as those of lost
 	// sessions are.
 	Leftover []clientv3.LeaseID
+	// Kinds are the kinds this member runs, by name (each key is its
+	// Kind's Name; see package workload). The built-in kind "age"
+	// (workload/age) is always run and added when missing; an entry for it
+	// must have a nil New. The member campaigns only for lives of its
+	// kinds, and lists them in its member record. Default: age alone.
+	Kinds map[string]workload.Kind
 }
 
 // maxTxnOps is etcd's default limit of operations in one Txn (--max-txn-ops).
@@ -100,6 +110,13 @@ func (c *Config) setDefaults() {
 	if c.Lease.Logger == nil {
 		c.Lease.Logger = c.Logger
 	}
+	if _, ok := c.Kinds[workload.AgeKind]; !ok {
+		c.Kinds = maps.Clone(c.Kinds)
+		if c.Kinds == nil {
+			c.Kinds = make(map[string]workload.Kind, 1)
+		}
+		c.Kinds[workload.AgeKind] = age.Kind()
+	}
 }
 
 // Validate checks c, one rule per line, naming the values.
@@ -130,6 +147,18 @@ func (c *Config) Validate() error {
 	}
 	if c.InFlight < 1 {
 		return fmt.Errorf("election Txns in flight (%d) must be at least 1", c.InFlight)
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Kinds)) {
+		k := c.Kinds[name]
+		if k.Name != name {
+			return fmt.Errorf("kind %q is listed under the name %q", k.Name, name)
+		}
+		if err := k.Validate(); err != nil {
+			return err
+		}
+		if name == workload.AgeKind && k.New != nil {
+			return fmt.Errorf("kind %q is built in: it runs nothing but the age (New must be nil)", name)
+		}
 	}
 	return nil
 }

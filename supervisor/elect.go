@@ -63,6 +63,9 @@ type task struct {
 	ahead  []revKey
 	at     int // index of its first nested Txn in the batch sent
 	n      int // nested Txns it takes, at most
+	// start of a life with work: where its nested Txn reads states/<name>,
+	// in the responses of Then and of Else (-1: it does not).
+	stateThen, stateElse int
 }
 
 // locked reports whether the task writes the age of a life that ran, so
@@ -156,6 +159,9 @@ func (s *Supervisor) takeLocked(gen *generation) (plain, locked []*task) {
 		if t.kind == taskClean && t.owe.h != nil && t.owe.rev != 0 {
 			t.n = 2
 		}
+		if t.kind == taskClean && t.owe.dropAge && t.owe.h != nil && t.owe.h.work != nil {
+			t.n++ // and its state record
+		}
 		if t.locked() {
 			nl += t.n
 			locked = append(locked, t)
@@ -188,15 +194,20 @@ func (s *Supervisor) popReadyLocked() *cand {
 // nextLocked decides the next step for c, or returns nil when it needs
 // none now (it may have deferred itself).
 func (s *Supervisor) nextLocked(gen *generation, c *cand) *task {
+	kind := c.life.Options.KindName()
 	switch {
 	case c.owe != nil:
+		if !s.workStoppedLocked(c.owe.h) {
+			return nil // looked at again when its Run returns
+		}
 		return &task{c: c, kind: taskClean, owe: c.owe}
 	case c.held:
 		if !c.want {
 			return nil
 		}
-		to := s.preferredLocked(c.name)
+		to := s.preferredLocked(c.name, kind)
 		if to == s.cfg.ID {
+			s.resumeWorkLocked(c) // a stop for a handoff that is off
 			return nil
 		}
 		// Give views of the member set time to agree before moving a life
@@ -212,12 +223,17 @@ func (s *Supervisor) nextLocked(gen *generation, c *cand) *task {
 		}
 		toK := s.cfg.Keys.Candidacy(c.name, l)
 		if p := c.plan; p != nil && p.h == c.h && p.toKey == toK {
+			// The work stops first; the handoff is written once its Run
+			// returned, with its final state checkpointed.
+			if !s.stopWorkLocked(c.h) {
+				return nil // looked at again when its Run returns
+			}
 			return &task{c: c, kind: taskHandoff, h: c.h, to: to, toK: toK, plan: p}
 		}
 		return &task{c: c, kind: taskProbe, h: c.h, to: to, toK: toK}
 	case c.h != nil:
 		return &task{c: c, kind: taskStart, h: c.h}
-	case c.want && s.isCandidateLocked(c.name):
+	case c.want && s.isCandidateLocked(c.name, kind):
 		if c.direct && c.rev != 0 {
 			// Every key in front of ours has gone: we lead. Start from the
 			// record the last check read, carried forward by the newest
@@ -418,6 +434,14 @@ func (s *Supervisor) opsOf(gen *generation, t *task) []clientv3.Op {
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(a.key), "=", 0))
 			orElse = append(orElse, clientv3.OpGet(a.key, clientv3.WithKeysOnly()))
 		}
+		t.stateThen, t.stateElse = -1, -1
+		if t.kind == taskStart && h.work != nil {
+			// The state to restore, read in the snapshot of the first
+			// write: from then on only this holder can write it.
+			then = append(then, clientv3.OpGet(k.State(name)))
+			orElse = append(orElse, clientv3.OpGet(k.State(name)))
+			t.stateThen, t.stateElse = len(then)-1, len(orElse)-1
+		}
 		if t.kind == taskHandoff {
 			// The successor is the preferred member only if no other
 			// candidacy is in front of it: those go to the back of the
@@ -444,6 +468,9 @@ func (s *Supervisor) opsOf(gen *generation, t *task) []clientv3.Op {
 				ops = append(ops, clientv3.OpTxn(
 					[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(age), "=", o.h.lastRev.Load())},
 					[]clientv3.Op{clientv3.OpDelete(age)}, nil))
+				if o.h.work != nil {
+					ops = append(ops, s.dropStateOp(o.h))
+				}
 			}
 		}
 		if o.rev != 0 {
@@ -546,6 +573,7 @@ func (s *Supervisor) newHeld(gen *generation, life registry.Life, rev int64, old
 		holder:    s.cfg.ID,
 		lease:     int64(gen.sess.Lease()),
 		incarnate: 1,
+		work:      s.newWork(gen, life),
 	}
 	if old != nil {
 		h.lastRev.Store(old.ModRevision)
@@ -578,6 +606,7 @@ func (s *Supervisor) startedLocked(t *task, rev int64, sub *etcdserverpb.TxnResp
 		if t.direct {
 			s.m.DirectStarts.Inc()
 		}
+		h.restoreFrom(sub, t.stateThen)
 		s.runStartedLocked(c, h, rev, t.rec)
 		return
 	}
@@ -593,6 +622,7 @@ func (s *Supervisor) startedLocked(t *task, rev int64, sub *etcdserverpb.TxnResp
 		if rec, _ := registry.ParseAgeRecord(age.Value); rec.Running() && rec.Lease == h.lease && rec.ClockMS <= h.clockMS {
 			h.started = s.epoch.Add(time.Duration(rec.ClockMS) * time.Millisecond)
 			h.clockMS = rec.ClockMS
+			h.restoreFrom(sub, t.stateElse)
 			s.runStartedLocked(c, h, age.ModRevision, rec)
 			return
 		}
@@ -660,7 +690,8 @@ func (s *Supervisor) runStartedLocked(c *cand, h *heldLife, rev int64, rec regis
 	name := h.name
 	s.log.Info(fmt.Sprintf("New life spawned: %s (age %d, incarnation %d)", name, rec.AgeMS/1000, h.incarnate),
 		"name", name, "age", rec.AgeMS/1000, "incarnation", h.incarnate, "life_id", h.lifeID)
-	if s.preferredLocked(name) != s.cfg.ID {
+	s.startWorkLocked(h)
+	if s.preferredLocked(name, c.life.Options.KindName()) != s.cfg.ID {
 		s.queueAtLocked(c, h.started.Add(minHold))
 	}
 }
@@ -770,6 +801,7 @@ func (s *Supervisor) reholdLocked(c *cand, h *heldLife) {
 	}
 	if s.restoreHeldLocked(h) {
 		c.held = true
+		s.resumeWorkLocked(c)
 		return
 	}
 	c.h, c.rev = nil, 0 // the session is ending

@@ -216,6 +216,7 @@ func (s *Supervisor) heldCount() int {
 func (s *Supervisor) finalCheckpoints(ctx context.Context, gen *generation) ([]*heldLife, time.Time, error) {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
+	s.expireRuns("shutdown: its stop took too long")
 	lives := s.takeAllHeld()
 	now := time.Now()
 	gen.cancel()

@@ -38,6 +38,10 @@ type heldLife struct {
 	lastAge int64        // age of the last write; guarded by Supervisor.writeMu
 	keep    []byte       // bytes to quarantine with the next write; nil: none
 	stopped atomic.Bool  // taken out of Supervisor.held
+
+	// work is what runs besides the age, for a life of a kind with a
+	// Runner; nil for a life of its age alone (see work.go).
+	work *holdWork
 }
 
 func (h *heldLife) ageAt(t time.Time) int64 { return h.base + t.Sub(h.started).Milliseconds() }
@@ -135,7 +139,7 @@ func (h *heldLife) fence(k registry.Keys) []clientv3.Cmp {
 // addHeldLocked starts running h, unless every life was just taken away
 // (session lost, shutdown): then it reports false.
 func (s *Supervisor) addHeldLocked(h *heldLife) bool {
-	if !s.restoreHeldLocked(h) {
+	if s.stopping || !s.restoreHeldLocked(h) {
 		return false
 	}
 	s.m.Started.Inc()
@@ -180,7 +184,8 @@ func (s *Supervisor) takeAllHeld() []*heldLife {
 	return out
 }
 
-// dropAllHeld stops every life without writing anything.
+// dropAllHeld stops every life without writing anything. Their Runs must
+// have been told to stop at once (expireRuns).
 func (s *Supervisor) dropAllHeld(reason string) int {
 	lives := s.takeAllHeld()
 	s.m.Lost.WithLabelValues(reason).Add(float64(len(lives)))

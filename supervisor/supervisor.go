@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"github.com/immortald/immortald/internal/backoff"
 	"github.com/immortald/immortald/lease"
 	"github.com/immortald/immortald/registry"
+	"github.com/immortald/immortald/workload"
 )
 
 // Supervisor runs the lives of one member. Create it with New and run it
@@ -39,6 +41,8 @@ type Supervisor struct {
 	electFails int                      // election batches failed in a row
 	members    []string                 // live members, sorted, as last seen under members/
 	leases     map[string]int64         // their session leases, by id
+	kinds      map[string][]string      // the kinds they run (beyond age), by id
+	runs       map[string]*lifeRun      // the Runs that have not returned, by life name
 	beats      map[int64]seenBeat       // the newest heartbeat seen of each lease, this generation
 	viewAt     time.Time                // when members last changed
 	synced     bool                     // registry listed at least once
@@ -82,6 +86,9 @@ type generation struct {
 	lost     chan struct{}
 	lostOnce sync.Once
 	lostErr  error
+
+	// states writes the state records of the lives' workloads (work.go).
+	states *stateWriter
 }
 
 // fail ends gen as a lost session, for err; the first reason wins.
@@ -111,6 +118,8 @@ func New(cfg Config) (*Supervisor, error) {
 		invalid: make(map[string]int64),
 		cands:   make(map[string]*cand),
 		leases:  make(map[string]int64),
+		kinds:   make(map[string][]string),
+		runs:    make(map[string]*lifeRun),
 		beats:   make(map[int64]seenBeat),
 		held:    make(map[string]*heldLife),
 		epoch:   time.Now(),
@@ -245,7 +254,8 @@ func (s *Supervisor) register(ctx context.Context, sess *lease.Session) (int64, 
 }
 
 func (s *Supervisor) memberRecord(lives int) registry.MemberRecord {
-	return registry.MemberRecord{ID: s.cfg.ID, Address: s.cfg.Address, Version: s.cfg.Version, Started: s.started, Lives: lives, PID: os.Getpid()}
+	return registry.MemberRecord{ID: s.cfg.ID, Address: s.cfg.Address, Version: s.cfg.Version, Started: s.started, Lives: lives, PID: os.Getpid(),
+		Kinds: slices.Sorted(maps.Keys(s.cfg.Kinds))}
 }
 
 // startGeneration campaigns for every valid wanted life this member is a
@@ -253,7 +263,7 @@ func (s *Supervisor) memberRecord(lives int) registry.MemberRecord {
 // election watch starts after it, before any candidacy of the generation.
 func (s *Supervisor) startGeneration(sess *lease.Session, rev int64) *generation {
 	ctx, cancel := context.WithCancel(context.Background())
-	gen := &generation{sess: sess, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1), lost: make(chan struct{})}
+	gen := &generation{sess: sess, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1), lost: make(chan struct{}), states: newStateWriter()}
 	s.mu.Lock()
 	s.heldClosed = false // lives may be added again
 	s.gen = gen
@@ -261,7 +271,21 @@ func (s *Supervisor) startGeneration(sess *lease.Session, rev int64) *generation
 	clear(s.beats)
 	s.reconcileLocked()
 	s.mu.Unlock()
-	gen.wg.Add(5)
+	gen.wg.Add(7)
+	go func() {
+		defer gen.wg.Done()
+		s.writeStates(gen)
+	}()
+	go func() {
+		defer gen.wg.Done()
+		// The safe deadline wins over any graceful stop going on (a
+		// shutdown waits for Runs outside Run's select).
+		select {
+		case <-sess.Done():
+			s.expireRuns("the session's safe deadline passed or the session was lost")
+		case <-ctx.Done():
+		}
+	}()
 	go func() {
 		defer gen.wg.Done()
 		s.publishMember(gen)
@@ -291,6 +315,7 @@ func (s *Supervisor) startGeneration(sess *lease.Session, rev int64) *generation
 // the lease was lost).
 func (s *Supervisor) loseGeneration(gen *generation, why error) {
 	gen.cancel()
+	s.expireRuns("the session was lost")
 	n := s.dropAllHeld("session_lost")
 	s.m.SessionLosses.Inc()
 	if why != nil {
@@ -331,6 +356,9 @@ func (s *Supervisor) shutdown(gen *generation) {
 	s.stopping = true
 	s.mu.Unlock()
 	t0 := time.Now()
+	// Every Run stops first, in parallel, while the member still holds
+	// its lives: their final checkpoints are fenced writes of a holder.
+	s.stopRuns(gen)
 
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	lives, stoppedAt, err := s.finalCheckpoints(ctx, gen)
@@ -458,13 +486,19 @@ func (s *Supervisor) Put(l registry.Life) {
 		return // campaigned for with the next session
 	}
 	if c != nil && c.want && c.life.ID == l.ID {
+		kindChanged := c.life.Options.KindName() != l.Options.KindName()
 		c.life = l // same life; only options changed
+		if kindChanged {
+			// What runs changes: stop it (keeping its age), and campaign
+			// again if this member runs the new kind.
+			s.stopLocked(c, stopKindChanged)
+		}
 		return
 	}
 	if c != nil && c.h != nil {
 		s.stopLocked(c, stopEnded) // another life under the same name
 	}
-	if c == nil && !s.isCandidateLocked(l.Name) {
+	if c == nil && !s.isCandidateLocked(l.Name, l.Options.KindName()) {
 		return
 	}
 	c = s.candLocked(l.Name)
@@ -476,7 +510,7 @@ func (s *Supervisor) Put(l registry.Life) {
 // member, a moment later on the others, so that a life starts where it
 // belongs instead of moving there a moment later.
 func (s *Supervisor) queueNewLocked(c *cand) {
-	if s.preferredLocked(c.name) == s.cfg.ID {
+	if s.preferredLocked(c.name, c.life.Options.KindName()) == s.cfg.ID {
 		s.queueLocked(c)
 	} else {
 		s.queueAtLocked(c, time.Now().Add(deferToPreferred))
@@ -492,9 +526,13 @@ func (s *Supervisor) setMembers(ms []registry.Member) {
 	defer s.mu.Unlock()
 	ids := make([]string, len(ms))
 	clear(s.leases)
+	clear(s.kinds)
 	for i, m := range ms {
 		ids[i] = m.ID
 		s.leases[m.ID] = m.Lease
+		if len(m.Kinds) > 0 {
+			s.kinds[m.ID] = m.Kinds
+		}
 	}
 	if !slices.Equal(ids, s.members) {
 		s.members, s.viewAt = ids, time.Now()
@@ -558,40 +596,61 @@ func (s *Supervisor) reconcileLocked() {
 			continue
 		}
 		c := s.cands[name]
+		kind := l.Options.KindName()
 		switch {
 		case c == nil:
-			if s.isCandidateLocked(name) {
+			if s.isCandidateLocked(name, kind) {
 				c = s.candLocked(name)
 				c.life, c.want = l, true
 				s.queueNewLocked(c)
 			}
 		case c.held:
-			if s.preferredLocked(name) != s.cfg.ID {
+			if s.preferredLocked(name, kind) != s.cfg.ID {
 				s.queueLocked(c)
 			}
-		case c.h == nil && !s.isCandidateLocked(name):
+		case c.h == nil && !s.isCandidateLocked(name, kind):
 			s.queueLocked(c)
 		}
 	}
 }
 
-// placementLocked returns the candidates of a life, most preferred first:
-// the top Candidates of the live members, counting this member as live.
-func (s *Supervisor) placementLocked(name string) []string {
+// placementLocked returns the candidates of a life of kind, most preferred
+// first: the top Candidates of the live members that run kind, counting
+// this member as live when it runs kind. Every member runs the age kind.
+func (s *Supervisor) placementLocked(name, kind string) []string {
 	pool := s.members
-	if !slices.Contains(pool, s.cfg.ID) {
+	self := s.runsKind(kind)
+	if kind != workload.AgeKind {
+		pool = make([]string, 0, len(s.members))
+		for _, id := range s.members {
+			if id != s.cfg.ID && slices.Contains(s.kinds[id], kind) {
+				pool = append(pool, id)
+			}
+		}
+	}
+	if self && !slices.Contains(pool, s.cfg.ID) {
 		pool = append(slices.Clip(pool), s.cfg.ID)
 	}
 	return candidates(name, pool, s.cfg.Candidates)
 }
 
-func (s *Supervisor) isCandidateLocked(name string) bool {
-	return slices.Contains(s.placementLocked(name), s.cfg.ID)
+// runsKind reports whether this member runs lives of kind.
+func (s *Supervisor) runsKind(kind string) bool {
+	_, ok := s.cfg.Kinds[kind]
+	return ok
 }
 
-// preferredLocked returns the member that should run a life.
-func (s *Supervisor) preferredLocked(name string) string {
-	return s.placementLocked(name)[0]
+func (s *Supervisor) isCandidateLocked(name, kind string) bool {
+	return s.runsKind(kind) && slices.Contains(s.placementLocked(name, kind), s.cfg.ID)
+}
+
+// preferredLocked returns the member that should run a life of kind; ""
+// when no live member runs kind.
+func (s *Supervisor) preferredLocked(name, kind string) string {
+	if p := s.placementLocked(name, kind); len(p) > 0 {
+		return p[0]
+	}
+	return ""
 }
 
 // Delete implements registry.Handler.

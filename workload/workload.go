@@ -6,8 +6,9 @@
 // own goroutine, with a Handle that gives the life's name, incarnation,
 // fencing token and restored state, and a fenced Checkpoint.
 //
-// The built-in kind "age" (package workload/age) runs nothing: its Run waits
-// for its context. A life whose request names no kind is of kind "age" and
+// A Kind whose New is nil runs nothing but the life's age: no goroutine, no
+// state record, no Run. The built-in kind "age" (package workload/age) is
+// such a kind. A life whose request names no kind is of kind "age" and
 // behaves exactly as lives did before kinds existed.
 //
 // # Stopping
@@ -157,7 +158,9 @@ func ValidateKindName(name string) error {
 type Kind struct {
 	// Name of the kind (see ValidateKindName).
 	Name string
-	// New makes the Runner of one hold.
+	// New makes the Runner of one Run (a hold has one, or one more after a
+	// handoff that did not happen). nil: the kind runs nothing but the
+	// life's age (no goroutine, no state), as the built-in kind "age".
 	New func() Runner
 	// StopGrace is how long the runner's own graceful stop may take (for
 	// a command: SIGTERM, then SIGKILL after StopGrace). Run returns about
@@ -167,13 +170,10 @@ type Kind struct {
 	StopGrace time.Duration
 }
 
-// Validate checks k's name and fields.
+// Validate checks k's name and fields (New may be nil: see New).
 func (k Kind) Validate() error {
 	if err := ValidateKindName(k.Name); err != nil {
 		return err
-	}
-	if k.New == nil {
-		return fmt.Errorf("kind %q: New is nil", k.Name)
 	}
 	if k.StopGrace < 0 {
 		return fmt.Errorf("kind %q: stop grace %s is negative", k.Name, k.StopGrace)

@@ -28,10 +28,13 @@ func TestKindValidate(t *testing.T) {
 	if err := age.Kind().Validate(); err != nil {
 		t.Fatalf("age kind: %v", err)
 	}
-	if err := (workload.Kind{Name: "x"}).Validate(); err == nil {
-		t.Error("a kind without New validated")
+	if age.Kind().New != nil {
+		t.Error("the age kind has a New: it must run nothing but the age")
 	}
-	if err := (workload.Kind{Name: "x", New: age.Kind().New, StopGrace: -time.Second}).Validate(); err == nil {
+	if err := (workload.Kind{Name: "x"}).Validate(); err != nil {
+		t.Errorf("a kind without New (its age alone): %v", err)
+	}
+	if err := (workload.Kind{Name: "x", New: func() workload.Runner { return age.Runner{} }, StopGrace: -time.Second}).Validate(); err == nil {
 		t.Error("a negative stop grace validated")
 	}
 }
@@ -39,7 +42,7 @@ func TestKindValidate(t *testing.T) {
 func TestAgeRunsUntilStopped(t *testing.T) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- age.Kind().New().Run(ctx, workloadtest.New("Adam", nil, nil)) }()
+	go func() { done <- age.Runner{}.Run(ctx, workloadtest.New("Adam", nil, nil)) }()
 	select {
 	case err := <-done:
 		t.Fatalf("age Run returned before its context ended: %v", err)

@@ -1,0 +1,453 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/internal/etcdtest"
+	"github.com/immortald/immortald/lease"
+	"github.com/immortald/immortald/registry"
+	"github.com/immortald/immortald/workload"
+	"github.com/immortald/immortald/workload/execkind"
+)
+
+// runnerFunc is a workload.Runner made of a function.
+type runnerFunc func(ctx context.Context, h workload.Handle) error
+
+func (f runnerFunc) Run(ctx context.Context, h workload.Handle) error { return f(ctx, h) }
+
+// noteRun is what one Run of the test kind "note" saw.
+type noteRun struct {
+	member   string
+	token    int64
+	inc      int64
+	restored string
+	started  time.Time
+	// Set when Run returns (then done is closed).
+	cause    error
+	returned time.Time
+	final    error // the final Checkpoint's error
+	done     chan struct{}
+}
+
+// noteKind is the Go kind "note" for tests: a Run reports itself on runs,
+// checkpoints "<member> <token>" at once, and after a graceful stop
+// checkpoints "final <member> <token>" and returns.
+func noteKind(member string, runs chan<- *noteRun) workload.Kind {
+	return workload.Kind{Name: "note", StopGrace: time.Second, New: func() workload.Runner {
+		return runnerFunc(func(ctx context.Context, h workload.Handle) error {
+			r := &noteRun{member: member, token: h.FencingToken(), inc: h.Incarnation(), restored: string(h.State()), started: time.Now(), done: make(chan struct{})}
+			defer close(r.done)
+			runs <- r
+			if err := h.Checkpoint(ctx, []byte(fmt.Sprintf("%s %d", member, r.token))); err != nil {
+				h.Logger().Warn("first checkpoint failed", "err", err)
+			}
+			<-ctx.Done()
+			r.cause = context.Cause(ctx)
+			if errors.Is(r.cause, workload.ErrStopped) {
+				r.final = h.Checkpoint(context.WithoutCancel(ctx), []byte(fmt.Sprintf("final %s %d", member, r.token)))
+			}
+			r.returned = time.Now()
+			return r.final
+		})
+	}}
+}
+
+func withKinds(kinds ...workload.Kind) func(*Config) {
+	return func(c *Config) {
+		c.Kinds = map[string]workload.Kind{}
+		for _, k := range kinds {
+			c.Kinds[k.Name] = k
+		}
+	}
+}
+
+func nextRun(tb testing.TB, runs <-chan *noteRun, bound time.Duration) *noteRun {
+	tb.Helper()
+	select {
+	case r := <-runs:
+		return r
+	case <-time.After(bound):
+		tb.Fatalf("no Run started within %s", bound)
+		return nil
+	}
+}
+
+func stateOf(tb testing.TB, cli *clientv3.Client, name string) (registry.StateRecord, bool) {
+	tb.Helper()
+	rec, err := registry.GetState(context.Background(), cli, testKeys, name)
+	if errors.Is(err, registry.ErrNoState) || errors.Is(err, registry.ErrNoLife) {
+		return rec, false
+	}
+	if err != nil {
+		tb.Fatalf("state of %s: %v", name, err)
+	}
+	return rec, true
+}
+
+func waitState(tb testing.TB, cli *clientv3.Client, name, want string) registry.StateRecord {
+	tb.Helper()
+	var rec registry.StateRecord
+	waitFor(tb, 10*time.Second, fmt.Sprintf("state of %s = %q", name, want), func() bool {
+		r, ok := stateOf(tb, cli, name)
+		rec = r
+		return ok && string(r.Data) == want
+	})
+	return rec
+}
+
+// nameWhere returns a life name whose preferred member is, for each of
+// prefs, prefs[0] among prefs[1:].
+func nameWhere(prefs ...[]string) string {
+	for i := 0; ; i++ {
+		name := fmt.Sprintf("job-%d", i)
+		ok := true
+		for _, p := range prefs {
+			ok = ok && candidates(name, p[1:], 2)[0] == p[0]
+		}
+		if ok {
+			return name
+		}
+	}
+}
+
+// A Go life restores its last checkpoint, gets a strictly greater fencing
+// token on every new holder, and after a graceful stop (a shutdown, then a
+// handoff to the preferred member) its final state reaches the next holder:
+// the old Run returns before the new one starts. A crash loses only what
+// was not checkpointed. Deleting the life stops its Run gracefully and
+// deletes its state record.
+func TestWorkStateAndTokenAcrossHolders(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	runs := make(chan *noteRun, 10)
+	name := nameWhere([]string{"m1", "m1", "m2"}, []string{"m3", "m2", "m3"})
+	m1 := startMemberWith(t, srv.Endpoint(), "m1", withKinds(noteKind("m1", runs)))
+	put(t, obs, testKeys.Life(name), `{"kind":"note"}`)
+	r1 := nextRun(t, runs, 10*time.Second)
+	if r1.member != "m1" || r1.restored != "" || r1.inc != 1 {
+		t.Fatalf("first Run = %+v, want on m1 with no state", r1)
+	}
+	waitState(t, obs, name, fmt.Sprintf("m1 %d", r1.token))
+
+	// Shutdown of m1: m2 takes over with m1's final state.
+	m2 := startMemberWith(t, srv.Endpoint(), "m2", withKinds(noteKind("m2", runs)))
+	m1.stop()
+	<-r1.done
+	if !errors.Is(r1.cause, workload.ErrStopped) || r1.final != nil {
+		t.Fatalf("m1's Run at shutdown: cause %v, final checkpoint %v; want ErrStopped and nil", r1.cause, r1.final)
+	}
+	r2 := nextRun(t, runs, 10*time.Second)
+	if r2.member != "m2" || r2.restored != fmt.Sprintf("final m1 %d", r1.token) || r2.token <= r1.token || r2.inc != 2 {
+		t.Fatalf("Run after the shutdown = %+v, want on m2, incarnation 2, restored m1's final state, token > %d", r2, r1.token)
+	}
+	if !r2.started.After(r1.returned) {
+		t.Fatalf("m2's Run started at %s, before m1's returned at %s", r2.started, r1.returned)
+	}
+	waitState(t, obs, name, fmt.Sprintf("m2 %d", r2.token))
+
+	// m3, the preferred member, joins: a handoff, the same way.
+	m3 := startMemberWith(t, srv.Endpoint(), "m3", withKinds(noteKind("m3", runs)))
+	r3 := nextRun(t, runs, 15*time.Second)
+	<-r2.done
+	if r3.member != "m3" || r3.restored != fmt.Sprintf("final m2 %d", r2.token) || r3.token <= r2.token {
+		t.Fatalf("Run after the handoff = %+v, want on m3 with m2's final state and a token > %d", r3, r2.token)
+	}
+	if !errors.Is(r2.cause, workload.ErrStopped) || r2.final != nil || !r3.started.After(r2.returned) {
+		t.Fatalf("m2's Run at the handoff: cause %v, final %v, returned %s; m3's started %s", r2.cause, r2.final, r2.returned, r3.started)
+	}
+	if rec := waitState(t, obs, name, fmt.Sprintf("m3 %d", r3.token)); rec.HolderRev != r3.token || rec.Holder != "m3" {
+		t.Fatalf("state record %+v, want holder m3 at revision %d", rec, r3.token)
+	}
+
+	// m3 crashes: m2 takes over from m3's last checkpoint, with a greater token.
+	m3.crash()
+	r4 := nextRun(t, runs, 15*time.Second)
+	if r4.member != "m2" || r4.token <= r3.token || !strings.HasSuffix(r4.restored, fmt.Sprintf("m3 %d", r3.token)) {
+		t.Fatalf("Run after the crash = %+v, want on m2 with m3's last state and a token > %d", r4, r3.token)
+	}
+	<-r3.done
+
+	// Deleted: a graceful stop, then the state record goes.
+	del(t, obs, testKeys.Life(name))
+	select {
+	case <-r4.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the Run did not return after the life was deleted")
+	}
+	if !errors.Is(r4.cause, workload.ErrStopped) {
+		t.Fatalf("cause after the delete = %v, want ErrStopped", r4.cause)
+	}
+	waitFor(t, 5*time.Second, "the state record deleted", func() bool { return countKeys(t, obs, testKeys.State(name)) == 0 })
+	if n := countKeys(t, obs, testKeys.Age(name)); n != 0 {
+		t.Fatalf("%d age records left after the delete", n)
+	}
+	_ = m2
+}
+
+// A state over workload.MaxStateBytes is refused with ErrStateTooLarge and
+// not written: the last good checkpoint stays.
+func TestWorkStateOverTheBound(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	errs := make(chan error, 2)
+	k := workload.Kind{Name: "big", New: func() workload.Runner {
+		return runnerFunc(func(ctx context.Context, h workload.Handle) error {
+			errs <- h.Checkpoint(ctx, []byte("small"))
+			errs <- h.Checkpoint(ctx, make([]byte, workload.MaxStateBytes+1))
+			<-ctx.Done()
+			return nil
+		})
+	}}
+	startMemberWith(t, srv.Endpoint(), "m1", withKinds(k))
+	put(t, obs, testKeys.Life("big"), `{"kind":"big"}`)
+	for i, want := range []error{nil, workload.ErrStateTooLarge} {
+		select {
+		case err := <-errs:
+			if !errors.Is(err, want) {
+				t.Fatalf("checkpoint %d = %v, want %v", i, err, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no checkpoint")
+		}
+	}
+	if rec, _ := stateOf(t, obs, "big"); string(rec.Data) != "small" {
+		t.Fatalf("state = %.20q, want the last good checkpoint", rec.Data)
+	}
+	// Exactly at the bound is fine.
+	if _, err := (registry.StateRecord{LifeID: 1, HolderRev: 1, Incarnation: 1, Data: make([]byte, workload.MaxStateBytes)}).Marshal(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A member never campaigns for a life of a kind it does not run, even when
+// placement would prefer it, and never gets it handed; status says when no
+// live member runs the kind. A request that carries a command is invalid
+// and never started.
+func TestWorkKindsAndPlacement(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	name := nameWhere([]string{"m1", "m1", "m2"})
+	m1 := startMember(t, srv.Endpoint(), "m1") // age only
+	put(t, obs, testKeys.Life(name), `{"kind":"note"}`)
+	put(t, obs, testKeys.Life("cmd"), `{"kind":"note","command":["/bin/sh","-c","id"]}`)
+	put(t, obs, testKeys.Life("plain"), "")
+	waitFor(t, 5*time.Second, "plain on m1", func() bool { return m1.holds("plain") })
+	time.Sleep(4 * testInterval)
+	if n := countKeys(t, obs, testKeys.Election(name)+"/"); n != 0 {
+		t.Fatalf("%d election keys for a life of a kind no member runs", n)
+	}
+	if st := status(t, obs, name); st.State != registry.StateWaiting || !strings.Contains(st.Error, `no live member runs kind "note"`) || st.Kind != "note" {
+		t.Fatalf("status = %+v, want waiting: no live member runs kind note", st)
+	}
+	if st := status(t, obs, "cmd"); st.State != registry.StateInvalid || !strings.Contains(st.Error, "cannot carry a command") {
+		t.Fatalf("status of a request with a command = %+v, want invalid", st)
+	}
+
+	runs := make(chan *noteRun, 4)
+	m2 := startMemberWith(t, srv.Endpoint(), "m2", withKinds(noteKind("m2", runs)))
+	r := nextRun(t, runs, 10*time.Second)
+	if r.member != "m2" {
+		t.Fatalf("Run on %s, want m2", r.member)
+	}
+	// Settled: it stays on m2 (no handoff to m1, whom placement would prefer
+	// for its name), and m1 has never had a candidacy for it.
+	time.Sleep(2*minHold + viewSettle)
+	if !m2.holds(name) || m1.holds(name) || countKeysWithValue(t, obs, testKeys.Election(name)+"/", "m1") != 0 {
+		t.Fatalf("after settling: m2 holds %v, m1 holds %v, m1's candidacies %d", m2.holds(name), m1.holds(name),
+			countKeysWithValue(t, obs, testKeys.Election(name)+"/", "m1"))
+	}
+	if m2.holds("cmd") || m1.holds("cmd") || countKeys(t, obs, testKeys.Election("cmd")+"/") != 0 {
+		t.Fatal("a request with a command was campaigned for")
+	}
+	select {
+	case r := <-runs:
+		t.Fatalf("a second Run started: %+v", r)
+	default:
+	}
+}
+
+// shKind is a command kind of /bin/sh: the child writes "run <token> after
+// [<restored>]" to its state file at once, its pid to pids/<token>, and on
+// SIGTERM "final <token> after [<restored>]" before it exits.
+func shKind(tb testing.TB, pids, stateRoot string) workload.Kind {
+	tb.Helper()
+	script := `D=$IMMORTALD_STATE_DIR
+save() { printf '%s' "$1" > "$D/state.tmp" && mv "$D/state.tmp" "$D/state"; }
+prev=$(cat "$D/state" 2>/dev/null)
+trap 'save "final $IMMORTALD_FENCING_TOKEN after [$prev]"; exit 0' TERM
+save "run $IMMORTALD_FENCING_TOKEN after [$prev]"
+echo $$ > "$PIDS/$IMMORTALD_FENCING_TOKEN.tmp" && mv "$PIDS/$IMMORTALD_FENCING_TOKEN.tmp" "$PIDS/$IMMORTALD_FENCING_TOKEN"
+while :; do sleep 0.05; done`
+	c := execkind.Config{Command: []string{"/bin/sh", "-c", script}, Env: map[string]string{"PIDS": pids}, StopGrace: 3 * time.Second, Restart: execkind.RestartNever}
+	if err := c.Validate(); err != nil {
+		tb.Fatal(err)
+	}
+	return execkind.Kind("sh", c, execkind.Options{StateRoot: stateRoot, CheckpointInterval: testInterval})
+}
+
+// childPid waits for the pid file of the child run under token.
+func childPid(tb testing.TB, pids string, token int64) int {
+	tb.Helper()
+	var pid int
+	waitFor(tb, 15*time.Second, fmt.Sprintf("the child of token %d", token), func() bool {
+		b, err := os.ReadFile(filepath.Join(pids, strconv.FormatInt(token, 10)))
+		if err != nil {
+			return false
+		}
+		pid, err = strconv.Atoi(strings.TrimSpace(string(b)))
+		return err == nil
+	})
+	return pid
+}
+
+func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+
+// The holder of a command life as its state record names it.
+func holderRev(tb testing.TB, cli *clientv3.Client, name string, not int64) int64 {
+	tb.Helper()
+	var rev int64
+	waitFor(tb, 15*time.Second, "a new holder of "+name, func() bool {
+		rec, ok := ageRecord(tb, cli, name)
+		rev = rec.HolderRev
+		return ok && rec.Running() && rev != not
+	})
+	return rev
+}
+
+// A command life: its state is checkpointed on change only; on a graceful
+// stop (SIGTERM) the final state it writes reaches the next holder, whose
+// child gets a greater token; at the safe deadline of a member cut off from
+// etcd its child is SIGKILLed before a peer can start the life.
+func TestWorkCommandLife(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	proxy := etcdtest.MustProxy(t, srv.Endpoint())
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	pids := t.TempDir()
+	kind := shKind(t, pids, t.TempDir())
+	name := nameWhere([]string{"m1", "m1", "m2"}, []string{"m2", "m2", "m3"})
+	m1 := startMemberWith(t, srv.Endpoint(), "m1", withKinds(kind))
+	put(t, obs, testKeys.Life(name), `{"kind":"sh"}`)
+	tok1 := holderRev(t, obs, name, 0)
+	pid1 := childPid(t, pids, tok1)
+	want1 := fmt.Sprintf("run %d after []", tok1)
+	waitState(t, obs, name, want1)
+
+	// On change only: the state record stays as it is while the file does.
+	resp, err := obs.Get(context.Background(), testKeys.State(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := resp.Kvs[0].ModRevision
+	time.Sleep(6 * testInterval)
+	if resp, err = obs.Get(context.Background(), testKeys.State(name)); err != nil || resp.Kvs[0].ModRevision != rev {
+		t.Fatalf("the state record was written again although the file did not change (%v)", err)
+	}
+	if st := status(t, obs, name); st.Child == nil || st.Child.State != workload.ChildRunning || st.Kind != "sh" {
+		t.Fatalf("status = %+v, want kind sh with a running child", st)
+	}
+
+	// SIGTERM by a graceful stop: m2 (via the freezable proxy) gets the final state.
+	startMemberWith(t, proxy.Addr(), "m2", withKinds(kind))
+	m1.stop()
+	if alive(pid1) {
+		t.Fatalf("m1's child %d is alive after m1 stopped", pid1)
+	}
+	tok2 := holderRev(t, obs, name, tok1)
+	if tok2 <= tok1 {
+		t.Fatalf("token %d after %d", tok2, tok1)
+	}
+	pid2 := childPid(t, pids, tok2)
+	want2 := fmt.Sprintf("run %d after [final %d after []]", tok2, tok1)
+	waitState(t, obs, name, want2)
+
+	// m2 is cut off: its child dies by its safe deadline, before m3 runs one.
+	m3 := startMemberWith(t, srv.Endpoint(), "m3", withKinds(kind))
+	proxy.Freeze()
+	cut := time.Now()
+	waitFor(t, testTTL+5*time.Second, "m2's child killed", func() bool {
+		// Read the holder first: a new holder seen while the old child
+		// still lives afterwards is two runners.
+		rec, _ := ageRecord(t, obs, name)
+		dead := !alive(pid2)
+		if !dead && rec.HolderRev != tok2 && rec.Running() {
+			t.Fatalf("a new holder (revision %d) started while m2's child %d was alive", rec.HolderRev, pid2)
+		}
+		return dead
+	})
+	killed := time.Since(cut)
+	tok3 := holderRev(t, obs, name, tok2)
+	childPid(t, pids, tok3)
+	t.Logf("cut off: m2's child killed after %s, m3's child started after %s", killed.Round(time.Millisecond), time.Since(cut).Round(time.Millisecond))
+	// The killed child checkpointed nothing after the kill: m3 resumes
+	// from m2's last checkpoint.
+	waitState(t, obs, name, fmt.Sprintf("run %d after [%s]", tok3, want2))
+	proxy.Thaw()
+	_ = m3
+}
+
+// The child of a command life dies with its member when the member process
+// is SIGKILLed (parent-death signal). The member is this test binary,
+// run again as a member (see TestMain).
+func TestWorkChildDiesWithItsMember(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	pids := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), memberEnv+"="+srv.Endpoint(), "TEST_PIDS="+pids, "TEST_STATE_ROOT="+t.TempDir())
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	reap := func() { once.Do(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }) }
+	t.Cleanup(reap)
+	put(t, obs, testKeys.Life("job"), `{"kind":"sh"}`)
+	tok := holderRev(t, obs, "job", 0)
+	pid := childPid(t, pids, tok)
+	if !alive(pid) {
+		t.Fatal("the child is not running")
+	}
+	reap() // SIGKILL
+	waitFor(t, 5*time.Second, "the child to die with its member", func() bool { return !alive(pid) })
+}
+
+// memberEnv makes this test binary a member (runMember), for
+// TestWorkChildDiesWithItsMember.
+const memberEnv = "SUPERVISOR_TEST_MEMBER"
+
+// runMember runs a supervisor with the sh kind against the etcd at
+// $SUPERVISOR_TEST_MEMBER until the process is killed.
+func runMember() {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{os.Getenv(memberEnv)}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	c := execkind.Config{Command: []string{"/bin/sh", "-c", `echo $$ > "$PIDS/$IMMORTALD_FENCING_TOKEN.tmp" && mv "$PIDS/$IMMORTALD_FENCING_TOKEN.tmp" "$PIDS/$IMMORTALD_FENCING_TOKEN"; while :; do sleep 0.05; done`},
+		Env: map[string]string{"PIDS": os.Getenv("TEST_PIDS")}}
+	if err := c.Validate(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	sup, err := New(Config{ID: "child", Client: cli, Keys: testKeys, Lease: lease.Config{TTL: testTTL}, CheckpointInterval: testInterval,
+		Kinds: map[string]workload.Kind{"sh": execkind.Kind("sh", c, execkind.Options{StateRoot: os.Getenv("TEST_STATE_ROOT")})}})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	_ = sup.Run(context.Background())
+	os.Exit(0)
+}
