@@ -28,7 +28,7 @@ func run(args []string) int {
 	lives := fs.Int("lives", 0, "lives of the bulk phase (default 10000 quick, 100000 full)")
 	blLives := fs.Int("baseline-lives", 0, "lives of the baseline (default 100 quick, 1000 full)")
 	only := fs.String("only", "", "run only these phases, comma-separated: latency,baseline,exec,scale,bulk,etcd (etcd: the full run only, unless named)")
-	budget := fs.Duration("budget", 0, "time limit of the run after the build (default 90s quick, 17m30s full); each phase reports what it measured by then")
+	budget := fs.Duration("budget", 0, "time limit of the run after the build (default 90s quick, 21m30s full); each phase reports what it measured by then")
 	leaseTTL := fs.String("lease-ttl", "2s", "the members' --lease-ttl (the failover figures are defined at 2s)")
 	keep := fs.Bool("keep", false, "keep etcd's data directory too (logs are always kept)")
 	check := fs.Bool("check", false, "exit 1 unless every target (the == targets section) is met")

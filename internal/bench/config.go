@@ -65,7 +65,7 @@ func defaults(quick bool) config {
 			budget: 90 * time.Second, latencyBudget: 30 * time.Second, baselineBudget: 12 * time.Second,
 			scaleBudget: 26 * time.Second, flapWindow: 2 * time.Second,
 			execLives: 10, execHandoffTrials: 2, execCrashTrials: 2, execFailoverTrials: 0, execBudget: 20 * time.Second,
-			baselineDupTrials: 10,
+			baselineDupTrials: 0, // the quick baseline has no time left for them
 		}
 	}
 	return config{
@@ -77,9 +77,9 @@ func defaults(quick bool) config {
 		pollEvery:    250 * time.Millisecond,
 		placeTimeout: 5 * time.Minute, settleTimeout: 60 * time.Second, moveTimeout: 2 * time.Minute,
 		compaction: "5m", leaseTTL: "2s",
-		budget: 17*time.Minute + 30*time.Second, latencyBudget: 12 * time.Minute, baselineBudget: 3*time.Minute + 30*time.Second,
+		budget: 21*time.Minute + 30*time.Second, latencyBudget: 12 * time.Minute, baselineBudget: 3*time.Minute + 30*time.Second,
 		scaleBudget: 2 * time.Minute, flapWindow: 10 * time.Second,
-		execLives: 200, execHandoffTrials: 20, execCrashTrials: 20, execFailoverTrials: 5, execBudget: 3 * time.Minute,
+		execLives: 200, execHandoffTrials: 20, execCrashTrials: 20, execFailoverTrials: 5, execBudget: 4 * time.Minute,
 		baselineDupTrials: 20,
 	}
 }

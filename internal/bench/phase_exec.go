@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -351,6 +352,14 @@ func (b *bench) execTrial(ctx context.Context, samp *childSampler, kind trialKin
 		return tr, fmt.Errorf("the probe's child runs on %q, not an alive member", cur.member)
 	}
 	tr.victim, tr.token = m.id, cur.token
+	if kind.sig == syscall.SIGKILL {
+		// The wait above ends at a fixed point of the member's checkpoint
+		// cycle (its child started a fixed time after its last one); crashes
+		// come at any point: wait a random part of a checkpoint interval.
+		if err := sleepCtx(ctx, rand.N(time.Second)); err != nil {
+			return tr, err
+		}
+	}
 	memberPID, err := b.memberPID(ctx, m.id)
 	if err != nil {
 		return tr, err
