@@ -90,6 +90,16 @@ func TestStartGetAgeStop(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "already wanted") {
 		t.Fatalf("second start Adam = %+v", r)
 	}
+	r = execute(t, append([]string{"start", "Job", "--kind", "counter"}, e...)...)
+	if r.code != 0 {
+		t.Fatalf("start Job --kind counter = %+v", r)
+	}
+	if resp, err := etcd.Get(context.Background(), "/immortals/lives/Job"); err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != `{"kind":"counter"}` {
+		t.Fatalf("start --kind wrote %v (%v), want {\"kind\":\"counter\"}", resp, err)
+	}
+	if r = execute(t, append([]string{"start", "Bad", "--kind", "Counter"}, e...)...); r.code != 2 || !strings.Contains(r.stderr, "--kind") {
+		t.Fatalf("start --kind Counter = %+v, want a usage error", r)
+	}
 
 	r = execute(t, append([]string{"get-age", "Adam"}, e...)...)
 	if r.code != 0 || r.stdout != "0\n" || r.stderr != "" {

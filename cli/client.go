@@ -99,14 +99,22 @@ func addOutput(cmd *cobra.Command) {
 }
 
 func (a *app) startCmd() *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "start NAME",
-		Short: "Request a life (same as: etcdctl put <prefix>lives/NAME '')",
+		Short: "Request a life (same as: etcdctl put <prefix>lives/NAME '', or '{\"kind\":\"KIND\"}' with --kind)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
 			if err := registry.ValidateName(name); err != nil {
 				return usagef("bad life name %q: %v", name, err)
+			}
+			value := ""
+			if kind, _ := cmd.Flags().GetString("kind"); kind != "" && kind != workload.AgeKind {
+				if err := workload.ValidateKindName(kind); err != nil {
+					return usagef("--kind: %v", err)
+				}
+				b, _ := json.Marshal(registry.Options{Kind: kind})
+				value = string(b)
 			}
 			cli, keys, err := a.client()
 			if err != nil {
@@ -116,7 +124,7 @@ func (a *app) startCmd() *cobra.Command {
 			ctx, cancel := signalContext(cmd)
 			defer cancel()
 			key := keys.Life(name)
-			resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(clientv3.OpPut(key, "")).Commit()
+			resp, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(clientv3.OpPut(key, value)).Commit()
 			if err != nil {
 				return a.reach(err)
 			}
@@ -128,6 +136,8 @@ func (a *app) startCmd() *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().String("kind", "", "the life's kind, one that members declare in their config (default: the built-in age)")
+	return cmd
 }
 
 func (a *app) stopCmd() *cobra.Command {
@@ -226,7 +236,7 @@ func (a *app) getStateCmd() *cobra.Command {
 func (a *app) lsCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ls",
-		Short: "List every life: name, state, age, holder, incarnation",
+		Short: "List every life: name, kind, state, age, holder, incarnation, error",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.withClient(cmd, func(ctx context.Context, cli *clientv3.Client, keys registry.Keys, out string) error {

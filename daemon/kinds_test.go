@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/immortald/immortald/daemon"
+	"github.com/immortald/immortald/workload"
+	"github.com/immortald/immortald/workload/age"
 	"github.com/immortald/immortald/workload/execkind"
 )
 
@@ -129,5 +131,37 @@ func TestBadKinds(t *testing.T) {
 	}
 	if _, err := daemon.LoadKinds(writeConfig(t, "c.ini", "x=1")); err == nil || !strings.Contains(err.Error(), "unsupported type") {
 		t.Errorf("LoadKinds of an .ini file = %v", err)
+	}
+}
+
+// Go kinds of an embedding program join the member's kinds; a clash with
+// the built-in kind, a command kind or another Go kind is refused.
+func TestGoKinds(t *testing.T) {
+	run := func() workload.Runner { return age.Runner{} }
+	m, err := daemon.New(daemon.Config{ID: "m1", GoKinds: []workload.Kind{{Name: "seq", New: run}},
+		Kinds: map[string]execkind.Config{"c": {Command: []string{"/bin/true"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.KindNames(); !slices.Equal(got, []string{"age", "c", "seq"}) {
+		t.Fatalf("kinds %q, want age, c and seq", got)
+	}
+	if k := m.Kinds()["seq"]; k.New == nil || m.Kinds()["age"].New != nil {
+		t.Fatalf("kinds %+v: want seq with its New, age without", m.Kinds())
+	}
+	for _, tt := range []struct {
+		name string
+		kind []workload.Kind
+		want string
+	}{
+		{"age", []workload.Kind{{Name: "age", New: run}}, "built in"},
+		{"command kind", []workload.Kind{{Name: "c", New: run}}, "command kind"},
+		{"twice", []workload.Kind{{Name: "s", New: run}, {Name: "s", New: run}}, "given twice"},
+		{"bad name", []workload.Kind{{Name: "S", New: run}}, "lower-case"},
+	} {
+		_, err := daemon.New(daemon.Config{ID: "m1", GoKinds: tt.kind, Kinds: map[string]execkind.Config{"c": {Command: []string{"/bin/true"}}}})
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v, want an error containing %q", tt.name, err, tt.want)
+		}
 	}
 }

@@ -16,6 +16,14 @@
 // forward (see heartbeat.go). The checkpoint load is one write per member
 // per interval, whatever the number of lives.
 //
+// A life's kind (Config.Kinds, see package workload) may also give it work:
+// a Runner whose Run the member calls while it holds the life, with a
+// Handle carrying the fencing token (the election key's create revision)
+// and the state restored from states/<name>, and whose checkpoints go to
+// states/<name> in fenced, batched writes (see work.go). A kind whose New
+// is nil, as the built-in "age", has no work: its lives cost what they cost
+// before kinds existed. A member campaigns only for lives of its kinds.
+//
 // Guarantees:
 //   - One writer. Every age record write is a Txn guarded by
 //     CreateRevision(own election key) == own revision and
@@ -59,4 +67,15 @@
 //   - Shutdown stops every life, writes one last heartbeat and revokes the
 //     lease with a fresh context, so peers take over at once and resume
 //     each life at the age it stopped at.
+//   - Work runs only while held. A graceful stop (handoff, shutdown, delete)
+//     cancels Run with workload.ErrStopped and keeps the election key and
+//     the lease until Run returns (its kind's StopGrace plus a checkpoint
+//     round, then Expired closes), so the next holder restores the final
+//     state. At the safe deadline, a lost session or a lost life, Expired
+//     closes and Run is cancelled with workload.ErrDeadline at once, before
+//     the server can expire the lease. This member starts no new hold of a
+//     life before the Run of its previous hold here returned.
+//   - A state write is guarded as the age record is; a failed guard fails
+//     the Checkpoint with workload.ErrFenced and, when the election key is
+//     no longer the holder's, stops the life.
 package supervisor

@@ -234,6 +234,11 @@ func (s *Supervisor) nextLocked(gen *generation, c *cand) *task {
 	case c.h != nil:
 		return &task{c: c, kind: taskStart, h: c.h}
 	case c.want && s.isCandidateLocked(c.name, kind):
+		if _, old := s.runs[c.name]; old {
+			// A Run of an earlier hold of this name has not returned (it
+			// was told to stop at once): no new hold before it has.
+			return nil // looked at again when it returns
+		}
 		if c.direct && c.rev != 0 {
 			// Every key in front of ours has gone: we lead. Start from the
 			// record the last check read, carried forward by the newest

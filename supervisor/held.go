@@ -139,7 +139,7 @@ func (h *heldLife) fence(k registry.Keys) []clientv3.Cmp {
 // addHeldLocked starts running h, unless every life was just taken away
 // (session lost, shutdown): then it reports false.
 func (s *Supervisor) addHeldLocked(h *heldLife) bool {
-	if s.stopping || !s.restoreHeldLocked(h) {
+	if !s.restoreHeldLocked(h) {
 		return false
 	}
 	s.m.Started.Inc()

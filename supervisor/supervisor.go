@@ -490,8 +490,9 @@ func (s *Supervisor) Put(l registry.Life) {
 		c.life = l // same life; only options changed
 		if kindChanged {
 			// What runs changes: stop it (keeping its age), and campaign
-			// again if this member runs the new kind.
+			// again if this member runs the new kind, or withdraw.
 			s.stopLocked(c, stopKindChanged)
+			s.queueLocked(c)
 		}
 		return
 	}

@@ -241,7 +241,9 @@ func (h *heldLife) restoreFrom(sub *etcdserverpb.TxnResponse, i int) {
 }
 
 // startWorkLocked starts a Run of h, which is held, unless its kind has
-// none or the member is shutting down.
+// none or the member is shutting down (a life won during the shutdown is
+// held without its work until the revoke, and its next holder restores
+// its last state).
 func (s *Supervisor) startWorkLocked(h *heldLife) {
 	hw := h.work
 	if hw == nil || s.stopping || s.gen == nil {
@@ -279,28 +281,28 @@ func (s *Supervisor) startWorkLocked(h *heldLife) {
 	prev := s.runs[h.name]
 	s.runs[h.name] = r
 	hw.run = r
-	runner := hw.kind.New()
 	go func() {
 		if prev != nil {
 			<-prev.done // one Run of a life at a time in this member
 		}
 		var err error
 		if ctx.Err() == nil {
-			err = r.call(runner)
+			err = r.call(hw.kind.New)
 		}
 		s.runReturned(r, err)
 	}()
 }
 
-// call runs runner, a panic being an error.
-func (r *lifeRun) call(runner workload.Runner) (err error) {
+// call makes a Runner with newRunner and runs it, a panic of either being
+// an error.
+func (r *lifeRun) call(newRunner func() workload.Runner) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("panic: %v", p)
 			r.log.Error("the life's Run panicked", "panic", p, "stack", string(debug.Stack()))
 		}
 	}()
-	return runner.Run(r.ctx, r)
+	return newRunner().Run(r.ctx, r)
 }
 
 // runReturned ends r: no write of it any more, and the life's next step
@@ -376,7 +378,7 @@ func (s *Supervisor) resumeWorkLocked(c *cand) {
 	if !c.held || h == nil || h.work == nil || h.work.run == nil {
 		return
 	}
-	if r := h.work.run; r.stopping && r.returned && !r.isExpired() {
+	if r := h.work.run; r.stopping && r.returned {
 		h.work.run.log.Info("the handoff did not happen: the life's work runs again")
 		s.startWorkLocked(h)
 	}

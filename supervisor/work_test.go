@@ -30,6 +30,7 @@ func (f runnerFunc) Run(ctx context.Context, h workload.Handle) error { return f
 
 // noteRun is what one Run of the test kind "note" saw.
 type noteRun struct {
+	kind     string
 	member   string
 	token    int64
 	inc      int64
@@ -46,9 +47,14 @@ type noteRun struct {
 // checkpoints "<member> <token>" at once, and after a graceful stop
 // checkpoints "final <member> <token>" and returns.
 func noteKind(member string, runs chan<- *noteRun) workload.Kind {
-	return workload.Kind{Name: "note", StopGrace: time.Second, New: func() workload.Runner {
+	return noteKindNamed("note", member, runs)
+}
+
+// noteKindNamed is noteKind under another name; its Runs report it in kind.
+func noteKindNamed(kind, member string, runs chan<- *noteRun) workload.Kind {
+	return workload.Kind{Name: kind, StopGrace: time.Second, New: func() workload.Runner {
 		return runnerFunc(func(ctx context.Context, h workload.Handle) error {
-			r := &noteRun{member: member, token: h.FencingToken(), inc: h.Incarnation(), restored: string(h.State()), started: time.Now(), done: make(chan struct{})}
+			r := &noteRun{kind: kind, member: member, token: h.FencingToken(), inc: h.Incarnation(), restored: string(h.State()), started: time.Now(), done: make(chan struct{})}
 			defer close(r.done)
 			runs <- r
 			if err := h.Checkpoint(ctx, []byte(fmt.Sprintf("%s %d", member, r.token))); err != nil {
@@ -450,4 +456,126 @@ func runMember() {
 	}
 	_ = sup.Run(context.Background())
 	os.Exit(0)
+}
+
+// A request whose kind changes in place stops the Run of the old kind
+// gracefully and starts one of the new kind, the life keeping its age.
+func TestWorkKindChangedInPlace(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	runs := make(chan *noteRun, 4)
+	startMemberWith(t, srv.Endpoint(), "m1", withKinds(noteKindNamed("note", "m1", runs), noteKindNamed("other", "m1", runs)))
+	put(t, obs, testKeys.Life("job"), `{"kind":"note"}`)
+	r1 := nextRun(t, runs, 10*time.Second)
+	waitState(t, obs, "job", fmt.Sprintf("m1 %d", r1.token))
+	time.Sleep(500 * time.Millisecond)
+	put(t, obs, testKeys.Life("job"), `{"kind":"other"}`)
+	r2 := nextRun(t, runs, 10*time.Second)
+	<-r1.done
+	if r1.kind != "note" || !errors.Is(r1.cause, workload.ErrStopped) || r2.kind != "other" || !r2.started.After(r1.returned) {
+		t.Fatalf("runs %+v then %+v: want note stopped gracefully, then other", r1, r2)
+	}
+	if r2.inc != 2 || r2.token <= r1.token {
+		t.Fatalf("the new Run has incarnation %d and token %d (old %d)", r2.inc, r2.token, r1.token)
+	}
+	if rec, _ := ageRecord(t, obs, "job"); rec.AgeMS < 400 {
+		t.Fatalf("age %d ms after the change, want the age kept (at least 400 ms)", rec.AgeMS)
+	}
+}
+
+// A state record that does not parse is not restored: the life starts with
+// no state, and the bytes are kept at quarantine-states/<name> by the
+// holder's first state write. A record of an earlier life of the same name
+// is not restored either.
+func TestWorkCorruptOrForeignStateIsNotRestored(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	runs := make(chan *noteRun, 4)
+	put(t, obs, testKeys.State("bad"), "garbage")
+	old, _ := registry.StateRecord{LifeID: 1, Holder: "gone", HolderRev: 1, Incarnation: 1, Data: []byte("old life")}.Marshal()
+	put(t, obs, testKeys.State("reborn"), string(old))
+	startMemberWith(t, srv.Endpoint(), "m1", withKinds(noteKind("m1", runs)))
+	put(t, obs, testKeys.Life("bad"), `{"kind":"note"}`)
+	put(t, obs, testKeys.Life("reborn"), `{"kind":"note"}`)
+	for range 2 {
+		if r := nextRun(t, runs, 10*time.Second); r.restored != "" {
+			t.Fatalf("Run restored %q, want no state", r.restored)
+		}
+	}
+	waitFor(t, 10*time.Second, "the corrupt record quarantined", func() bool {
+		return getValue(t, obs, testKeys.StateQuarantine("bad")) == "garbage"
+	})
+	if countKeys(t, obs, testKeys.StateQuarantine("reborn")) != 0 {
+		t.Fatal("a record of an earlier life was quarantined; it parses")
+	}
+}
+
+// The state record of a life that ended while nobody ran it goes with its
+// age record when the dead holder's heartbeat is collected.
+func TestWorkStateOfLifeEndedWhileNobodyRanItIsCollected(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	runs := make(chan *noteRun, 2)
+	m1 := startMemberWith(t, srv.Endpoint(), "m1", withKinds(noteKind("m1", runs)))
+	m2 := startMember(t, srv.Endpoint(), "m2") // lacks the kind: never runs it
+	put(t, obs, testKeys.Life("job"), `{"kind":"note"}`)
+	r := nextRun(t, runs, 10*time.Second)
+	waitState(t, obs, "job", fmt.Sprintf("m1 %d", r.token))
+	// The sweep finds the dead holder's records through its heartbeat.
+	waitFor(t, 5*time.Second, "a heartbeat of m1", func() bool { _, ok := ownBeat(t, m1, obs); return ok })
+	m1.crash()
+	del(t, obs, testKeys.Life("job"))
+	deadline := time.Now().Add(testTTL + 10*time.Second)
+	for countKeys(t, obs, testKeys.State("job")) != 0 || countKeys(t, obs, testKeys.Age("job")) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("not collected: state %q, age %q", getValue(t, obs, testKeys.State("job")), getValue(t, obs, testKeys.Age("job")))
+		}
+		m2.sup.collectBeats(context.Background())
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// A command life whose child keeps failing is restarted in place with
+// backoff, and its status (state, last exit code, restarts) reaches `ls`
+// through status-only writes of its state record.
+func TestWorkRestartStatusIsShown(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	c := execkind.Config{Command: []string{"/bin/sh", "-c", "sleep 0.1; exit 3"}, Restart: execkind.RestartOnFailure}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	kind := execkind.Kind("flaky", c, execkind.Options{StateRoot: t.TempDir(), CheckpointInterval: testInterval,
+		BackoffMin: 50 * time.Millisecond, BackoffMax: 400 * time.Millisecond})
+	startMemberWith(t, srv.Endpoint(), "m1", withKinds(kind))
+	put(t, obs, testKeys.Life("flaky"), `{"kind":"flaky"}`)
+	var st registry.Status
+	waitFor(t, 15*time.Second, "two restarts shown", func() bool {
+		st = status(t, obs, "flaky")
+		return st.Child != nil && st.Child.Restarts >= 2 && st.Child.ExitCode == 3
+	})
+	if st.State != registry.StateRunning || st.Kind != "flaky" {
+		t.Fatalf("status %+v, want the life running, of kind flaky", st)
+	}
+}
+
+// A Run that panics is a Run that returned with an error: the member goes
+// on, the life stays held, and its delete is cleaned up.
+func TestWorkPanicIsAnError(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	k := workload.Kind{Name: "boom", New: func() workload.Runner {
+		return runnerFunc(func(context.Context, workload.Handle) error { panic("boom") })
+	}}
+	m1 := startMemberWith(t, srv.Endpoint(), "m1", withKinds(k))
+	put(t, obs, testKeys.Life("boom"), `{"kind":"boom"}`)
+	waitFor(t, 10*time.Second, "boom held", func() bool { return m1.holds("boom") })
+	time.Sleep(3 * testInterval)
+	if !m1.holds("boom") || !m1.sup.Ready() {
+		t.Fatal("the member lost the life or its readiness after a panicking Run")
+	}
+	del(t, obs, testKeys.Life("boom"))
+	waitFor(t, 10*time.Second, "boom cleaned up", func() bool {
+		return !m1.holds("boom") && countKeys(t, obs, testKeys.Age("boom")) == 0 && countKeys(t, obs, testKeys.Election("boom")+"/") == 0
+	})
 }

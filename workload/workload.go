@@ -2,8 +2,8 @@
 //
 // Every life keeps its age (the time it has lived, counted by the
 // supervisor); its kind decides what else runs while a member holds it. A
-// Kind makes Runners; the supervisor calls Runner.Run once per hold, in its
-// own goroutine, with a Handle that gives the life's name, incarnation,
+// Kind makes Runners; the supervisor calls Runner.Run once per hold (once
+// more if a handoff it stopped for did not happen), in its own goroutine, with a Handle that gives the life's name, incarnation,
 // fencing token and restored state, and a fenced Checkpoint.
 //
 // A Kind whose New is nil runs nothing but the life's age: no goroutine, no
@@ -50,10 +50,11 @@ import (
 // Runner is what runs while this member holds a life.
 type Runner interface {
 	// Run runs the life's work until ctx ends (see the package doc for the
-	// causes), then stops it and returns. It is called once per hold, from
-	// its own goroutine. It returns nil after a graceful stop whose final
-	// state is checkpointed; an error otherwise (the cause for a kill at
-	// the deadline, or what failed).
+	// causes), then stops it and returns. It is called once per Runner (a
+	// hold makes one, and one more after a handoff that did not happen),
+	// from its own goroutine. It returns nil after a graceful stop whose
+	// final state is checkpointed; an error otherwise (the cause for a kill
+	// at the deadline, or what failed).
 	Run(ctx context.Context, h Handle) error
 }
 
