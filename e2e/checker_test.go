@@ -121,7 +121,8 @@ type Candidate struct {
 // validLife is the contract's rule for what may run, written independently of
 // the daemon's code: a name is 1..128 bytes of UTF-8 without "/", white space
 // or control characters; options are empty or a JSON object with only
-// "labels" (string to string).
+// "labels" (string to string) and "kind" (a kind's name; whether a member
+// declares it is not the checker's business).
 func validLife(name string, value []byte) error {
 	switch {
 	case name == "":
@@ -143,6 +144,7 @@ func validLife(name string, value []byte) error {
 	}
 	var o struct {
 		Labels map[string]string `json:"labels"`
+		Kind   string            `json:"kind"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(value))
 	dec.DisallowUnknownFields()
@@ -184,7 +186,10 @@ type lifeState struct {
 //     holder at that revision is not its record's holder; a heartbeat deleted
 //     while a wanted life's running record still counts on it;
 //   - a wanted, valid life without a fresh checkpoint for longer than the
-//     bound (availability), unless suspended.
+//     bound (availability), unless suspended;
+//   - a write of a command life's state (states/<name>) that does not parse,
+//     is not of the current life, or is not fenced by the holder's election
+//     key at its revision, or whose fencing token goes down.
 //
 // Ages are effective ones: each heartbeat is a checkpoint of every life whose
 // record runs on its lease (see Checkpoint), and every check above, History,
@@ -211,7 +216,8 @@ type Checker struct {
 	quarantine map[string][]byte
 	garbageOK  map[string]bool
 	garbage    map[string][][]byte
-	members    map[string]int64 // member id -> the lease members/<id> is on
+	members    map[string]int64        // member id -> the lease members/<id> is on
+	states     map[string][]StateWrite // accepted writes of states/<name>, oldest first
 	bound      time.Duration
 	suspended  bool
 	resumed    time.Time
@@ -241,6 +247,7 @@ func startChecker(t testing.TB, cli *clientv3.Client, prefix string, bound time.
 		recs: map[string]Checkpoint{}, beats: map[int64]heartbeat{},
 		quarantine: map[string][]byte{}, garbageOK: map[string]bool{}, garbage: map[string][][]byte{},
 		members: map[string]int64{}, bound: bound, flagged: map[string]time.Time{},
+		states: map[string][]StateWrite{},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix())
@@ -255,7 +262,9 @@ func startChecker(t testing.TB, cli *clientv3.Client, prefix string, bound time.
 	// written before the checker started cannot be judged), each record
 	// carried forward by its lease's heartbeat.
 	for _, kv := range resp.Kvs {
-		if !strings.HasPrefix(string(kv.Key), prefix+"ages/") && !strings.HasPrefix(string(kv.Key), prefix+"heartbeats/") {
+		// State records, like age records, cannot be judged after the fact.
+		if !strings.HasPrefix(string(kv.Key), prefix+"ages/") && !strings.HasPrefix(string(kv.Key), prefix+"heartbeats/") &&
+			!strings.HasPrefix(string(kv.Key), prefix+"states/") {
 			c.apply(mvccpb.PUT, kv, now)
 		}
 	}
@@ -361,6 +370,8 @@ func (c *Checker) apply(typ mvccpb.Event_EventType, kv *mvccpb.KeyValue, now tim
 		c.applyAge(typ, name, kv, now)
 	case "heartbeats":
 		c.applyHeartbeat(typ, name, kv, now)
+	case "states":
+		c.applyState(typ, name, kv, now)
 	case "quarantine":
 		if typ == mvccpb.PUT {
 			c.quarantine[name] = append([]byte(nil), kv.Value...)
@@ -492,6 +503,70 @@ func (c *Checker) applyAge(typ mvccpb.Event_EventType, name string, kv *mvccpb.K
 	// newer than the record was applied already (a repaired record, or a
 	// beat that was on its way when the life started).
 	c.checkpointLocked(name, c.effectiveLocked(rec))
+}
+
+// StateWrite is one write of states/<name>: the workload state of a life of
+// a command kind, checkpointed by its holder.
+type StateWrite struct {
+	LifeID      int64     `json:"life_id"`
+	Holder      string    `json:"holder"`
+	HolderRev   int64     `json:"holder_rev"` // the fencing token the workload was given
+	Incarnation int64     `json:"incarnation"`
+	Time        time.Time `json:"time"`
+	Data        []byte    `json:"data"`
+
+	Rev  int64     `json:"-"`
+	Seen time.Time `json:"-"`
+}
+
+// applyState checks a write of states/<name> as applyAge checks one of
+// ages/<name>: it parses, is of the current life, and is fenced: its
+// holder_rev is the CreateRevision of the holder's election key at that very
+// revision, and its holder that key's member. Within one life, holder_rev
+// never goes down. Deletes (the life ended) are not judged.
+func (c *Checker) applyState(typ mvccpb.Event_EventType, name string, kv *mvccpb.KeyValue, now time.Time) {
+	at := kv.ModRevision
+	if typ == mvccpb.DELETE {
+		c.eventLocked("rev %d: states/%s deleted", at, name)
+		return
+	}
+	var w StateWrite
+	if err := json.Unmarshal(kv.Value, &w); err != nil || w.LifeID <= 0 || w.HolderRev <= 0 || w.Incarnation <= 0 || w.Holder == "" {
+		c.violateLocked("rev %d: states/%s holds a record that does not parse (%v): %.200q", at, name, err, kv.Value)
+		return
+	}
+	w.Rev, w.Seen = at, now
+	l := c.lives[name]
+	h, ok := c.holderLocked(name)
+	switch {
+	case l == nil:
+		c.violateLocked("rev %d: state of %s (life %d) written by %s while the life is not wanted", at, name, w.LifeID, w.Holder)
+		return
+	case l.id != w.LifeID:
+		c.violateLocked("rev %d: state of %s for life id %d by %s, but the current life id is %d", at, name, w.LifeID, w.Holder, l.id)
+		return
+	case !ok:
+		c.violateLocked("rev %d: state of %s written by %s (holder_rev %d) while no election key exists: write by a stale holder", at, name, w.Holder, w.HolderRev)
+		return
+	case h.Rev != w.HolderRev || h.Member != w.Holder:
+		c.violateLocked("rev %d: state of %s written by %s with holder_rev %d, but the holder at that revision is %s (key rev %d): write by a stale holder",
+			at, name, w.Holder, w.HolderRev, h.Member, h.Rev)
+		return
+	}
+	if ws := c.states[name]; len(ws) > 0 && ws[len(ws)-1].LifeID == w.LifeID && w.HolderRev < ws[len(ws)-1].HolderRev {
+		c.violateLocked("rev %d: fencing token of %s's state went down from %d to %d", at, name, ws[len(ws)-1].HolderRev, w.HolderRev)
+	}
+	if ws := c.states[name]; len(ws) == 0 || ws[len(ws)-1].HolderRev != w.HolderRev {
+		c.eventLocked("rev %d: first state of %s by %s (token %d): %d bytes", at, name, w.Holder, w.HolderRev, len(w.Data))
+	}
+	c.states[name] = append(c.states[name], w)
+}
+
+// States returns the accepted writes of states/<name>, oldest first.
+func (c *Checker) States(name string) []StateWrite {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]StateWrite(nil), c.states[name]...)
 }
 
 // effectiveLocked is rec carried forward by the last accepted heartbeat

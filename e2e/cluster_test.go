@@ -32,7 +32,22 @@ type Options struct {
 	// from the one clients use, so that EtcdCutPeers can cut a member off
 	// from its peers alone. Docker backend only.
 	PeerNetwork bool
+	// Config is the text of every member's config file (YAML, the file of
+	// --config), mounted read-only at MemberConfigFile; empty: none. It is
+	// where members declare command kinds (the kinds: section).
+	Config string
+	// Shared gives every member the one directory SharedDir, writable by
+	// the members' user, which the test reads with ReadShared: a host
+	// directory bind-mounted into each container on docker, a hostPath
+	// of the one node on kind.
+	Shared bool
 }
+
+// Where members find what Options.Config and Options.Shared give them.
+const (
+	MemberConfigFile = "/etc/immortald/config.yaml"
+	SharedDir        = "/shared"
+)
 
 func (o Options) withDefaults() Options {
 	if o.LeaseTTL == 0 {
@@ -104,6 +119,21 @@ type Cluster interface {
 	EtcdJoinPeers(ctx context.Context, name string) error
 	// Etcdctl runs etcdctl against the cluster, as a user would.
 	Etcdctl(ctx context.Context, args ...string) (cmdResult, error)
+
+	// ReadShared reads a file of the directory members share at SharedDir
+	// (Options.Shared).
+	ReadShared(ctx context.Context, name string) ([]byte, error)
+	// Procs lists the processes of a member's container below its first
+	// process (the watchdog): the member and whatever it started, with
+	// their pids on the host that runs them. None when the container does
+	// not run.
+	Procs(ctx context.Context, id string) ([]Proc, error)
+}
+
+// Proc is one process of a member's container.
+type Proc struct {
+	PID     int
+	Cmdline string // arguments joined by spaces
 }
 
 // newCluster starts a cluster on the backend that IMMORTALD_E2E_BACKEND names
@@ -178,6 +208,8 @@ type LifeStatus struct {
 	LifeID         int64      `json:"life_id"`
 	CheckpointTime *time.Time `json:"checkpoint_time"`
 	Error          string     `json:"error"`
+	// Kind is the life's kind ("age" when its request names none).
+	Kind string `json:"kind"`
 }
 
 // MemberStatus is one object of `members -o json`.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -163,6 +164,8 @@ type dockerCluster struct {
 	members map[string]*dockerMember
 	order   []string
 	certs   string // with Options.Secure: the certificates, mounted at /certs
+	confDir string // with Options.Config: the directory of the config file, mounted at /etc/immortald
+	shared  string // with Options.Shared: the host directory mounted at SharedDir
 }
 
 func newDockerCluster(t *testing.T, opts Options) *dockerCluster {
@@ -178,6 +181,17 @@ func newDockerCluster(t *testing.T, opts Options) *dockerCluster {
 		opts:    opts,
 		base:    fmt.Sprintf("ie2e-%s-%d-%s", runID, clusterSeq.Add(1), name),
 		members: map[string]*dockerMember{},
+	}
+	// Made before the cleanup below is registered, so that they are
+	// removed after the containers that mount them.
+	if opts.Config != "" {
+		c.confDir = t.TempDir()
+		must(t, os.WriteFile(filepath.Join(c.confDir, filepath.Base(MemberConfigFile)), []byte(opts.Config), 0o644))
+		must(t, os.Chmod(c.confDir, 0o755)) // the members run as a user of their own
+	}
+	if opts.Shared {
+		c.shared = t.TempDir()
+		must(t, os.Chmod(c.shared, 0o777))
 	}
 	labels := []string{"--label", labelCluster + "=" + c.base, "--label", labelOwner + "=" + strconv.Itoa(os.Getpid())}
 	runT(t, time.Minute, "docker", append(append([]string{"network", "create"}, labels...), c.base)...)
@@ -392,12 +406,20 @@ func (c *dockerCluster) addMembers(ctx context.Context, n int, etcds []string) (
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var secure []string
+			var extra []string // docker create's options beyond the common ones
 			if c.opts.Secure {
-				secure = append([]string{"-v", c.certs + ":" + secureDir + ":ro"}, secureMemberEnv()...)
+				extra = append([]string{"-v", c.certs + ":" + secureDir + ":ro"}, secureMemberEnv()...)
+			}
+			runArgs := []string{daemonImage, "run", "--id", m.id, "--http-addr", ":8080"}
+			if c.confDir != "" {
+				extra = append(extra, "-v", c.confDir+":"+filepath.Dir(MemberConfigFile)+":ro")
+				runArgs = append(runArgs, "--config", MemberConfigFile)
+			}
+			if c.shared != "" {
+				extra = append(extra, "-v", c.shared+":"+SharedDir)
 			}
 			errs[i] = c.runWithPort(&m.port, func(port int) []string {
-				return append(secure, "--name", m.container, "--hostname", m.id,
+				args := append(slices.Clone(extra), "--name", m.container, "--hostname", m.id,
 					"--network", c.base, "--network-alias", m.id,
 					"-p", fmt.Sprintf("127.0.0.1:%d:8080", port),
 					"--label", labelCluster+"="+c.base, "--label", labelOwner+"="+strconv.Itoa(os.Getpid()),
@@ -408,8 +430,8 @@ func (c *dockerCluster) addMembers(ctx context.Context, n int, etcds []string) (
 					"-e", "IMMORTALD_LEASE_TTL="+c.opts.LeaseTTL.String(),
 					"-e", "IMMORTALD_CHECKPOINT_INTERVAL="+c.opts.CheckpointInterval.String(),
 					"-e", "IMMORTALD_LOG_LEVEL="+logLevel,
-					daemonImage, "run", "--id", m.id, "--http-addr", ":8080",
 				)
+				return append(args, runArgs...)
 			}, m.container, nil)
 		}()
 	}
@@ -647,4 +669,57 @@ func (c *dockerCluster) Etcdctl(ctx context.Context, args ...string) (cmdResult,
 		argv = append(argv, secureEtcdctlArgs()...)
 	}
 	return run(ctx, "docker", append(argv, args...)...)
+}
+
+func (c *dockerCluster) ReadShared(ctx context.Context, name string) ([]byte, error) {
+	if c.shared == "" {
+		return nil, fmt.Errorf("the cluster has no shared directory (Options.Shared)")
+	}
+	return os.ReadFile(filepath.Join(c.shared, name))
+}
+
+// Procs walks the container's process tree on this host, from its first
+// process down, through /proc/<pid>/task/*/children.
+func (c *dockerCluster) Procs(ctx context.Context, id string) ([]Proc, error) {
+	m, err := c.member(id)
+	if err != nil {
+		return nil, err
+	}
+	res, err := run(ctx, "docker", "inspect", "--format", "{{.State.Pid}}", m.container)
+	if err != nil {
+		return nil, err
+	}
+	pid1, err := strconv.Atoi(strings.TrimSpace(res.Stdout))
+	if err != nil || pid1 <= 0 {
+		return nil, nil // not running
+	}
+	return hostProcTree(pid1), nil
+}
+
+// hostProcTree returns the descendants of pid, as this host's /proc shows
+// them. A process that exits meanwhile is left out.
+func hostProcTree(pid int) []Proc {
+	var out []Proc
+	queue := []int{pid}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		kids, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", p))
+		for _, k := range kids {
+			b, _ := os.ReadFile(k)
+			for _, f := range strings.Fields(string(b)) {
+				child, err := strconv.Atoi(f)
+				if err != nil {
+					continue
+				}
+				cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", child))
+				if err != nil || len(cmd) == 0 {
+					continue // gone, or a zombie
+				}
+				out = append(out, Proc{PID: child, Cmdline: strings.TrimSpace(strings.ReplaceAll(string(cmd), "\x00", " "))})
+				queue = append(queue, child)
+			}
+		}
+	}
+	return out
 }

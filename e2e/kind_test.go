@@ -5,6 +5,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -68,6 +69,7 @@ type kindCluster struct {
 	replicas int
 	members  []string
 	frozen   map[string]bool // etcd pods frozen by EtcdStop
+	node     string          // with Options.Shared: the node whose directory the pods share
 }
 
 func kubectlOK() error {
@@ -105,6 +107,7 @@ func newKindCluster(t *testing.T, opts Options) *kindCluster {
 	must(t, err)
 	manifests := envOr("IMMORTALD_E2E_MANIFESTS", filepath.Join(root, "deploy", "overlays", "kind"))
 	c.applyManifests(t, manifests)
+	c.memberFiles(t)
 	c.kubectl(t, 30*time.Second, "set", "env", "deployment/"+kindDeployment,
 		"IMMORTALD_LEASE_TTL="+opts.LeaseTTL.String(),
 		"IMMORTALD_CHECKPOINT_INTERVAL="+opts.CheckpointInterval.String(),
@@ -263,6 +266,11 @@ func (c *kindCluster) cleanup() {
 	}
 	if _, err := run(ctx, "kubectl", "--context", "kind-"+c.name, "delete", "namespace", c.ns, "--wait=false"); err != nil {
 		t.Errorf("cleanup: %v", err)
+	}
+	if c.node != "" {
+		if _, err := run(ctx, "docker", "exec", c.node, "rm", "-rf", c.sharedHostDir()); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
 	}
 }
 
@@ -525,4 +533,81 @@ func (c *kindCluster) Etcdctl(ctx context.Context, args ...string) (cmdResult, e
 	}
 	c.mu.Unlock()
 	return c.kubectlCtx(ctx, append([]string{"exec", pod, "--", "/etcdctl", "--command-timeout", "10s"}, args...)...)
+}
+
+// ReadShared reads the file from the kind node's hostPath directory that
+// every member pod mounts at SharedDir (see kindShared).
+func (c *kindCluster) ReadShared(ctx context.Context, name string) ([]byte, error) {
+	if !c.opts.Shared {
+		return nil, fmt.Errorf("the cluster has no shared directory (Options.Shared)")
+	}
+	res, err := run(ctx, "docker", "exec", c.node, "cat", c.sharedHostDir()+"/"+name)
+	return []byte(res.Stdout), err
+}
+
+// Procs walks the pod's container's process tree in the node's /proc, from
+// the container's first process down.
+func (c *kindCluster) Procs(ctx context.Context, id string) ([]Proc, error) {
+	node, pid, err := c.proc(ctx, id)
+	if err != nil {
+		return nil, nil // no running container
+	}
+	const walk = `walk() { for p in $(cat /proc/$1/task/*/children 2>/dev/null); do ` +
+		`c=$(tr '\0' ' ' < /proc/$p/cmdline 2>/dev/null); [ -n "$c" ] && echo "$p $c"; walk $p; done; }; walk "$1"`
+	res, err := run(ctx, "docker", "exec", node, "sh", "-c", walk, "sh", pid)
+	if err != nil {
+		return nil, err
+	}
+	var out []Proc
+	for _, line := range strings.Split(strings.TrimSpace(res.Stdout), "\n") {
+		p, cmd, _ := strings.Cut(line, " ")
+		if n, err := strconv.Atoi(p); err == nil {
+			out = append(out, Proc{PID: n, Cmdline: strings.TrimSpace(cmd)})
+		}
+	}
+	return out, nil
+}
+
+// sharedHostDir is the node's directory that the test's member pods share
+// (a hostPath volume: kind runs them all on its one node).
+func (c *kindCluster) sharedHostDir() string { return "/tmp/immortald-e2e/" + c.ns }
+
+// memberFiles gives the Deployment's pods what Options.Config and
+// Options.Shared ask for: the config file from a ConfigMap at
+// MemberConfigFile (and --config), the node's directory sharedHostDir
+// (made writable for the members' user) at SharedDir, and an emptyDir at
+// /data, where the config's state-dir lives (the root filesystem is
+// read-only). The manifests under deploy/ stay as they are.
+func (c *kindCluster) memberFiles(t *testing.T) {
+	t.Helper()
+	if c.opts.Config == "" && !c.opts.Shared {
+		return
+	}
+	type m = map[string]any
+	vols := []m{{"name": "e2e-data", "emptyDir": m{}}}
+	mounts := []m{{"name": "e2e-data", "mountPath": "/data"}}
+	args := []string{"run"}
+	if c.opts.Config != "" {
+		const cm = "immortald-e2e-config"
+		c.kubectl(t, 30*time.Second, "create", "configmap", cm, "--from-literal="+filepath.Base(MemberConfigFile)+"="+c.opts.Config)
+		vols = append(vols, m{"name": "e2e-config", "configMap": m{"name": cm}})
+		mounts = append(mounts, m{"name": "e2e-config", "mountPath": filepath.Dir(MemberConfigFile), "readOnly": true})
+		args = append(args, "--config", MemberConfigFile)
+	}
+	if c.opts.Shared {
+		node := strings.TrimSpace(c.kubectl(t, 30*time.Second, "get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"))
+		if node == "" {
+			t.Fatal("kind backend: no node")
+		}
+		runT(t, time.Minute, "docker", "exec", node, "sh", "-c", "mkdir -p "+c.sharedHostDir()+" && chmod 0777 "+c.sharedHostDir())
+		c.node = node
+		vols = append(vols, m{"name": "e2e-shared", "hostPath": m{"path": c.sharedHostDir(), "type": "Directory"}})
+		mounts = append(mounts, m{"name": "e2e-shared", "mountPath": SharedDir})
+	}
+	patch, err := json.Marshal(m{"spec": m{"template": m{"spec": m{
+		"volumes":    vols,
+		"containers": []m{{"name": kindDeployment, "args": args, "volumeMounts": mounts}},
+	}}}})
+	must(t, err)
+	c.kubectl(t, 30*time.Second, "patch", "deployment/"+kindDeployment, "--type", "strategic", "-p", string(patch))
 }

@@ -7,13 +7,17 @@
 // the same directory, then a rename) and appends the line
 // "<token> <n> <unix-ms>" to its log file, where token is
 // $IMMORTALD_FENCING_TOKEN. On SIGTERM or SIGINT it writes the state once
-// more and exits 0. A state file that is not a number is an error (exit 1):
-// it is left as it is, never overwritten.
+// more and exits 0. The state file's first line is n; a first line that is
+// not a number is an error (exit 1): the file is left as it is, never
+// overwritten. What follows the first line is padding, ignored.
 //
-//	counter [--interval 100ms] [--state FILE] [--log FILE]
+//	counter [--interval 100ms] [--state FILE] [--log FILE | --log-dir DIR] [--pad SIZE]
 //
 // --state defaults to $IMMORTALD_STATE_DIR/state, --log to $COUNTER_LOG
-// (none: no log).
+// (none: no log). --log-dir logs to DIR/$IMMORTALD_LIFE.log instead: one
+// log per life, for many lives of one kind. --pad fills the state file to
+// SIZE bytes (a number, or with a unit: 64KiB, 1MiB) with a line of dots, to
+// give the life a state of that size.
 package main
 
 import (
@@ -42,8 +46,21 @@ func run(args []string) error {
 	interval := fs.Duration("interval", 100*time.Millisecond, "time between increments")
 	state := fs.String("state", "", "state file (default $IMMORTALD_STATE_DIR/state)")
 	logFile := fs.String("log", os.Getenv("COUNTER_LOG"), "file to append \"token n unix-ms\" lines to (default $COUNTER_LOG; empty: none)")
+	logDir := fs.String("log-dir", "", "log to DIR/$IMMORTALD_LIFE.log instead of --log")
+	padFlag := fs.String("pad", "0", "fill the state file to this size: a number of bytes, or with a unit (64KiB, 1MiB)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	pad, err := parseSize(*padFlag)
+	if err != nil {
+		return fmt.Errorf("--pad %q: %v", *padFlag, err)
+	}
+	if *logDir != "" {
+		life := os.Getenv("IMMORTALD_LIFE")
+		if life == "" || strings.ContainsRune(life, '/') || life == "." || life == ".." {
+			return fmt.Errorf("--log-dir needs IMMORTALD_LIFE, a life name, not %q", life)
+		}
+		*logFile = filepath.Join(*logDir, life+".log")
 	}
 	if *interval <= 0 {
 		return fmt.Errorf("--interval %s must be positive", *interval)
@@ -77,11 +94,11 @@ func run(args []string) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return writeState(*state, n)
+			return writeState(*state, n, pad)
 		case <-t.C:
 		}
 		n++
-		if err := writeState(*state, n); err != nil {
+		if err := writeState(*state, n, pad); err != nil {
 			return err
 		}
 		if log != nil {
@@ -101,7 +118,8 @@ func readState(file string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	s := strings.TrimSpace(string(b))
+	first, _, _ := strings.Cut(string(b), "\n")
+	s := strings.TrimSpace(first)
 	if s == "" {
 		return 0, nil
 	}
@@ -112,13 +130,17 @@ func readState(file string) (int64, error) {
 	return n, nil
 }
 
-// writeState replaces file with n atomically.
-func writeState(file string, n int64) error {
+// writeState replaces file with n atomically, padded to pad bytes.
+func writeState(file string, n int64, pad int) error {
 	tmp, err := os.CreateTemp(filepath.Dir(file), ".state-*")
 	if err != nil {
 		return err
 	}
-	_, err = tmp.WriteString(strconv.FormatInt(n, 10) + "\n")
+	content := strconv.FormatInt(n, 10) + "\n"
+	if fill := pad - len(content); fill > 0 {
+		content += strings.Repeat(".", fill-1) + "\n"
+	}
+	_, err = tmp.WriteString(content)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
@@ -129,4 +151,25 @@ func writeState(file string, n int64) error {
 		os.Remove(tmp.Name())
 	}
 	return err
+}
+
+// parseSize reads a size in bytes: a number, with an optional unit B, KiB,
+// MiB (or K, M).
+func parseSize(s string) (int, error) {
+	units := []struct {
+		suffix string
+		mult   int
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"K", 1 << 10}, {"M", 1 << 20}, {"B", 1}}
+	mult := 1
+	for _, u := range units {
+		if v, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = v, u.mult
+			break
+		}
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(s))
+	if err != nil || n < 0 || n > 64<<20/mult {
+		return 0, errors.New("want a size such as 65536 or 64KiB, at most 64MiB")
+	}
+	return n * mult, nil
 }

@@ -102,3 +102,64 @@ func TestBadStateIsKept(t *testing.T) {
 		t.Errorf("the bad state was overwritten: %q", b)
 	}
 }
+
+// --pad fills the state file to its size and is ignored when read back;
+// --log-dir logs to one file per life.
+func TestPadAndLogDir(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "state")
+	pad := "." + strings.Repeat(".", 100) + "\n"
+	if err := os.WriteFile(file, []byte("7\n"+pad), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs := t.TempDir()
+	cmd := exec.Command(os.Args[0], "--interval", "20ms", "--pad", "4KiB", "--log-dir", logs)
+	cmd.Env = append(os.Environ(), "COUNTER_TEST_AS_COUNTER=1", "IMMORTALD_STATE_DIR="+dir,
+		"IMMORTALD_FENCING_TOKEN=9", "IMMORTALD_LIFE=job-1")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	logFile := filepath.Join(logs, "job-1.log")
+	for end := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if b, _ := os.ReadFile(logFile); strings.Count(string(b), "\n") >= 2 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatalf("fewer than 2 lines in %s; stderr: %s", logFile, stderr.String())
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("counter after SIGTERM: %v; stderr: %s", err, stderr.String())
+	}
+	b, _ := os.ReadFile(logFile)
+	if !strings.HasPrefix(string(b), "9 8 ") {
+		t.Errorf("log %q: want it to start at n 8 under token 9", b)
+	}
+	st, _ := os.ReadFile(file)
+	if len(st) != 4096 {
+		t.Errorf("state file of %d bytes, want 4096", len(st))
+	}
+	first, rest, _ := strings.Cut(string(st), "\n")
+	if n, err := strconv.Atoi(first); err != nil || n < 9 || strings.Trim(rest, ".\n") != "" {
+		t.Errorf("state file starts %.20q: want n >= 9, then dots", st)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int{"0": 0, "100": 100, "64KiB": 64 << 10, "1MiB": 1 << 20, "2K": 2048, "5B": 5} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "x", "-1", "1GiB", "1.5KiB"} {
+		if _, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q): no error", in)
+		}
+	}
+}

@@ -23,11 +23,12 @@ func run(args []string) int {
 	immortald := fs.String("immortald", "", "prebuilt immortald binary (default: go build ./cmd/immortald)")
 	etcd := fs.String("etcd", "", "prebuilt etcd binary (default: go build go.etcd.io/etcd/server/v3)")
 	etcdctl := fs.String("etcdctl", "", "prebuilt etcdctl binary (default: go build go.etcd.io/etcd/etcdctl/v3)")
+	counter := fs.String("counter", "", "prebuilt counter binary, the exec phase's command kind (default: go build ./cmd/counter)")
 	binDir := fs.String("bindir", filepath.Join(os.TempDir(), "immortalbench-bin"), "where to build the binaries (kept, so later builds are fast)")
 	lives := fs.Int("lives", 0, "lives of the bulk phase (default 10000 quick, 100000 full)")
 	blLives := fs.Int("baseline-lives", 0, "lives of the baseline (default 100 quick, 1000 full)")
-	only := fs.String("only", "", "run only these phases, comma-separated: latency,baseline,scale,bulk,etcd (etcd: the full run only, unless named)")
-	budget := fs.Duration("budget", 0, "time limit of the run after the build (default 90s quick, 17m30s full); each phase reports what it measured by then")
+	only := fs.String("only", "", "run only these phases, comma-separated: latency,baseline,exec,scale,bulk,etcd (etcd: the full run only, unless named)")
+	budget := fs.Duration("budget", 0, "time limit of the run after the build (default 90s quick, 21m30s full); each phase reports what it measured by then")
 	leaseTTL := fs.String("lease-ttl", "2s", "the members' --lease-ttl (the failover figures are defined at 2s)")
 	keep := fs.Bool("keep", false, "keep etcd's data directory too (logs are always kept)")
 	check := fs.Bool("check", false, "exit 1 unless every target (the == targets section) is met")
@@ -40,7 +41,7 @@ func run(args []string) int {
 	}
 	return bench.Run(bench.Options{
 		Quick: *quick, Check: *check, Out: *out,
-		Bins:   bench.Binaries{Immortald: *immortald, Etcd: *etcd, Etcdctl: *etcdctl},
+		Bins:   bench.Binaries{Immortald: *immortald, Etcd: *etcd, Etcdctl: *etcdctl, Counter: *counter},
 		BinDir: *binDir, Lives: *lives, BaselineLives: *blLives, Only: *only,
 		Budget: *budget, LeaseTTL: *leaseTTL, Keep: *keep,
 	})

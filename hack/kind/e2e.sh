@@ -8,7 +8,7 @@
 # diagnostics when it fails, and deletes the cluster whatever happens.
 #
 # E2E_KIND_RUN is the -run pattern (default: the kind scenarios, TestKind*,
-# and TestBadInput);
+# TestBadInput and TestCommandLife);
 # E2E_TIMEOUT the go test timeout (default 30m).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -70,7 +70,7 @@ cd "$root"
 set +e
 IMMORTALD_E2E_BACKEND=kind IMMORTALD_E2E_KIND_CLUSTER=$name \
   IMMORTALD_E2E_IMAGE=$image IMMORTALD_E2E_ETCD_IMAGE=$etcd_image \
-  go test -tags e2e -count=1 -v -timeout "${E2E_TIMEOUT:-30m}" -run "${E2E_KIND_RUN:-^(TestKind|TestBadInput$)}" ./e2e/
+  go test -tags e2e -count=1 -v -timeout "${E2E_TIMEOUT:-30m}" -run "${E2E_KIND_RUN:-^(TestKind|TestBadInput$|TestCommandLife$)}" ./e2e/
 status=$?
 set -e
 exit "$status"

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/immortald/immortald/daemon"
 	"github.com/immortald/immortald/registry"
 )
 
@@ -343,5 +345,54 @@ func TestTrackerLostAge(t *testing.T) {
 	tr.add(&clientv3.Event{Type: mvccpb.PUT, Kv: &mvccpb.KeyValue{Key: evs[4].Kv.Key, Value: evs[4].Kv.Value, ModRevision: 99}})
 	if tr.decreased != 0 || tr.moves != 1 {
 		t.Errorf("repair counted: decreased %d %v, moves %d", tr.decreased, tr.decreases, tr.moves)
+	}
+}
+
+// The exec phase is full-only: its bars are checked by a full run and by a
+// quick one that names it in -only, and by no other quick run.
+func TestExecBars(t *testing.T) {
+	has := func(cfg config) bool {
+		for _, b := range bars(cfg) {
+			if b.key == "exec_duplicates_seen" {
+				return true
+			}
+		}
+		return false
+	}
+	full, quick := defaults(false), defaults(true)
+	onlyExec := quick
+	onlyExec.only = "latency,exec"
+	onlyOther := full
+	onlyOther.only = "latency"
+	for _, tc := range []struct {
+		name string
+		cfg  config
+		want bool
+	}{{"full", full, true}, {"quick", quick, false}, {"quick -only latency,exec", onlyExec, true}, {"full -only latency", onlyOther, false}} {
+		if got := has(tc.cfg); got != tc.want {
+			t.Errorf("%s: exec bars %v, want %v", tc.name, got, tc.want)
+		}
+		if got := tc.cfg.runs("exec", true); got != tc.want {
+			t.Errorf("%s: runs exec %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// The exec phase's config file declares its kinds as a member reads them.
+func TestExecKinds(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "kinds.yaml")
+	if err := os.WriteFile(path, []byte(execKinds(os.Args[0], "/tmp/logs")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kinds, err := daemon.LoadKinds(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := daemon.New(daemon.Config{ID: "m1", Kinds: kinds, StateDir: t.TempDir()}); err != nil {
+		t.Fatalf("a member refuses the exec phase's kinds: %v", err)
+	}
+	c, ok := kinds["counter64k"]
+	if !ok || len(kinds) != 2 || !slices.Contains(c.Command, "--pad") || !slices.Contains(c.Command, "65536") || c.Command[0] != os.Args[0] {
+		t.Errorf("kinds = %+v", kinds)
 	}
 }

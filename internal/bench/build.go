@@ -11,8 +11,9 @@ import (
 	"time"
 )
 
-// Binaries are the programs a run starts: immortald, etcd and etcdctl.
-type Binaries struct{ Immortald, Etcd, Etcdctl string }
+// Binaries are the programs a run starts: immortald, etcd, etcdctl, and
+// the counter (cmd/counter), the command kind of the exec phase.
+type Binaries struct{ Immortald, Etcd, Etcdctl, Counter string }
 
 // build builds whichever binaries were not given, into cfg.binDir. go build
 // skips the link when the binary there is up to date.
@@ -33,6 +34,7 @@ func build(ctx context.Context, cfg config) (Binaries, error) {
 		{&bins.Immortald, "immortald", "./cmd/immortald"},
 		{&bins.Etcd, "etcd", "go.etcd.io/etcd/server/v3"},
 		{&bins.Etcdctl, "etcdctl", "go.etcd.io/etcd/etcdctl/v3"},
+		{&bins.Counter, "counter", "./cmd/counter"},
 	} {
 		if *t.dst != "" {
 			abs, err := filepath.Abs(*t.dst)

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"strings"
 	"time"
 )
 
@@ -42,6 +43,11 @@ type config struct {
 	budget                                     time.Duration // whole run, after the build
 	latencyBudget, baselineBudget, scaleBudget time.Duration // the bulk phase gets the rest
 	flapWindow                                 time.Duration // watched after the scale-out balanced
+	execLives                                  int           // command lives started at once (exec phase)
+	execHandoffTrials, execCrashTrials         int           // SIGTERM; SIGKILL of the member process
+	execFailoverTrials                         int           // SIGKILL of the top-level process
+	execBudget                                 time.Duration
+	baselineDupTrials                          int // etcdctl killed alone, its command left running
 }
 
 // defaults returns the sizes of a quick or a full run.
@@ -58,6 +64,8 @@ func defaults(quick bool) config {
 			compaction: "5m", leaseTTL: "2s",
 			budget: 90 * time.Second, latencyBudget: 30 * time.Second, baselineBudget: 12 * time.Second,
 			scaleBudget: 26 * time.Second, flapWindow: 2 * time.Second,
+			execLives: 10, execHandoffTrials: 2, execCrashTrials: 2, execFailoverTrials: 0, execBudget: 20 * time.Second,
+			baselineDupTrials: 0, // the quick baseline has no time left for them
 		}
 	}
 	return config{
@@ -69,8 +77,10 @@ func defaults(quick bool) config {
 		pollEvery:    250 * time.Millisecond,
 		placeTimeout: 5 * time.Minute, settleTimeout: 60 * time.Second, moveTimeout: 2 * time.Minute,
 		compaction: "5m", leaseTTL: "2s",
-		budget: 17*time.Minute + 30*time.Second, latencyBudget: 12 * time.Minute, baselineBudget: 3*time.Minute + 30*time.Second,
+		budget: 21*time.Minute + 30*time.Second, latencyBudget: 12 * time.Minute, baselineBudget: 3*time.Minute + 30*time.Second,
 		scaleBudget: 2 * time.Minute, flapWindow: 10 * time.Second,
+		execLives: 200, execHandoffTrials: 20, execCrashTrials: 20, execFailoverTrials: 5, execBudget: 4 * time.Minute,
+		baselineDupTrials: 20,
 	}
 }
 
@@ -87,6 +97,7 @@ func (o Options) config() config {
 		cfg.latencyBudget = time.Duration(float64(cfg.latencyBudget) * scale)
 		cfg.baselineBudget = time.Duration(float64(cfg.baselineBudget) * scale)
 		cfg.scaleBudget = time.Duration(float64(cfg.scaleBudget) * scale)
+		cfg.execBudget = time.Duration(float64(cfg.execBudget) * scale)
 	}
 	if o.Lives > 0 {
 		cfg.lives = o.Lives
@@ -96,4 +107,14 @@ func (o Options) config() config {
 		cfg.baselineLivesForced = true
 	}
 	return cfg
+}
+
+// runs reports whether a run of cfg runs the phase name: every phase named
+// in -only, or without -only every phase but, in a quick run, the full-only
+// ones.
+func (cfg config) runs(name string, fullOnly bool) bool {
+	if cfg.only != "" {
+		return strings.Contains(","+cfg.only+",", ","+name+",")
+	}
+	return !cfg.quick || !fullOnly
 }

@@ -66,6 +66,12 @@ func (b *bench) startMember(ctx context.Context, id string, extra ...string) (*m
 
 // startMembers starts members with the given ids at once and waits for all.
 func (b *bench) startMembers(ctx context.Context, ids ...string) ([]*member, error) {
+	return b.startMembersWith(ctx, func(string) []string { return nil }, ids...)
+}
+
+// startMembersWith is startMembers, each member with the extra flags
+// flags(id).
+func (b *bench) startMembersWith(ctx context.Context, flags func(id string) []string, ids ...string) ([]*member, error) {
 	out := make([]*member, len(ids))
 	errs := make([]error, len(ids))
 	var wg sync.WaitGroup
@@ -73,7 +79,7 @@ func (b *bench) startMembers(ctx context.Context, ids ...string) ([]*member, err
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out[i], errs[i] = b.startMember(ctx, id)
+			out[i], errs[i] = b.startMember(ctx, id, flags(id)...)
 		}()
 	}
 	wg.Wait()

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -542,19 +543,131 @@ func (b *bench) phaseBaseline(ctx context.Context) error {
 		ss[0].kill()
 		ss[1].kill()
 	}
+	b.revokeLocks(ctx)
+
+	// Duplicates, last (a run short of time keeps the figures above), on
+	// lives of their own: under load the ones above may no longer have one
+	// holder and one queued contender each.
+	return b.baselineDuplicates(ctx, bl, hl, 1_000_000)
+}
+
+// revokeLocks revokes the lease of every lock key of the baseline.
+func (b *bench) revokeLocks(ctx context.Context) {
 	gctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	resp, err := b.cli.Get(gctx, lockPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
-	if err == nil {
-		seen := make(map[clientv3.LeaseID]bool)
-		for _, kv := range resp.Kvs {
-			id := clientv3.LeaseID(kv.Lease)
-			if id != 0 && !seen[id] {
-				seen[id] = true
-				_, _ = b.cli.Revoke(gctx, id)
+	if err != nil {
+		return
+	}
+	seen := make(map[clientv3.LeaseID]bool)
+	for _, kv := range resp.Kvs {
+		id := clientv3.LeaseID(kv.Lease)
+		if id != 0 && !seen[id] {
+			seen[id] = true
+			_, _ = b.cli.Revoke(gctx, id)
+		}
+	}
+}
+
+// baselineDuplicates starts baselineDupTrials lives of two contenders each
+// (numbered from first), and once each has a holder and a queued contender,
+// SIGKILLs the holder's etcdctl process alone (a crash of the lock holder's
+// process, as an OOM kill would be, not of its whole pod). It waits until the
+// other contender runs the command, and counts the lives whose old command
+// still runs then: etcdctl lock does not take its command with it when it
+// dies, so once its lease expires the life runs twice. The orphans are
+// killed afterwards.
+func (b *bench) baselineDuplicates(ctx context.Context, bl *baseline, hl *heldLog, first int) error {
+	n := b.cfg.baselineDupTrials
+	if n == 0 {
+		return nil
+	}
+	slots := make([][2]*slot, n)
+	for i := range slots {
+		slots[i] = [2]*slot{{life: first + i, c: 0}, {life: first + i, c: 1}}
+	}
+	var killed []int // the killed etcdctls: their process groups hold the commands left running
+	defer func() {
+		for _, ss := range slots {
+			ss[0].kill()
+			ss[1].kill()
+		}
+		for _, g := range killed {
+			_ = syscall.Kill(-g, syscall.SIGKILL)
+		}
+		b.revokeLocks(ctx)
+	}()
+	held := func(s *slot) bool { // hl.mu held
+		_, tag := s.current()
+		_, ok := hl.byTag[tag]
+		return ok
+	}
+	allHeld := func(c int) func() bool {
+		return func() bool {
+			for _, ss := range slots {
+				if !held(ss[c]) {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	// The first contenders, each to its lock; then the second ones, queued.
+	for _, ss := range slots {
+		if err := bl.spawn(ss[0]); err != nil {
+			return err
+		}
+	}
+	if err := hl.waitUntil(ctx, 30*time.Second, allHeld(0)); err != nil {
+		return fmt.Errorf("duplicate trials: the first contenders do not all hold their locks: %w", err)
+	}
+	for _, ss := range slots {
+		if err := bl.spawn(ss[1]); err != nil {
+			return err
+		}
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+		if c, err := count(ctx, b.cli, lockPrefix); err == nil && c >= int64(2*n) {
+			break
+		}
+		if err := sleepCtx(ctx, 100*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	commands := make([][]int, n)
+	for i, ss := range slots {
+		p, _ := ss[0].current()
+		commands[i] = observe.Children(p.pid)
+		if p.signal(syscall.SIGKILL) == nil {
+			killed = append(killed, p.pid)
+		}
+	}
+	err := hl.waitUntil(ctx, 30*time.Second, allHeld(1))
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	taken, dups := 0, 0
+	for i, ss := range slots {
+		hl.mu.Lock()
+		ok := held(ss[1])
+		hl.mu.Unlock()
+		if !ok {
+			continue
+		}
+		taken++
+		for _, pid := range commands[i] {
+			if !observe.Gone(pid, 0) {
+				dups++
+				break
 			}
 		}
 	}
+	if taken < n {
+		fmt.Fprintf(logw, "  baseline duplicates: %d of %d lives had no new holder: %v\n", n-taken, n, err)
+	}
+	fmt.Fprintf(logw, "  baseline duplicates: the holder's etcdctl SIGKILLed alone in %d lives: %d ran their command twice\n", taken, dups)
+	b.rep.set("baseline_dup_trials", taken)
+	b.rep.set("baseline_duplicates", dups)
 	return nil
 }
 

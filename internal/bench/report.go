@@ -41,9 +41,17 @@ var tableSections = []struct {
 		"lives", "place_all_s", "failover_all_s", "handoff_all_ms",
 		"rss_bytes_per_life", "cpu_per_1k_lives", "etcd_txn_per_s",
 	}},
+	{"command lives (exec phase: the counter kind, cmd/counter, ticking every 100 ms; 3 members)", []string{
+		"exec_lives", "exec_start_all_s", "exec_start_per_s", "exec_start_p50_ms", "exec_start_p99_ms", "exec_stop_all_s",
+		"exec_rss_bytes_per_life", "exec_state_bytes",
+		"exec_handoff_p50_ms", "exec_handoff_p99_ms", "exec_handoff_trials", "exec_handoff_loss_ticks_max",
+		"exec_member_crash_p50_ms", "exec_member_crash_p99_ms", "exec_member_crash_trials",
+		"exec_failover_p50_s", "exec_failover_p99_s", "exec_failover_trials", "exec_crash_loss_ticks_max",
+		"exec_duplicates_seen", "exec_old_child_left",
+	}},
 	{"baseline (etcdctl lock --ttl 2 per life, 2 contenders)", []string{
 		"baseline_lives", "baseline_start_p50_ms", "baseline_failover_p50_s", "baseline_failover_p99_s",
-		"baseline_rss_bytes_per_life", "baseline_cpu_per_1k_lives",
+		"baseline_rss_bytes_per_life", "baseline_cpu_per_1k_lives", "baseline_dup_trials", "baseline_duplicates",
 	}},
 	{"ratios", []string{"ratio_rss_per_life", "ratio_failover_p99"}},
 	{"machine", []string{"mode", "cores", "cpu_model", "mem_total_bytes", "date", "go_version", "etcd_version", "immortald_version", "command_line"}},

@@ -175,16 +175,14 @@ func measure(ctx context.Context, cfg config, ps *procSet, rep *report) int {
 	}{
 		{"latency", b.phaseLatency, cfg.latencyBudget, false},
 		{"baseline", b.phaseBaseline, cfg.baselineBudget, false},
+		{"exec", b.phaseExec, cfg.execBudget, true},
 		{"scale", b.phaseScale, cfg.scaleBudget, false},
 		{"bulk", b.phaseBulk, 0, false},
 		{"etcd", b.phaseEtcd, 0, true},
 	}
 	var skipped []string
 	for _, ph := range phases {
-		if cfg.only != "" && !strings.Contains(","+cfg.only+",", ","+ph.name+",") {
-			continue
-		}
-		if cfg.only == "" && cfg.quick && ph.fullOnly {
+		if !cfg.runs(ph.name, ph.fullOnly) {
 			continue
 		}
 		if ctx.Err() != nil {

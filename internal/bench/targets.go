@@ -26,12 +26,13 @@ func bars(cfg config) []bar {
 	}
 	t := ttl.Seconds()
 	n := float64(cfg.scaleLives)
-	rows := []struct {
+	type row struct {
 		key         string
 		op          string
 		full, quick float64
 		what        string
-	}{
+	}
+	rows := []row{
 		{"age_loss_graceful_ms", "<", 50, 50, "graceful handoff loses under 50 ms"},
 		{"age_loss_crash_ms", "<=", 1100, 1100, "a crash loses at most one checkpoint interval (1 s) and the heartbeat's Txn time"},
 		{"age_decreases_seen", "<=", 0, 0, "age never goes backwards (latency phase, ages as etcd shows them)"},
@@ -56,6 +57,14 @@ func bars(cfg config) []bar {
 		{"top_kill_members_left", "<=", 0, 0, "SIGKILL of the top-level process: no member process left"},
 		{"member_crash_one_member_ms", "<", 3000, 5000, "SIGKILL of the member process holding 10k lives: all run on its peer within 3 s"},
 		{"checkpoint_interval_effective_s", "<=", 1.1, 1.5, "at the bulk phase's scale every life is still checkpointed each 1 s interval: the worst member's mean interval between applied heartbeats"},
+	}
+	// The exec phase is full-only: a quick run checks its bars only when
+	// -only names it.
+	if cfg.runs("exec", true) {
+		rows = append(rows, []row{
+			{"exec_duplicates_seen", "<=", 0, 0, "command lives: never two children of one life at once (/proc every 10 ms), never a line of an older token after a newer one in a child's log"},
+			{"exec_old_child_left", "<=", 0, 0, "command lives: the old holder's child is gone within 2 s of SIGTERM or SIGKILL of its member"},
+		}...)
 	}
 	out := make([]bar, 0, len(rows))
 	for _, r := range rows {
