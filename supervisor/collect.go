@@ -22,14 +22,7 @@ import (
 // record only while there is a dead member's heartbeat.
 func (s *Supervisor) collectBeats(ctx context.Context) {
 	s.mu.Lock()
-	first := len(s.members) > 0 && s.members[0] == s.cfg.ID
-	live := make(map[int64]bool, len(s.leases))
-	for _, l := range s.leases {
-		live[l] = true
-	}
-	if s.gen != nil {
-		live[int64(s.gen.sess.Lease())] = true
-	}
+	first, live := s.eng.FirstMember()
 	s.mu.Unlock()
 	if !first {
 		return

@@ -34,10 +34,10 @@ type Config struct {
 	// rendezvous hashing over the live members: the first runs it, the
 	// others wait to take over at once. Default 2.
 	Candidates int
-	// InFlight bounds the election Txns (each for up to electBatch = 120
-	// lives) a member
-	// has in flight at once, so that a member that sees 100k lives at once
-	// paces itself by etcd's answers. Default 8.
+	// InFlight bounds the election Txns (each for up to
+	// engine.ElectBatch = 120 lives) a member has in flight at once, so
+	// that a member that sees 100k lives at once paces itself by etcd's
+	// answers. Default 8.
 	InFlight int
 	// ShutdownTimeout bounds each step of a graceful stop. Default 5s.
 	ShutdownTimeout time.Duration
@@ -64,9 +64,6 @@ type Config struct {
 	// kinds, and lists them in its member record. Default: age alone.
 	Kinds map[string]workload.Kind
 }
-
-// maxTxnOps is etcd's default limit of operations in one Txn (--max-txn-ops).
-const maxTxnOps = 128
 
 // DefaultConfig returns the defaults of every setting that has one: lease
 // TTL lease.DefaultTTL (5s) and its default margin, checkpoint interval

@@ -7,14 +7,25 @@
 // <lease-hex>; the lowest create revision leads) but run in batches: one
 // Txn carries the election step of up to 120 lives, each in a nested Txn,
 // and one watch of deletions under elections/ wakes waiting candidates, so
-// a life costs a small struct, not a goroutine, a Txn and a watch (see
-// elect.go). A life's state is its age: it counts the time the life runs,
+// a life costs a small struct, not a goroutine, a Txn and a watch. A
+// life's state is its age: it counts the time the life runs,
 // in memory. Its record, ages/<name>, is written when it starts (its age,
 // the member's lease and the member's clock then) and when it stops; every
 // checkpoint interval the member writes one heartbeat, heartbeats/
 // <lease-hex>, with its clock, which carries every record on that lease
 // forward (see heartbeat.go). The checkpoint load is one write per member
 // per interval, whatever the number of lives.
+//
+// What to do next for each life is decided by package engine (its phases,
+// its Txns and what their answers mean, without etcd or goroutines); this
+// package drives it: one mutex guards the engine and is never held across
+// a request to etcd. The goroutines of a session are the election loop
+// (elect.go: takes the ready steps in batches and sends them), the watches
+// of elections/ and ages/ (elect.go, repair.go), the heartbeat loop
+// (heartbeat.go), the state writer (work.go), the member record's updater
+// and the lane (lane.go), which runs the ordered writes one at a time: a
+// life's final record, the heartbeats and the repairs of age records, so
+// that no heartbeat carries a life past its final record.
 //
 // A life's kind (Config.Kinds, see package workload) may also give it work:
 // a Runner whose Run the member calls while it holds the life, with a

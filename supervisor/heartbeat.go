@@ -7,10 +7,10 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/etcdserverpb"
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/immortald/immortald/registry"
+	"github.com/immortald/immortald/supervisor/engine"
 )
 
 // A member checkpoints every life it runs with one write per interval: its
@@ -21,10 +21,6 @@ import (
 // (registry.AgeRecord.At). So the load on etcd is one write per member per
 // interval whatever the number of lives, and a crash loses at most the time
 // since the last heartbeat, as it did with one write per life.
-
-// clockMS is the member's heartbeat clock at t: monotonic milliseconds since
-// the supervisor was created.
-func (s *Supervisor) clockMS(t time.Time) int64 { return t.Sub(s.epoch).Milliseconds() }
 
 // batchTimeout bounds one Txn of a heartbeat or an election batch: two
 // intervals, at least TTL/2. A Txn stuck on an etcd member that died must
@@ -51,19 +47,25 @@ func (s *Supervisor) heartbeatLoop(gen *generation) {
 		}
 		// A heartbeat carries every record still running on the lease, so
 		// it must not fall between the stop of a life and the write of its
-		// final record (a handoff or clean-up batch, which hold writeMu):
-		// the final age would then be below the age the heartbeat showed.
-		s.writeMu.Lock()
-		clock, ok := s.beatClock()
-		if !ok {
-			s.writeMu.Unlock()
-			continue // every life was taken away: nothing may grow older
+		// final record (a handoff or clean-up batch): the final age would
+		// then be below the age the heartbeat showed. The lane orders it.
+		var err error
+		skipped := true
+		var t0 time.Time
+		gen.lane.do(func() {
+			clock, ok := s.beatClock()
+			if !ok {
+				return // every life was taken away: nothing may grow older
+			}
+			skipped = false
+			ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(gen.ctx), s.batchTimeout())
+			t0 = time.Now()
+			err = s.beat(ctx, gen, clock)
+			cancel()
+		})
+		if skipped {
+			continue
 		}
-		ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(gen.ctx), s.batchTimeout())
-		t0 := time.Now()
-		err := s.beat(ctx, gen, clock)
-		cancel()
-		s.writeMu.Unlock()
 		if gen.ctx.Err() != nil {
 			return
 		}
@@ -121,10 +123,10 @@ var errGiveUp = errors.New("the session cannot go on")
 func (s *Supervisor) beatClock() (int64, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.heldClosed {
+	if s.eng.Closed() {
 		return 0, false
 	}
-	return s.clockMS(time.Now()), true
+	return s.eng.ClockMS(time.Now()), true
 }
 
 // beat writes gen's heartbeat with clock. The Txn is guarded by the member
@@ -138,8 +140,8 @@ func (s *Supervisor) beatClock() (int64, bool) {
 // foreign heartbeat is replaced. A member record on another lease (another
 // member with this id registered after ours was deleted), or an etcd whose
 // revision went back (restored from an older snapshot), cannot be repaired:
-// the error wraps errGiveUp. The caller holds writeMu: one heartbeat at a
-// time, ordered with the final records of stopped lives.
+// the error wraps errGiveUp. The caller runs in gen's lane: one heartbeat
+// at a time, ordered with the final records of stopped lives.
 func (s *Supervisor) beat(ctx context.Context, gen *generation, clock int64, also ...clientv3.Op) error {
 	if clock <= gen.beatClock {
 		return nil // a later one is written already
@@ -172,7 +174,7 @@ func (s *Supervisor) beat(ctx context.Context, gen *generation, clock int64, als
 				errGiveUp, resp.Header.Revision, gen.beatRev)
 		}
 		tr := (*etcdserverpb.TxnResponse)(resp)
-		m, hb := firstKV(tr, 0), firstKV(tr, 1)
+		m, hb := engine.FirstKV(tr, 0), engine.FirstKV(tr, 1)
 		switch {
 		case m == nil:
 			memberCmp = clientv3.Compare(clientv3.CreateRevision(member), "=", 0)
@@ -204,7 +206,7 @@ func (s *Supervisor) beat(ctx context.Context, gen *generation, clock int64, als
 func (s *Supervisor) heldCount() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.held)
+	return s.eng.HeldCount()
 }
 
 // finalCheckpoints stops every held life and writes one last heartbeat at
@@ -213,15 +215,18 @@ func (s *Supervisor) heldCount() int {
 // member's candidacies fit in the same Txn, it deletes them too, so peers
 // take over without waiting for the revoke that follows.
 // It returns the lives and when they stopped, for the log.
-func (s *Supervisor) finalCheckpoints(ctx context.Context, gen *generation) ([]*heldLife, time.Time, error) {
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	s.expireRuns("shutdown: its stop took too long")
-	lives := s.takeAllHeld()
-	now := time.Now()
-	gen.cancel()
-	err := s.beat(ctx, gen, s.clockMS(now), s.resignOps(gen)...)
-	s.m.Lost.WithLabelValues("shutdown").Add(float64(len(lives)))
+func (s *Supervisor) finalCheckpoints(ctx context.Context, gen *generation) (lives []*engine.Life, now time.Time, err error) {
+	ran := gen.lane.do(func() {
+		s.expireRuns("shutdown: its stop took too long")
+		lives = s.takeAllHeld()
+		now = time.Now()
+		gen.cancel()
+		err = s.beat(ctx, gen, s.eng.ClockMS(now), s.resignOps(gen)...)
+		s.m.Lost.WithLabelValues("shutdown").Add(float64(len(lives)))
+	})
+	if !ran {
+		return nil, time.Now(), errors.New("the generation ended before its final checkpoint")
+	}
 	return lives, now, err
 }
 
@@ -234,28 +239,14 @@ func (s *Supervisor) resignOps(gen *generation) []clientv3.Op {
 	if s.gen != gen {
 		return nil
 	}
+	names := s.eng.Candidacies()
+	if len(names)+1 >= engine.MaxTxnOps {
+		return nil
+	}
 	lease := int64(gen.sess.Lease())
-	var ops []clientv3.Op
-	for _, c := range s.cands {
-		if c.rev == 0 {
-			continue
-		}
-		if len(ops)+1 >= maxTxnOps {
-			return nil
-		}
-		ops = append(ops, clientv3.OpDelete(s.cfg.Keys.Candidacy(c.name, lease)))
+	ops := make([]clientv3.Op, 0, len(names))
+	for _, name := range names {
+		ops = append(ops, clientv3.OpDelete(s.cfg.Keys.Candidacy(name, lease)))
 	}
 	return ops
-}
-
-// firstKV is the first key of the i-th range response of a Txn, or nil.
-func firstKV(t *etcdserverpb.TxnResponse, i int) *mvccpb.KeyValue {
-	if i >= len(t.GetResponses()) {
-		return nil
-	}
-	kvs := t.Responses[i].GetResponseRange().GetKvs()
-	if len(kvs) == 0 {
-		return nil
-	}
-	return kvs[0]
 }

@@ -9,6 +9,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/immortald/immortald/registry"
+	"github.com/immortald/immortald/supervisor/engine"
 )
 
 // A held life's age record is written only by its holder between its start
@@ -22,8 +23,15 @@ import (
 // nothing else writes the record, so this is how a tampered one is found.
 // It reads keys and revisions only, and values only of suspects.
 func (s *Supervisor) verifyAges(ctx context.Context) {
-	lives := s.snapshotHeld()
-	if len(lives) == 0 {
+	s.mu.Lock()
+	gen := s.gen
+	lives := s.eng.HeldLives()
+	last := make([]int64, len(lives))
+	for i, l := range lives {
+		last[i] = l.LastRev()
+	}
+	s.mu.Unlock()
+	if gen == nil || len(lives) == 0 {
 		return
 	}
 	revs, err := s.revisions(ctx, s.cfg.Keys.Ages())
@@ -31,11 +39,11 @@ func (s *Supervisor) verifyAges(ctx context.Context) {
 		s.sweepFailed(ctx, "cannot read the age records to verify them", err)
 		return // looked at again at the next sweep
 	}
-	for _, h := range lives {
-		if rev, ok := revs[h.name]; ok && rev.mod <= h.lastRev.Load() {
+	for i, l := range lives {
+		if rev, ok := revs[l.Name()]; ok && rev.mod <= last[i] {
 			continue // ours, or older than our last write (which the range missed)
 		}
-		resp, err := s.cfg.Client.Get(ctx, s.cfg.Keys.Age(h.name))
+		resp, err := s.cfg.Client.Get(ctx, s.cfg.Keys.Age(l.Name()))
 		if err != nil {
 			s.sweepFailed(ctx, "cannot read an age record to verify it", err)
 			return
@@ -44,7 +52,7 @@ func (s *Supervisor) verifyAges(ctx context.Context) {
 		if len(resp.Kvs) > 0 {
 			found, rev = resp.Kvs[0], resp.Kvs[0].ModRevision
 		}
-		s.repairAge(ctx, h, found, rev)
+		s.repairAge(gen, l, found, rev)
 	}
 }
 
@@ -56,26 +64,30 @@ func (s *Supervisor) verifyAges(ctx context.Context) {
 // held life's record is checked (verifyAges), then it watches from now on.
 func (s *Supervisor) watchAges(gen *generation, rev int64) {
 	k := s.cfg.Keys
+	type suspect struct {
+		l     *engine.Life
+		found *mvccpb.KeyValue
+		rev   int64
+	}
 	handle := func(wr clientv3.WatchResponse) {
 		// One look at the held lives per response, not per event: a
-		// member starting 10k lives sees 10k events of its own writes,
-		// and mu is the election loop's lock.
-		holders := make([]*heldLife, len(wr.Events))
+		// member starting 10k lives sees 10k events of its own writes.
+		var sus []suspect
 		s.mu.Lock()
-		for i, ev := range wr.Events {
-			holders[i] = s.held[registry.NameOf(k.Ages(), string(ev.Kv.Key))]
-		}
-		s.mu.Unlock()
-		for i, ev := range wr.Events {
-			h := holders[i]
-			if h == nil || ev.Kv.ModRevision <= h.lastRev.Load() {
+		for _, ev := range wr.Events {
+			l := s.eng.Running(registry.NameOf(k.Ages(), string(ev.Kv.Key)))
+			if l == nil || !l.Suspect(ev.Kv.ModRevision) {
 				continue
 			}
 			var found *mvccpb.KeyValue
 			if ev.Type == mvccpb.PUT {
 				found = ev.Kv
 			}
-			s.repairAge(gen.ctx, h, found, ev.Kv.ModRevision)
+			sus = append(sus, suspect{l: l, found: found, rev: ev.Kv.ModRevision})
+		}
+		s.mu.Unlock()
+		for _, x := range sus {
+			s.repairAge(gen, x.l, x.found, x.rev)
 		}
 	}
 	s.watchGen(gen, k.Ages(), rev, handle, func() { s.verifyAges(gen.ctx) })
@@ -98,61 +110,35 @@ func (s *Supervisor) revisions(ctx context.Context, prefix string) (map[string]k
 	return out, nil
 }
 
-// repairAge writes h's running record over found, the age record someone
-// other than h's holder wrote (nil: deleted) at revision rev, keeping
+// repairAge writes l's running record over found, the age record someone
+// other than l's holder wrote (nil: deleted) at revision rev, keeping
 // foreign bytes in quarantine/<name>: they are never resumed and never
-// silently overwritten. A change no newer than h's last write is not one.
-// A member past its safe deadline judges nothing: the write may be its
-// successor's, and the loss of the session stops h anyway. It says what it
-// found only once the fenced write is applied, which proves that h's holder
-// still held the life when the write was made.
-func (s *Supervisor) repairAge(ctx context.Context, h *heldLife, found *mvccpb.KeyValue, rev int64) {
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	if h.stopped.Load() || rev <= h.lastRev.Load() || s.pastDeadline() {
-		return
-	}
-	k := s.cfg.Keys
-	if found != nil && h.isOwn(found) {
-		h.adopt(found)
-		return
-	}
-	var seen int64
-	prevKeep := h.keep
-	if found != nil {
-		seen = found.ModRevision
-		h.keep = found.Value
-	}
-	rec := h.runningRecord()
-	prevRev := h.lastRev.Load()
-	h.lastRev.Store(seen)
-	cmps, then, _ := h.ageWrite(k, rec)
-	wctx, cancel := context.WithTimeout(ctx, s.batchTimeout())
-	defer cancel()
-	resp, err := s.cfg.Client.Txn(wctx).If(cmps...).Then(then...).Commit()
-	if err != nil || !resp.Succeeded {
-		// Tried again at the next sweep; if the fence failed, the life is
-		// stopped by the election watch or the next write.
-		h.lastRev.Store(prevRev)
-		h.keep = prevKeep
-		return
-	}
-	h.wrote(resp.Header.Revision, rec.AgeMS)
-	if found != nil {
-		s.m.Quarantined.Inc()
-		s.log.Error("age record was overwritten by someone other than its holder; kept those bytes in quarantine and wrote the life's own age",
-			"name", h.name, "key", k.Age(h.name), "quarantine", k.Quarantine(h.name), "age", h.ageAt(time.Now())/1000)
-	} else {
-		s.log.Warn("age record was deleted by someone other than its holder; wrote it again", "name", h.name, "age", h.ageAt(time.Now())/1000)
-	}
-}
-
-// pastDeadline reports whether the current session's safe deadline has
-// passed: a successor may then hold its lives, and the loss of the session
-// is about to stop them. (Between sessions no life is held.)
-func (s *Supervisor) pastDeadline() bool {
-	s.mu.Lock()
-	gen := s.gen
-	s.mu.Unlock()
-	return gen != nil && !time.Now().Before(gen.sess.Deadline())
+// silently overwritten (engine.PlanRepair). It runs in gen's lane, ordered
+// with the heartbeats and the final records. A member past its safe
+// deadline judges nothing: the write may be its successor's, and the loss
+// of the session stops l anyway. What it found is said only once the
+// fenced write is applied, which proves that l's holder still held the
+// life when the write was made.
+func (s *Supervisor) repairAge(gen *generation, l *engine.Life, found *mvccpb.KeyValue, rev int64) {
+	gen.lane.do(func() {
+		if !time.Now().Before(gen.sess.Deadline()) {
+			return
+		}
+		s.mu.Lock()
+		r := s.eng.PlanRepair(l, found, rev)
+		s.mu.Unlock()
+		if r == nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(gen.ctx, s.batchTimeout())
+		resp, err := s.cfg.Client.Txn(ctx).If(r.Cmps...).Then(r.Then...).Commit()
+		cancel()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if err != nil {
+			s.eng.Repaired(r, 0, false)
+			return
+		}
+		s.eng.Repaired(r, resp.Header.Revision, resp.Succeeded)
+	})
 }

@@ -18,11 +18,17 @@ import (
 	"github.com/immortald/immortald/internal/backoff"
 	"github.com/immortald/immortald/lease"
 	"github.com/immortald/immortald/registry"
-	"github.com/immortald/immortald/workload"
+	"github.com/immortald/immortald/supervisor/engine"
 )
 
 // Supervisor runs the lives of one member. Create it with New and run it
 // with Run; it implements registry.Handler.
+//
+// It drives an engine.Engine, which decides every step of the elections:
+// the supervisor feeds it what etcd and the watches say and carries out
+// what it decides (Txns, Runs), as etcd's raft package is driven through
+// its RawNode. One mutex, mu, guards the engine; it is held for engine
+// calls only, never across a request to etcd.
 type Supervisor struct {
 	cfg     Config
 	log     *slog.Logger
@@ -30,32 +36,12 @@ type Supervisor struct {
 	started time.Time
 	epoch   time.Time // the heartbeat clock counts from here (monotonic)
 
-	// mu guards the wanted lives, the member view, the elections of the
-	// current generation and the lives held. Lock order: writeMu, then mu.
-	mu         sync.Mutex
-	wanted     map[string]registry.Life // every request seen, valid or not
-	invalid    map[string]int64         // invalid requests already logged, by ModRevision
-	gen        *generation              // nil between sessions
-	cands      map[string]*cand         // of gen, by life name
-	q          queues                   // cands of gen that need an election step
-	electFails int                      // election batches failed in a row
-	members    []string                 // live members, sorted, as last seen under members/
-	leases     map[string]int64         // their session leases, by id
-	kinds      map[string][]string      // the kinds they run (beyond age), by id
-	runs       map[string]*lifeRun      // the Runs that have not returned, by life name
-	beats      map[int64]seenBeat       // the newest heartbeat seen of each lease, this generation
-	viewAt     time.Time                // when members last changed
-	synced     bool                     // registry listed at least once
-	stopping   bool
-	held       map[string]*heldLife // the lives this member runs now
-	heldClosed bool                 // no life may be added: the session is lost or ending
-
-	// writeMu orders the age writes of a life that runs (a handoff, the
-	// clean-up of a stopped life, a repair) and the heartbeats, so a
-	// member's writes for one life are applied in the order their ages were
-	// taken, and no heartbeat carries a life that has stopped but whose
-	// final record is not written yet.
-	writeMu sync.Mutex
+	// mu guards eng, gen and runs. Lock order: mu, then a stateWriter's
+	// mu.
+	mu   sync.Mutex
+	eng  *engine.Engine
+	gen  *generation         // nil between sessions
+	runs map[string]*lifeRun // the latest Run of each life name (see work.go)
 
 	// stale are leases of lost sessions that could not be revoked (etcd was
 	// unreachable). They are revoked once etcd answers again, so their
@@ -71,7 +57,10 @@ type generation struct {
 	wg     sync.WaitGroup
 	kick   chan struct{} // wakes electLoop; buffered, never blocks
 
-	// One heartbeat at a time: these are guarded by Supervisor.writeMu.
+	// lane runs the ordered writes (see lane.go).
+	lane *lane
+
+	// One heartbeat at a time: these are the lane's.
 	beatRev   int64 // revision of the last heartbeat applied (0: none yet)
 	beatClock int64 // its clock
 
@@ -110,21 +99,26 @@ func New(cfg Config) (*Supervisor, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
 	}
-	return &Supervisor{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		m:       cfg.Metrics,
-		wanted:  make(map[string]registry.Life),
-		invalid: make(map[string]int64),
-		cands:   make(map[string]*cand),
-		leases:  make(map[string]int64),
-		kinds:   make(map[string][]string),
-		runs:    make(map[string]*lifeRun),
-		beats:   make(map[int64]seenBeat),
-		held:    make(map[string]*heldLife),
-		epoch:   time.Now(),
-		stale:   slices.Clone(cfg.Leftover),
-	}, nil
+	s := &Supervisor{
+		cfg:   cfg,
+		log:   cfg.Logger,
+		m:     cfg.Metrics,
+		runs:  make(map[string]*lifeRun),
+		epoch: time.Now(),
+		stale: slices.Clone(cfg.Leftover),
+	}
+	kinds := make(map[string]bool, len(cfg.Kinds))
+	for name, k := range cfg.Kinds {
+		kinds[name] = k.New != nil
+	}
+	m := cfg.Metrics
+	s.eng = engine.New(engine.Config{
+		ID: cfg.ID, Keys: cfg.Keys, Candidates: cfg.Candidates, Kinds: kinds,
+		Epoch: s.epoch, Logger: cfg.Logger, Effects: effects{s},
+		Metrics: &engine.Metrics{Held: m.Held, Wanted: m.Wanted, Invalid: m.Invalid, Started: m.Started, Lost: m.Lost,
+			Quarantined: m.Quarantined, Handoffs: m.Handoffs, DirectStarts: m.DirectStarts},
+	})
+	return s, nil
 }
 
 // Ready reports whether the member holds a session, has read the wanted
@@ -133,7 +127,7 @@ func New(cfg Config) (*Supervisor, error) {
 func (s *Supervisor) Ready() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.gen != nil && s.synced && !s.stopping && !s.gen.beatFailing.Load()
+	return s.gen != nil && s.eng.Ready() && !s.gen.beatFailing.Load()
 }
 
 // Held returns the age in milliseconds of every life this member runs now.
@@ -141,11 +135,7 @@ func (s *Supervisor) Held() map[string]int64 {
 	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make(map[string]int64, len(s.held))
-	for name, h := range s.held {
-		out[name] = h.ageAt(now)
-	}
-	return out
+	return s.eng.Held(now)
 }
 
 // Run runs the member until ctx ends, then shuts down gracefully: it stops
@@ -263,15 +253,17 @@ func (s *Supervisor) memberRecord(lives int) registry.MemberRecord {
 // election watch starts after it, before any candidacy of the generation.
 func (s *Supervisor) startGeneration(sess *lease.Session, rev int64) *generation {
 	ctx, cancel := context.WithCancel(context.Background())
-	gen := &generation{sess: sess, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1), lost: make(chan struct{}), states: newStateWriter()}
+	gen := &generation{sess: sess, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1), lost: make(chan struct{}),
+		states: newStateWriter(), lane: newLane()}
 	s.mu.Lock()
-	s.heldClosed = false // lives may be added again
 	s.gen = gen
-	s.electFails = 0
-	clear(s.beats)
-	s.reconcileLocked()
+	s.eng.OpenSession(int64(sess.Lease()))
 	s.mu.Unlock()
-	gen.wg.Add(7)
+	gen.wg.Add(8)
+	go func() {
+		defer gen.wg.Done()
+		gen.lane.run()
+	}()
 	go func() {
 		defer gen.wg.Done()
 		s.writeStates(gen)
@@ -353,7 +345,7 @@ func (s *Supervisor) revokeStale(ctx context.Context) {
 // last heartbeat (the final checkpoint of them all), revoke.
 func (s *Supervisor) shutdown(gen *generation) {
 	s.mu.Lock()
-	s.stopping = true
+	s.eng.SetStopping()
 	s.mu.Unlock()
 	t0 := time.Now()
 	// Every Run stops first, in parallel, while the member still holds
@@ -378,8 +370,8 @@ func (s *Supervisor) shutdown(gen *generation) {
 	// lives that peers need not wait for; but each line carries the time
 	// its life stopped, before any peer could start it, so logs merged by
 	// time read in the order things happened.
-	for _, h := range lives {
-		s.logAt(stoppedAt, "life handed off: "+h.name, "name", h.name, "age", h.ageAt(stoppedAt)/1000, "incarnation", h.incarnate)
+	for _, l := range lives {
+		engine.LogAt(s.log, stoppedAt, "life handed off: "+l.Name(), "name", l.Name(), "age", l.AgeAt(stoppedAt)/1000, "incarnation", l.Incarnation())
 	}
 	s.log.Info("shut down: lives handed off", "lives", len(lives), "stopped_at", stoppedAt.UTC(), "took", took.Round(time.Millisecond))
 }
@@ -391,10 +383,10 @@ func (s *Supervisor) endGeneration(gen *generation) {
 	gen.cancel()
 	if s.gen == gen {
 		s.gen = nil
-		s.cands = make(map[string]*cand)
-		s.clearQueuesLocked()
+		s.eng.EndSession()
 	}
 	s.mu.Unlock()
+	gen.lane.stop()
 	done := make(chan struct{})
 	go func() {
 		gen.wg.Wait()
@@ -450,12 +442,12 @@ func (s *Supervisor) Sync(_ int64, lives []registry.Life) {
 	}
 	s.mu.Lock()
 	var gone []string
-	for name := range s.wanted {
+	for _, name := range s.eng.Wanted() {
 		if !seen[name] {
 			gone = append(gone, name)
 		}
 	}
-	s.synced = true
+	s.eng.Listed()
 	s.mu.Unlock()
 	for _, name := range gone {
 		s.Delete(name, 0)
@@ -466,79 +458,21 @@ func (s *Supervisor) Sync(_ int64, lives []registry.Life) {
 func (s *Supervisor) Put(l registry.Life) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.wanted[l.Name] = l
-	defer s.countLocked()
-	c := s.cands[l.Name]
-	if !l.Valid() {
-		if s.invalid[l.Name] != l.ModRevision {
-			s.invalid[l.Name] = l.ModRevision
-			s.log.Warn("invalid life request; not starting it", "name", l.Name, "err", l.Err)
-		}
-		if c != nil {
-			c.want = false
-			s.stopLocked(c, stopInvalid) // keeps its age for when the request is fixed
-			s.queueLocked(c)
-		}
-		return
-	}
-	delete(s.invalid, l.Name)
-	if s.gen == nil {
-		return // campaigned for with the next session
-	}
-	if c != nil && c.want && c.life.ID == l.ID {
-		kindChanged := c.life.Options.KindName() != l.Options.KindName()
-		c.life = l // same life; only options changed
-		if kindChanged {
-			// What runs changes: stop it (keeping its age), and campaign
-			// again if this member runs the new kind, or withdraw.
-			s.stopLocked(c, stopKindChanged)
-			s.queueLocked(c)
-		}
-		return
-	}
-	if c != nil && c.h != nil {
-		s.stopLocked(c, stopEnded) // another life under the same name
-	}
-	if c == nil && !s.isCandidateLocked(l.Name, l.Options.KindName()) {
-		return
-	}
-	c = s.candLocked(l.Name)
-	c.life, c.want = l, true
-	s.queueNewLocked(c)
+	s.eng.Put(l)
 }
 
-// queueNewLocked queues the first campaign of c: at once on the preferred
-// member, a moment later on the others, so that a life starts where it
-// belongs instead of moving there a moment later.
-func (s *Supervisor) queueNewLocked(c *cand) {
-	if s.preferredLocked(c.name, c.life.Options.KindName()) == s.cfg.ID {
-		s.queueLocked(c)
-	} else {
-		s.queueAtLocked(c, time.Now().Add(deferToPreferred))
-	}
+// Delete implements registry.Handler.
+func (s *Supervisor) Delete(name string, _ int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.eng.Delete(name)
 }
 
-// setMembers takes a new view of the live members and moves lives to
-// match it: this member campaigns where it became a candidate, withdraws
-// where it no longer is one, and offers held lives to their preferred
-// member.
+// setMembers takes a new view of the live members (engine.SetMembers).
 func (s *Supervisor) setMembers(ms []registry.Member) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ids := make([]string, len(ms))
-	clear(s.leases)
-	clear(s.kinds)
-	for i, m := range ms {
-		ids[i] = m.ID
-		s.leases[m.ID] = m.Lease
-		if len(m.Kinds) > 0 {
-			s.kinds[m.ID] = m.Kinds
-		}
-	}
-	if !slices.Equal(ids, s.members) {
-		s.members, s.viewAt = ids, time.Now()
-	}
-	s.reconcileLocked()
+	s.eng.SetMembers(ms)
 }
 
 // sweep looks at every waiting candidacy again every sweepEvery: a safety
@@ -555,12 +489,7 @@ func (s *Supervisor) sweep(ctx context.Context) {
 		case <-t.C:
 		}
 		s.mu.Lock()
-		for _, c := range s.cands {
-			if c.h == nil && !c.queued {
-				s.queueLocked(c)
-			}
-		}
-		s.reconcileLocked()
+		s.eng.Sweep()
 		s.mu.Unlock()
 		s.verifyAges(ctx)
 		s.collectBeats(ctx)
@@ -569,121 +498,3 @@ func (s *Supervisor) sweep(ctx context.Context) {
 
 // sweepEvery is the period of sweep.
 const sweepEvery = 30 * time.Second
-
-// minHold is the least time a member runs a life before handing it to its
-// preferred member.
-const minHold = time.Second
-
-// viewSettle is how long the member set must stay the same before a holder
-// hands a life to its preferred member: members that join one after the
-// other (a scale-out, a rolling update) move each life once, to where it
-// belongs in the end, not once per member.
-const viewSettle = time.Second
-
-// deferToPreferred is how long a candidate that is not the preferred member
-// waits before its first campaign for a life.
-const deferToPreferred = 250 * time.Millisecond
-
-// reconcileLocked brings the elections in line with the wanted lives and
-// the member view: a candidacy for every valid wanted life this member is a
-// candidate for, a withdrawal where it is not, and a handoff look at every
-// held life whose preferred member is another.
-func (s *Supervisor) reconcileLocked() {
-	if s.gen == nil {
-		return
-	}
-	for name, l := range s.wanted {
-		if !l.Valid() {
-			continue
-		}
-		c := s.cands[name]
-		kind := l.Options.KindName()
-		switch {
-		case c == nil:
-			if s.isCandidateLocked(name, kind) {
-				c = s.candLocked(name)
-				c.life, c.want = l, true
-				s.queueNewLocked(c)
-			}
-		case c.held:
-			if s.preferredLocked(name, kind) != s.cfg.ID {
-				s.queueLocked(c)
-			}
-		case c.h == nil && !s.isCandidateLocked(name, kind):
-			s.queueLocked(c)
-		}
-	}
-}
-
-// placementLocked returns the candidates of a life of kind, most preferred
-// first: the top Candidates of the live members that run kind, counting
-// this member as live when it runs kind. Every member runs the age kind.
-func (s *Supervisor) placementLocked(name, kind string) []string {
-	pool := s.members
-	self := s.runsKind(kind)
-	if kind != workload.AgeKind {
-		pool = make([]string, 0, len(s.members))
-		for _, id := range s.members {
-			if id != s.cfg.ID && slices.Contains(s.kinds[id], kind) {
-				pool = append(pool, id)
-			}
-		}
-	}
-	if self && !slices.Contains(pool, s.cfg.ID) {
-		pool = append(slices.Clip(pool), s.cfg.ID)
-	}
-	return candidates(name, pool, s.cfg.Candidates)
-}
-
-// runsKind reports whether this member runs lives of kind.
-func (s *Supervisor) runsKind(kind string) bool {
-	_, ok := s.cfg.Kinds[kind]
-	return ok
-}
-
-func (s *Supervisor) isCandidateLocked(name, kind string) bool {
-	return s.runsKind(kind) && slices.Contains(s.placementLocked(name, kind), s.cfg.ID)
-}
-
-// preferredLocked returns the member that should run a life of kind; ""
-// when no live member runs kind.
-func (s *Supervisor) preferredLocked(name, kind string) string {
-	if p := s.placementLocked(name, kind); len(p) > 0 {
-		return p[0]
-	}
-	return ""
-}
-
-// Delete implements registry.Handler.
-func (s *Supervisor) Delete(name string, _ int64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := s.wanted[name]; !ok {
-		return
-	}
-	delete(s.wanted, name)
-	delete(s.invalid, name)
-	if c := s.cands[name]; c != nil {
-		c.want = false
-		s.stopLocked(c, stopEnded)
-		s.queueLocked(c)
-	}
-	s.countLocked()
-}
-
-func (s *Supervisor) countLocked() {
-	s.m.Wanted.Set(float64(len(s.wanted) - len(s.invalid)))
-	s.m.Invalid.Set(float64(len(s.invalid)))
-}
-
-// logAt logs msg at info level with the time at, when the thing it tells of
-// happened, rather than the time of the call: a line written after a
-// revoke, say, about a life that stopped before it.
-func (s *Supervisor) logAt(at time.Time, msg string, args ...any) {
-	if !s.log.Enabled(context.Background(), slog.LevelInfo) {
-		return
-	}
-	r := slog.NewRecord(at, slog.LevelInfo, msg, 0)
-	r.Add(args...)
-	_ = s.log.Handler().Handle(context.Background(), r)
-}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"math"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +17,7 @@ import (
 	"github.com/immortald/immortald/internal/etcdtest"
 	"github.com/immortald/immortald/lease"
 	"github.com/immortald/immortald/registry"
+	"github.com/immortald/immortald/supervisor/engine"
 )
 
 func TestLifeStartsAndAges(t *testing.T) {
@@ -522,34 +522,6 @@ func TestInvalidOptionsStopLifeAndKeepAge(t *testing.T) {
 	}
 }
 
-// A write applied although its answer was lost (a timeout) is the holder's
-// own: the sweep adopts it instead of quarantining it.
-func TestLostAnswerIsNotAForeignWrite(t *testing.T) {
-	sup, cli := writerOnly(t)
-	ctx := context.Background()
-	h := fakeHolding(t, sup, cli, "Adam")
-	sup.repairAge(ctx, h, nil, math.MaxInt64) // the record was missing: written
-	written := h.lastRev.Load()
-	if written == 0 {
-		t.Fatal("the record was not written")
-	}
-	h.lastRev.Store(written - 1) // as if the answer never came
-	sup.verifyAges(ctx)
-	if q := getValue(t, cli, testKeys.Quarantine("Adam")); q != "" {
-		t.Fatalf("the holder quarantined its own record: %s", q)
-	}
-	if h.lastRev.Load() != written {
-		t.Fatalf("last revision %d, want the write's %d adopted", h.lastRev.Load(), written)
-	}
-	resp, err := cli.Get(ctx, testKeys.Age("Adam"))
-	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].ModRevision != written {
-		t.Fatalf("the record was written again: %v, %v", resp, err)
-	}
-	if _, ok := sup.Held()["Adam"]; !ok {
-		t.Fatal("the life was stopped")
-	}
-}
-
 // writerOnly returns a supervisor that is not running, to call its write
 // path directly, and a client of its etcd.
 func writerOnly(t *testing.T) (*Supervisor, *clientv3.Client) {
@@ -561,34 +533,6 @@ func writerOnly(t *testing.T) (*Supervisor, *clientv3.Client) {
 		t.Fatal(err)
 	}
 	return sup, cli
-}
-
-// fakeHolding requests a life and makes "m1" its holder by hand: an election
-// key on a fresh lease, and the heldLife the supervisor would have made,
-// running in sup.
-func fakeHolding(t *testing.T, sup *Supervisor, cli *clientv3.Client, name string) *heldLife {
-	t.Helper()
-	ctx := context.Background()
-	grant, err := cli.Grant(ctx, 30)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _, _ = cli.Revoke(context.Background(), grant.ID) })
-	lifeID := put(t, cli, testKeys.Life(name), "")
-	own := testKeys.Election(name) + "/own"
-	resp, err := cli.Put(ctx, own, "m1", clientv3.WithLease(grant.ID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &heldLife{name: name, lifeID: lifeID, ownKey: own, ownRev: resp.Header.Revision, holder: "m1", incarnate: 1,
-		lease: int64(grant.ID), started: time.Now()}
-	sup.mu.Lock()
-	ok := sup.addHeldLocked(h)
-	sup.mu.Unlock()
-	if !ok {
-		t.Fatal("addHeldLocked refused")
-	}
-	return h
 }
 
 // adamOnOneOfTwo runs two members, requests Adam, and returns once Adam is
@@ -778,7 +722,7 @@ func (b *syncBuffer) String() string {
 }
 
 // A holder whose preferred member does not campaign (yet) probes again
-// probeAgain later, not at once: the probe's wait holds although it is
+// engine.ProbeAgain later, not at once: the probe's wait holds although it is
 // asked for while the probe's batch is still being handled.
 func TestHandoffProbeWaitsForAbsentTarget(t *testing.T) {
 	srv := etcdtest.MustStart(t)
@@ -786,7 +730,7 @@ func TestHandoffProbeWaitsForAbsentTarget(t *testing.T) {
 	obs := etcdtest.MustClient(t, srv.Endpoint())
 	name := ""
 	for i := 0; name == ""; i++ {
-		if n := fmt.Sprintf("life-%d", i); candidates(n, []string{"m1", "ghost"}, 2)[0] == "ghost" {
+		if n := fmt.Sprintf("life-%d", i); engine.Candidates(n, []string{"m1", "ghost"}, 2)[0] == "ghost" {
 			name = n
 		}
 	}
@@ -803,12 +747,12 @@ func TestHandoffProbeWaitsForAbsentTarget(t *testing.T) {
 		t.Fatal(err)
 	}
 	// minHold and viewSettle pass, then m1 probes for ghost's candidacy.
-	time.Sleep(viewSettle + minHold)
+	time.Sleep(engine.ViewSettle + engine.MinHold)
 	before := readCounter(m1.sup.m.ElectionTxns)
 	time.Sleep(2 * time.Second)
 	txns := readCounter(m1.sup.m.ElectionTxns) - before
 	t.Logf("%v election Txns in 2s while the preferred member does not campaign", txns)
-	if want := 2*time.Second/probeAgain + 20; txns > float64(want) { // a probe each probeAgain, and a few batches of anything else
+	if want := 2*time.Second/engine.ProbeAgain + 20; txns > float64(want) { // a probe each probeAgain, and a few batches of anything else
 		t.Fatalf("%v election Txns in 2s: the holder probes without waiting", txns)
 	}
 	if !m1.holds(name) {
@@ -828,52 +772,51 @@ func TestLostStartAnswerRunsFromTheAppliedStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sess.Close(context.Background()) })
-	gctx, cancel := context.WithCancel(ctx)
-	t.Cleanup(cancel)
-	gen := &generation{sess: sess, ctx: gctx, cancel: cancel, kick: make(chan struct{}, 1), lost: make(chan struct{})}
 
 	const name = "Adam"
 	lifeID := put(t, cli, testKeys.Life(name), "")
-	own, err := cli.Put(ctx, testKeys.Candidacy(name, int64(sess.Lease())), "m1", clientv3.WithLease(sess.Lease()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sup.mu.Lock()
-	sup.gen = gen
-	c := sup.candLocked(name)
-	c.life, c.want, c.rev = registry.ParseLife(name, lifeID, lifeID, nil), true, own.Header.Revision
-	c.h = sup.newHeld(gen, c.life, c.rev, nil)
-	sup.mu.Unlock()
+	eng := sup.eng // driven here by hand, as the election loop would
+	eng.SetMembers([]registry.Member{{ID: "m1", Lease: int64(sess.Lease())}})
+	eng.OpenSession(int64(sess.Lease()))
+	eng.Put(registry.ParseLife(name, lifeID, lifeID, nil))
 
-	// send prepares the start as the election loop does and sends it.
-	send := func() (*clientv3.TxnResponse, *task) {
-		sup.mu.Lock()
-		tk := &task{c: c, kind: taskStart, h: c.h}
-		if !sup.prepareLocked(gen, tk, time.Now()) {
-			sup.mu.Unlock()
-			t.Fatal("the start does not apply")
+	// step takes the one ready step, sends it and returns its batch and
+	// the answer, unanswered.
+	step := func(kind string) (*engine.Batch, *clientv3.TxnResponse) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			eng.NextDue()
+			plain, _ := eng.Take()
+			if plain != nil {
+				ops := eng.Prepare(plain)
+				if ops == nil {
+					t.Fatalf("the %s does not apply", kind)
+				}
+				resp, err := cli.Txn(ctx).Then(ops...).Commit()
+				if err != nil {
+					t.Fatal(err)
+				}
+				return plain, resp
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no %s is ready", kind)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		ops := sup.opsOf(gen, tk)
-		sup.mu.Unlock()
-		resp, err := cli.Txn(ctx).Then(ops...).Commit()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp, tk
 	}
-	first, _ := send() // applied; its answer is lost
+	b, resp := step("check")
+	eng.Answer(b, resp, nil) // it leads: the start is next
+	b, first := step("start")
 	firstAt := time.Now()
+	eng.Answer(b, nil, context.DeadlineExceeded) // applied, but its answer is lost
 	time.Sleep(300 * time.Millisecond)
-	resp, tk := send() // the retry
+	b, resp = step("start, again") // the retry, after the backoff
 	if resp.Responses[0].GetResponseTxn().GetSucceeded() {
 		t.Fatal("the retry was applied over the first start")
 	}
-	sup.mu.Lock()
-	c.busy = true
-	sup.startedLocked(tk, resp.Header.Revision, resp.Responses[0].GetResponseTxn())
-	held := c.held
-	sup.mu.Unlock()
-	if !held {
+	eng.Answer(b, resp, nil)
+	if _, held := eng.Held(time.Now())[name]; !held {
 		t.Fatal("the life does not run after its start was found applied")
 	}
 	if age, min := sup.Held()[name], time.Since(firstAt).Milliseconds(); age < min {
@@ -883,5 +826,5 @@ func TestLostStartAnswerRunsFromTheAppliedStart(t *testing.T) {
 	if err != nil || len(got.Kvs) != 1 || got.Kvs[0].ModRevision != first.Header.Revision {
 		t.Fatalf("age record %v (%v): want the first start's, at revision %d", got, err, first.Header.Revision)
 	}
-	sup.takeAllHeld()
+	eng.TakeAllHeld()
 }

@@ -9,11 +9,10 @@ import (
 	"sync"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/etcdserverpb"
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/immortald/immortald/registry"
+	"github.com/immortald/immortald/supervisor/engine"
 	"github.com/immortald/immortald/workload"
 )
 
@@ -46,8 +45,9 @@ import (
 //     workload.ErrFenced and, when the election key is no longer this
 //     holder's, loses the life.
 //
-// Lock order: writeMu, mu, then a stateWriter's mu; a stateWriter's mu is
-// never held while taking another.
+// The engine decides when a Run starts and stops (its Effects, below);
+// this file runs it. Lock order: mu, then a stateWriter's mu; a
+// stateWriter's mu is never held while taking another.
 
 // Bounds of one state writer Txn: the nested Txns of etcd's --max-txn-ops
 // with room to spare, and bytes well under its 1.5 MiB request limit (one
@@ -58,24 +58,22 @@ const (
 )
 
 // holdWork is the work of one hold: its kind, its current Run and its state
-// as stored. The state fields are guarded by w.mu; run by Supervisor.mu.
+// as stored. It is the engine.Life's Work. The state fields are guarded by
+// w.mu; run by Supervisor.mu.
 type holdWork struct {
 	kind workload.Kind
 	w    *stateWriter // of the hold's generation
 
 	run *lifeRun // the current Run; nil before the first
 
-	restoreKV *mvccpb.KeyValue // states/<name> as the first write read it
-	read      bool             // restoreKV was looked at
-	saved     []byte           // the state as stored (restored or last applied)
-	stateRev  int64            // ModRevision of states/<name> as last read or written
-	keep      []byte           // a record that did not parse, to quarantine with the next write
+	saved []byte // the state as stored (restored or last applied)
+	keep  []byte // a record that did not parse, to quarantine with the next write
 }
 
 // lifeRun is one Run of a hold, and the workload.Handle it is given.
 type lifeRun struct {
 	s        *Supervisor
-	h        *heldLife
+	h        *engine.Life
 	hw       *holdWork
 	log      *slog.Logger
 	restored []byte
@@ -86,10 +84,8 @@ type lifeRun struct {
 	expOnce  sync.Once
 
 	// Guarded by Supervisor.mu.
-	stopping bool        // a graceful stop was asked
-	returned bool        // Run returned
-	timer    *time.Timer // closes Expired when the graceful stop takes too long
-	stopBy   time.Time   // when it must have returned at the latest, expired or not
+	timer  *time.Timer // closes Expired when the graceful stop takes too long
+	stopBy time.Time   // when it must have returned at the latest, expired or not
 
 	// Guarded by hw.w.mu.
 	data    []byte // the latest state asked for
@@ -106,14 +102,14 @@ type lifeRun struct {
 var _ workload.Handle = (*lifeRun)(nil)
 
 // Name implements workload.Handle.
-func (r *lifeRun) Name() string { return r.h.name }
+func (r *lifeRun) Name() string { return r.h.Name() }
 
 // Incarnation implements workload.Handle.
-func (r *lifeRun) Incarnation() int64 { return r.h.incarnate }
+func (r *lifeRun) Incarnation() int64 { return r.h.Incarnation() }
 
 // FencingToken implements workload.Handle: the CreateRevision of the
 // holder's election key.
-func (r *lifeRun) FencingToken() int64 { return r.h.ownRev }
+func (r *lifeRun) FencingToken() int64 { return r.h.FencingToken() }
 
 // State implements workload.Handle.
 func (r *lifeRun) State() []byte { return r.restored }
@@ -222,64 +218,56 @@ func notifyLocked(r *lifeRun) {
 	r.changed = make(chan struct{})
 }
 
-// newWork returns the work of a hold of life, nil when its kind has none.
-func (s *Supervisor) newWork(gen *generation, life registry.Life) *holdWork {
-	k, ok := s.cfg.Kinds[life.Options.KindName()]
-	if !ok || k.New == nil {
-		return nil
-	}
-	return &holdWork{kind: k, w: gen.states}
-}
+// effects carries out the engine's decisions (engine.Effects). Its methods
+// are called with mu held.
+type effects struct{ s *Supervisor }
 
-// restoreFrom keeps the states/<name> read at index i of a start's nested
-// Txn response, to restore from when the Run starts.
-func (h *heldLife) restoreFrom(sub *etcdserverpb.TxnResponse, i int) {
-	if h.work == nil || i < 0 {
-		return
-	}
-	h.work.restoreKV = firstKV(sub, i)
-}
-
-// startWorkLocked starts a Run of h, which is held, unless its kind has
-// none or the member is shutting down (a life won during the shutdown is
-// held without its work until the revoke, and its next holder restores
-// its last state).
-func (s *Supervisor) startWorkLocked(h *heldLife) {
-	hw := h.work
-	if hw == nil || s.stopping || s.gen == nil {
-		return
-	}
-	log := s.log.With("life", h.name, "incarnation", h.incarnate)
-	hw.w.mu.Lock()
-	if !hw.read {
-		hw.read = true
-		if kv := hw.restoreKV; kv != nil {
-			hw.stateRev = kv.ModRevision
-			rec, err := registry.ParseStateRecord(kv.Value)
-			switch {
-			case err != nil:
-				hw.keep = kv.Value
-				s.m.Quarantined.Inc()
-				log.Error("state record does not parse; keeping its bytes in quarantine and starting the life with no state",
-					"key", s.cfg.Keys.State(h.name), "quarantine", s.cfg.Keys.StateQuarantine(h.name), "err", err)
-			case rec.LifeID == h.lifeID:
-				hw.saved = rec.Data
-			}
+// Wake implements engine.Effects: it wakes the election loop.
+func (f effects) Wake() {
+	if gen := f.s.gen; gen != nil {
+		select {
+		case gen.kick <- struct{}{}:
+		default:
 		}
-		hw.restoreKV = nil
+	}
+}
+
+// StartWork implements engine.Effects: a Run of l starts, in its own
+// goroutine, once the previous Run of its name in this member returned.
+// The first Run of a hold restores the state its first write read.
+func (f effects) StartWork(l *engine.Life) {
+	s := f.s
+	log := s.log.With("life", l.Name(), "incarnation", l.Incarnation())
+	hw, _ := l.Work.(*holdWork)
+	if hw == nil {
+		hw = &holdWork{kind: s.cfg.Kinds[l.Kind()], w: s.gen.states}
+		l.Work = hw
+	}
+	hw.w.mu.Lock()
+	if kv := l.StateRead(); kv != nil {
+		rec, err := registry.ParseStateRecord(kv.Value)
+		switch {
+		case err != nil:
+			hw.keep = kv.Value
+			s.m.Quarantined.Inc()
+			log.Error("state record does not parse; keeping its bytes in quarantine and starting the life with no state",
+				"key", s.cfg.Keys.State(l.Name()), "quarantine", s.cfg.Keys.StateQuarantine(l.Name()), "err", err)
+		case rec.LifeID == l.LifeID():
+			hw.saved = rec.Data
+		}
 	}
 	restored := hw.saved
 	hw.w.mu.Unlock()
 
 	ctx, cancel := context.WithCancelCause(context.Background())
 	r := &lifeRun{
-		s: s, h: h, hw: hw, log: log, restored: restored,
+		s: s, h: l, hw: hw, log: log, restored: restored,
 		ctx: ctx, cancel: cancel,
 		done: make(chan struct{}), expired: make(chan struct{}), changed: make(chan struct{}),
 		data: restored,
 	}
-	prev := s.runs[h.name]
-	s.runs[h.name] = r
+	prev := s.runs[l.Name()]
+	s.runs[l.Name()] = r
 	hw.run = r
 	go func() {
 		if prev != nil {
@@ -291,6 +279,47 @@ func (s *Supervisor) startWorkLocked(h *heldLife) {
 		}
 		s.runReturned(r, err)
 	}()
+}
+
+// StopWork implements engine.Effects: l's Run is cancelled with
+// workload.ErrStopped; past its kind's stop grace and one checkpoint round,
+// Expired closes.
+func (f effects) StopWork(l *engine.Life) {
+	s := f.s
+	r := runOf(l)
+	if r == nil {
+		return
+	}
+	bound := r.hw.kind.StopGrace + s.stopRound()
+	r.stopBy = time.Now().Add(bound + s.cfg.ShutdownTimeout)
+	r.cancel(workload.ErrStopped)
+	r.timer = time.AfterFunc(bound, func() {
+		if !r.isExpired() {
+			r.log.Warn("the life's work did not stop within its stop grace and one checkpoint: telling it to stop at once", "bound", bound)
+			r.expire()
+		}
+	})
+}
+
+// ExpireWork implements engine.Effects: l's Run is told to stop at once
+// (a why of "" is logged by the caller, once for many lives).
+func (f effects) ExpireWork(l *engine.Life, why string) {
+	r := runOf(l)
+	if r == nil || r.isExpired() {
+		return
+	}
+	if why != "" {
+		r.log.Warn("stopping the life's work at once: " + why)
+	}
+	r.expire()
+}
+
+// runOf is the current Run of l, or nil.
+func runOf(l *engine.Life) *lifeRun {
+	if hw, _ := l.Work.(*holdWork); hw != nil {
+		return hw.run
+	}
+	return nil
 }
 
 // call makes a Runner with newRunner and runs it, a panic of either being
@@ -315,23 +344,19 @@ func (s *Supervisor) runReturned(r *lifeRun, err error) {
 	w.mu.Unlock()
 	r.cancel(workload.ErrStopped) // releases the context
 	s.mu.Lock()
-	r.returned = true
 	if r.timer != nil {
 		r.timer.Stop()
 	}
-	if s.runs[r.h.name] == r {
-		delete(s.runs, r.h.name)
+	if s.runs[r.h.Name()] == r {
+		delete(s.runs, r.h.Name())
 	}
-	switch {
-	case r.stopping || r.isExpired():
+	asked := s.eng.RunReturned(r.h)
+	s.mu.Unlock()
+	if asked {
 		r.log.Info("the life's work stopped", "err", err, "cause", context.Cause(r.ctx))
-	default:
+	} else {
 		r.log.Warn("the life's work returned before it was stopped; the life stays held, its work does not run again in this hold", "err", err)
 	}
-	if c := s.cands[r.h.name]; c != nil {
-		s.queueLocked(c) // a handoff or a clean-up may wait for this
-	}
-	s.mu.Unlock()
 	close(r.done)
 }
 
@@ -341,77 +366,13 @@ func (s *Supervisor) stopRound() time.Duration {
 	return s.cfg.CheckpointInterval + s.batchTimeout()
 }
 
-// stopWorkLocked asks h's Run to stop gracefully, and reports whether no
-// Run of h runs (there is none, or it returned).
-func (s *Supervisor) stopWorkLocked(h *heldLife) bool {
-	if h == nil || h.work == nil || h.work.run == nil {
-		return true
-	}
-	r := h.work.run
-	if r.returned {
-		return true
-	}
-	if !r.stopping {
-		r.stopping = true
-		bound := h.work.kind.StopGrace + s.stopRound()
-		r.stopBy = time.Now().Add(bound + s.cfg.ShutdownTimeout)
-		r.cancel(workload.ErrStopped)
-		r.timer = time.AfterFunc(bound, func() {
-			if !r.isExpired() {
-				r.log.Warn("the life's work did not stop within its stop grace and one checkpoint: telling it to stop at once", "bound", bound)
-				r.expire()
-			}
-		})
-	}
-	return false
-}
-
-// workStoppedLocked reports whether no Run of h runs.
-func (s *Supervisor) workStoppedLocked(h *heldLife) bool {
-	return h == nil || h.work == nil || h.work.run == nil || h.work.run.returned
-}
-
-// resumeWorkLocked starts a new Run of c's life, which is held, when its
-// last Run was stopped for a handoff that did not happen (or is off).
-func (s *Supervisor) resumeWorkLocked(c *cand) {
-	h := c.h
-	if !c.held || h == nil || h.work == nil || h.work.run == nil {
-		return
-	}
-	if r := h.work.run; r.stopping && r.returned {
-		h.work.run.log.Info("the handoff did not happen: the life's work runs again")
-		s.startWorkLocked(h)
-	}
-}
-
-// expireWork tells h's Run, if any, to stop at once.
-func (h *heldLife) expireWork(why string) {
-	if h.work == nil {
-		return
-	}
-	// run is guarded by mu, which the callers hold.
-	if r := h.work.run; r != nil && !r.isExpired() {
-		r.log.Warn("stopping the life's work at once: " + why)
-		r.expire()
-	}
-}
-
 // expireRuns tells every Run that has not returned to stop at once.
 func (s *Supervisor) expireRuns(why string) {
 	s.mu.Lock()
-	runs := make([]*lifeRun, 0, len(s.runs))
-	for _, r := range s.runs {
-		if !r.isExpired() {
-			runs = append(runs, r)
-		}
-	}
+	n := s.eng.ExpireAllWork()
 	s.mu.Unlock()
-	if len(runs) == 0 {
-		return
-	}
-	s.log.Warn("stopping the work of lives at once: "+why, "lives", len(runs))
-	for _, r := range runs {
-		r.expire()
+	if n > 0 {
+		s.log.Warn("stopped the work of lives at once: "+why, "lives", n)
 	}
 }
 
@@ -421,10 +382,9 @@ func (s *Supervisor) expireRuns(why string) {
 // left, with an error logged: its member cannot stop it.
 func (s *Supervisor) stopRuns(gen *generation) {
 	s.mu.Lock()
-	runs := make([]*lifeRun, 0, len(s.runs))
-	for _, r := range s.runs {
-		s.stopWorkLocked(r.h)
-		if !r.returned {
+	var runs []*lifeRun
+	for _, l := range s.eng.StopAllWork() {
+		if r := runOf(l); r != nil {
 			runs = append(runs, r)
 		}
 	}
@@ -442,21 +402,11 @@ func (s *Supervisor) stopRuns(gen *generation) {
 		select {
 		case <-r.done:
 		case <-t.C:
-			s.log.Error("the work of a life did not return after it was told to stop at once; leaving it", "life", r.h.name)
+			s.log.Error("the work of a life did not return after it was told to stop at once; leaving it", "life", r.h.Name())
 		}
 		t.Stop()
 	}
 	s.log.Info("the work of every life stopped", "lives", len(runs), "took", time.Since(t0).Round(time.Millisecond))
-}
-
-// dropStateOp is the clean-up of the state record of h, whose life ended:
-// deleted unless someone wrote it since h's holder last read or wrote it.
-func (s *Supervisor) dropStateOp(h *heldLife) clientv3.Op {
-	h.work.w.mu.Lock()
-	rev := h.work.stateRev
-	h.work.w.mu.Unlock()
-	key := s.cfg.Keys.State(h.name)
-	return clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", rev)}, []clientv3.Op{clientv3.OpDelete(key)}, nil)
 }
 
 // stateWrite is one life's write in a state batch.
@@ -526,7 +476,7 @@ func (s *Supervisor) takeStates(w *stateWriter) ([]stateWrite, []clientv3.Op) {
 			continue
 		}
 		h := r.h
-		rec := registry.StateRecord{LifeID: h.lifeID, Holder: s.cfg.ID, HolderRev: h.ownRev, Incarnation: h.incarnate,
+		rec := registry.StateRecord{LifeID: h.LifeID(), Holder: s.cfg.ID, HolderRev: h.FencingToken(), Incarnation: h.Incarnation(),
 			Time: now, Data: r.data, Child: r.status}
 		b, err := rec.Marshal()
 		if err != nil { // the size was checked by Checkpoint
@@ -542,11 +492,11 @@ func (s *Supervisor) takeStates(w *stateWriter) ([]stateWrite, []clientv3.Op) {
 		w.queue = w.queue[1:]
 		r.queued = false
 		size += len(b) + len(keep)
-		then := []clientv3.Op{clientv3.OpPut(k.State(h.name), string(b))}
+		then := []clientv3.Op{clientv3.OpPut(k.State(h.Name()), string(b))}
 		if keep != nil {
-			then = append(then, clientv3.OpPut(k.StateQuarantine(h.name), string(keep)))
+			then = append(then, clientv3.OpPut(k.StateQuarantine(h.Name()), string(keep)))
 		}
-		ops = append(ops, clientv3.OpTxn(h.fence(k), then, []clientv3.Op{clientv3.OpGet(h.ownKey)}))
+		ops = append(ops, clientv3.OpTxn(h.Fence(k), then, []clientv3.Op{clientv3.OpGet(h.Key())}))
 		batch = append(batch, stateWrite{r: r, seq: r.seq, data: r.data, keep: keep})
 	}
 	if len(w.queue) == 0 {
@@ -560,7 +510,7 @@ func (s *Supervisor) takeStates(w *stateWriter) ([]stateWrite, []clientv3.Op) {
 // loses the life when its election key is no longer this holder's; an
 // error of etcd fails them with it and writes them again.
 func (s *Supervisor) statesWritten(w *stateWriter, batch []stateWrite, resp *clientv3.TxnResponse, err error) {
-	var lost []*lifeRun
+	var applied, lost []*lifeRun
 	w.mu.Lock()
 	for i, e := range batch {
 		r := e.r
@@ -575,30 +525,30 @@ func (s *Supervisor) statesWritten(w *stateWriter, batch []stateWrite, resp *cli
 		sub := resp.Responses[i].GetResponseTxn()
 		if sub.GetSucceeded() {
 			r.applied = max(r.applied, e.seq)
-			r.hw.saved, r.hw.stateRev = e.data, resp.Header.Revision
+			r.hw.saved = e.data
 			if e.keep != nil && bytes.Equal(r.hw.keep, e.keep) {
 				r.hw.keep = nil
 			}
 			notifyLocked(r)
+			applied = append(applied, r)
 			continue
 		}
 		r.fenced = true
 		notifyLocked(r)
-		if own := firstKV(sub, 0); own == nil || own.CreateRevision != r.h.ownRev {
+		if own := engine.FirstKV(sub, 0); own == nil || own.CreateRevision != r.h.FencingToken() {
 			lost = append(lost, r)
 		}
 	}
 	w.mu.Unlock()
-	if len(lost) == 0 {
+	if err != nil {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for _, r := range applied {
+		s.eng.StateApplied(r.h, resp.Header.Revision)
+	}
 	for _, r := range lost {
-		if c := s.cands[r.h.name]; c != nil && c.held && c.h == r.h {
-			s.loseLocked(c, "a fenced state write failed")
-		} else {
-			r.h.expireWork("a fenced state write failed")
-		}
+		s.eng.WorkLost(r.h)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/immortald/immortald/internal/etcdtest"
 	"github.com/immortald/immortald/lease"
 	"github.com/immortald/immortald/registry"
+	"github.com/immortald/immortald/supervisor/engine"
 	"github.com/immortald/immortald/workload"
 	"github.com/immortald/immortald/workload/execkind"
 )
@@ -121,7 +122,7 @@ func nameWhere(prefs ...[]string) string {
 		name := fmt.Sprintf("job-%d", i)
 		ok := true
 		for _, p := range prefs {
-			ok = ok && candidates(name, p[1:], 2)[0] == p[0]
+			ok = ok && engine.Candidates(name, p[1:], 2)[0] == p[0]
 		}
 		if ok {
 			return name
@@ -270,7 +271,7 @@ func TestWorkKindsAndPlacement(t *testing.T) {
 	}
 	// Settled: it stays on m2 (no handoff to m1, whom placement would prefer
 	// for its name), and m1 has never had a candidacy for it.
-	time.Sleep(2*minHold + viewSettle)
+	time.Sleep(2*engine.MinHold + engine.ViewSettle)
 	if !m2.holds(name) || m1.holds(name) || countKeysWithValue(t, obs, testKeys.Election(name)+"/", "m1") != 0 {
 		t.Fatalf("after settling: m2 holds %v, m1 holds %v, m1's candidacies %d", m2.holds(name), m1.holds(name),
 			countKeysWithValue(t, obs, testKeys.Election(name)+"/", "m1"))

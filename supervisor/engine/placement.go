@@ -1,4 +1,4 @@
-package supervisor
+package engine
 
 import (
 	"cmp"
@@ -37,9 +37,9 @@ func mix(x uint64) uint64 {
 	return x
 }
 
-// candidates returns the k members of pool that should campaign for life,
+// Candidates returns the k members of pool that should campaign for life,
 // most preferred first. pool must not hold duplicates.
-func candidates(life string, pool []string, k int) []string {
+func Candidates(life string, pool []string, k int) []string {
 	type scored struct {
 		id string
 		s  uint64
