@@ -156,19 +156,3 @@ func (s *Supervisor) watchElections(gen *generation, rev int64) {
 	}
 	s.watchGen(gen, k.Elections(), rev, handle, resync, clientv3.WithFilterPut())
 }
-
-// takeAllHeld stops every life at once, returns them, and refuses new ones
-// until the next generation starts.
-func (s *Supervisor) takeAllHeld() []*engine.Life {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.eng.TakeAllHeld()
-}
-
-// dropAllHeld stops every life without writing anything. Their Runs must
-// have been told to stop at once (expireRuns).
-func (s *Supervisor) dropAllHeld(reason string) int {
-	lives := s.takeAllHeld()
-	s.m.Lost.WithLabelValues(reason).Add(float64(len(lives)))
-	return len(lives)
-}

@@ -323,6 +323,22 @@ func (s *Supervisor) loseGeneration(gen *generation, why error) {
 	}
 }
 
+// takeAllHeld stops every life at once, returns them, and refuses new ones
+// until the next generation starts.
+func (s *Supervisor) takeAllHeld() []*engine.Life {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.eng.TakeAllHeld()
+}
+
+// dropAllHeld stops every life without writing anything. Their Runs must
+// have been told to stop at once (expireRuns).
+func (s *Supervisor) dropAllHeld(reason string) int {
+	lives := s.takeAllHeld()
+	s.m.Lost.WithLabelValues(reason).Add(float64(len(lives)))
+	return len(lives)
+}
+
 // revokeStale revokes the leases of lost sessions that are still left.
 func (s *Supervisor) revokeStale(ctx context.Context) {
 	left := s.stale[:0]
