@@ -8,38 +8,50 @@ package supervisor
 // between the stop of a life and the write of its final record (it would
 // carry the stopped life forward past its final age). It is a goroutine
 // with a queue rather than a mutex held across Txns: nothing waits on it
-// but the writes that must.
+// but the writes that must. No job may call do.
 type lane struct {
-	jobs chan func()
+	jobs chan laneJob
 	quit chan struct{} // closed by stop
 }
 
-func newLane() *lane { return &lane{jobs: make(chan func()), quit: make(chan struct{})} }
+type laneJob struct {
+	fn  func()
+	ran chan bool // buffered: whether fn ran
+}
 
-// run runs the jobs until stop.
+func newLane() *lane { return &lane{jobs: make(chan laneJob), quit: make(chan struct{})} }
+
+// run runs the jobs until stop; a job it takes after stop is refused.
 func (l *lane) run() {
 	for {
 		select {
 		case j := <-l.jobs:
-			j()
+			select {
+			case <-l.quit:
+				j.ran <- false
+				continue
+			default:
+			}
+			j.fn()
+			j.ran <- true
 		case <-l.quit:
 			return
 		}
 	}
 }
 
-// do runs j in the lane, after the writes given before it, and returns
+// do runs fn in the lane, after the writes given before it, and returns
 // once it ran; false, without running it, when the lane stopped first.
-func (l *lane) do(j func()) bool {
-	done := make(chan struct{})
+func (l *lane) do(fn func()) bool {
+	j := laneJob{fn: fn, ran: make(chan bool, 1)}
 	select {
-	case l.jobs <- func() { defer close(done); j() }:
+	case l.jobs <- j:
 	case <-l.quit:
 		return false
 	}
-	<-done
-	return true
+	return <-j.ran
 }
 
-// stop ends the lane once its current job (if any) returns.
+// stop ends the lane: the job it runs (if any) finishes, and no other
+// starts.
 func (l *lane) stop() { close(l.quit) }

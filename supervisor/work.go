@@ -509,8 +509,14 @@ func (s *Supervisor) takeStates(w *stateWriter) ([]stateWrite, []clientv3.Op) {
 // return to their callers; a failed fence fails them with ErrFenced, and
 // loses the life when its election key is no longer this holder's; an
 // error of etcd fails them with it and writes them again.
+//
+// mu is held throughout, so the engine knows the state record's revision
+// before a Checkpoint returns (and with it, perhaps, the Run): a clean-up
+// that deletes the record is guarded by that revision.
 func (s *Supervisor) statesWritten(w *stateWriter, batch []stateWrite, resp *clientv3.TxnResponse, err error) {
 	var applied, lost []*lifeRun
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	w.mu.Lock()
 	for i, e := range batch {
 		r := e.r
@@ -543,8 +549,6 @@ func (s *Supervisor) statesWritten(w *stateWriter, batch []stateWrite, resp *cli
 	if err != nil {
 		return
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	for _, r := range applied {
 		s.eng.StateApplied(r.h, resp.Header.Revision)
 	}

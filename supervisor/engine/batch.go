@@ -228,8 +228,11 @@ func (e *Engine) Prepare(b *Batch) []clientv3.Op {
 	ops := make([]clientv3.Op, 0, len(b.tasks)+1)
 	b.live, b.beatsAt = b.tasks[:0], -1
 	checks := false
+	if b.session != e.session {
+		return nil // of an ended session: its cands are gone with it
+	}
 	for _, t := range b.tasks {
-		if b.session != e.session || !e.prepare(t, now) {
+		if !e.prepare(t, now) {
 			e.done(t.c)
 			continue
 		}
@@ -381,7 +384,7 @@ func (e *Engine) opsOf(t *task) []clientv3.Op {
 // It reports whether err is the first failure after a success, for the
 // driver to log.
 func (e *Engine) Answer(b *Batch, resp *clientv3.TxnResponse, err error) (firstFailure bool) {
-	if b.session != e.session || e.lease == 0 {
+	if b.session != e.session {
 		return false // the session ended: its cands are gone
 	}
 	if err != nil {

@@ -144,11 +144,12 @@ func (e *Engine) unwin(c *cand, dropKey bool) {
 }
 
 // run: Starting -> Running, once the first write was applied; false (and
-// back to Campaigning) when no life may run: the session is ending.
+// back to Campaigning, its key kept for the final heartbeat to delete)
+// when no life may run: the session is ending.
 func (e *Engine) run(c *cand) bool {
 	e.must(c, "run", Starting)
 	if !e.addHeld(c.h) {
-		c.phase, c.h, c.rev = Campaigning, nil, 0
+		c.phase, c.h = Campaigning, nil
 		return false
 	}
 	c.phase = Running

@@ -161,9 +161,11 @@ func (e *Engine) OpenSession(lease int64) {
 func (e *Engine) Lease() int64 { return e.lease }
 
 // EndSession forgets the session's candidacies: its lives must have been
-// taken away (TakeAllHeld). A Batch of it answered later is void.
+// taken away (TakeAllHeld). A Batch of it prepared or answered later is
+// void.
 func (e *Engine) EndSession() {
 	e.lease = 0
+	e.session++
 	e.cands = make(map[string]*cand)
 	e.q = queues{}
 }

@@ -183,6 +183,36 @@ func TestAnswerAfterTheSessionEndedIsVoid(t *testing.T) {
 		t.Fatalf("phase %s in the new session after an answer of the old one, want campaigning", p)
 	}
 
+	// A batch taken before the session ended and prepared after it sends
+	// nothing, and gives its cands back to no queue: they are gone.
+	r.e.NextDue()
+	stale, _ := r.e.Take()
+	if stale == nil {
+		t.Fatal("no check in the new session")
+	}
+	r.e.ElectionWatchBroke() // asks for a look while the check is busy
+	r.e.ExpireAllWork()
+	r.e.TakeAllHeld()
+	r.e.EndSession()
+	r.lease = 0x12
+	r.e.OpenSession(r.lease)
+	if r.e.Prepare(stale) != nil {
+		t.Fatal("a batch of an ended session is sent")
+	}
+	if b := r.mustTake(taskCheck); len(b.live) != 1 {
+		t.Fatal("the new session's check is not the only step")
+	}
+	r.checkInvariants("stale batch")
+	r.e.NextDue()
+	if p, o := r.e.Take(); p != nil || o != nil {
+		t.Fatal("a cand of an ended session came back into the queue")
+	}
+	r.e.ExpireAllWork()
+	r.e.TakeAllHeld()
+	r.e.EndSession()
+	r.lease = 0x13
+	r.e.OpenSession(r.lease)
+
 	// In the new session: it leads, and its start is in flight when the
 	// session is given up.
 	r.leads(r.mustTake(taskCheck), adam, nil)
@@ -329,6 +359,14 @@ func TestRepairAdoptsOwnWriteAndQuarantinesForeign(t *testing.T) {
 	}
 	if r.e.PlanRepair(h, foreign, foreign.ModRevision) != nil {
 		t.Fatal("a change older than the repair is repaired again")
+	}
+
+	// Foreign bytes waiting for the next write (a failed handoff found
+	// them) go to quarantine with a repair of the record deleted since.
+	h.keep = []byte("waiting")
+	rp = r.e.PlanRepair(h, nil, h.lastRev+3)
+	if rp == nil || len(rp.Then) != 2 {
+		t.Fatalf("repair %+v: want the bytes waiting kept in quarantine", rp)
 	}
 }
 

@@ -41,8 +41,10 @@ func (e *Engine) PlanRepair(l *Life, found *mvccpb.KeyValue, rev int64) *Repair 
 	}
 	// The write replaces what was found: as ageWrite, over found's
 	// revision, with found's bytes kept.
+	// Foreign bytes waiting for the next write (a failed handoff found
+	// them) are kept when the record was deleted since.
 	w := *l
-	w.lastRev, w.keep = 0, nil
+	w.lastRev = 0
 	if found != nil {
 		w.lastRev, w.keep = found.ModRevision, found.Value
 	}
