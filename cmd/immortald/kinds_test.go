@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -112,6 +113,15 @@ func TestCounterKindEndToEnd(t *testing.T) {
 	if st2.Token <= st1.Token {
 		t.Fatalf("token %d on m2 after %d on m1", st2.Token, st1.Token)
 	}
+	// The state record names m2 as soon as its Run wrote its status; the
+	// handoff is in the counter's log once m2's child counted.
+	counted := func(token int64) func() bool {
+		return func() bool {
+			b, _ := os.ReadFile(counterLog)
+			return bytes.Contains(append([]byte("\n"), b...), []byte(fmt.Sprintf("\n%d ", token)))
+		}
+	}
+	waitFor("m2's counter to count", counted(st2.Token))
 
 	// SIGKILL of m2's member process (the watchdog's child): its counter
 	// child dies with it; the watchdog starts the member again.
@@ -136,10 +146,13 @@ func TestCounterKindEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor("the counter to die with its member", func() bool { return syscall.Kill(kids[0], 0) != nil })
+	var st3 state
 	waitFor("the counter running again", func() bool {
 		st, ok := stateOf()
+		st3 = st
 		return ok && st.Token > st2.Token
 	})
+	waitFor("the new counter to count", counted(st3.Token))
 	time.Sleep(500 * time.Millisecond)
 	cli("stop", "job")
 	_ = m2
