@@ -36,12 +36,11 @@ type Supervisor struct {
 	started time.Time
 	epoch   time.Time // the heartbeat clock counts from here (monotonic)
 
-	// mu guards eng, gen and runs. Lock order: mu, then a stateWriter's
+	// mu guards eng and gen. Lock order: mu, then a stateWriter's
 	// mu.
-	mu   sync.Mutex
-	eng  *engine.Engine
-	gen  *generation         // nil between sessions
-	runs map[string]*lifeRun // the latest Run of each life name (see work.go)
+	mu  sync.Mutex
+	eng *engine.Engine
+	gen *generation // nil between sessions
 
 	// stale are leases of lost sessions that could not be revoked (etcd was
 	// unreachable). They are revoked once etcd answers again, so their
@@ -103,7 +102,6 @@ func New(cfg Config) (*Supervisor, error) {
 		cfg:   cfg,
 		log:   cfg.Logger,
 		m:     cfg.Metrics,
-		runs:  make(map[string]*lifeRun),
 		epoch: time.Now(),
 		stale: slices.Clone(cfg.Leftover),
 	}

@@ -233,8 +233,9 @@ func (f effects) Wake() {
 }
 
 // StartWork implements engine.Effects: a Run of l starts, in its own
-// goroutine, once the previous Run of its name in this member returned.
-// The first Run of a hold restores the state its first write read.
+// goroutine (the engine starts none while an earlier Run of the name in
+// this member has not returned). The first Run of a hold restores the
+// state its first write read.
 func (f effects) StartWork(l *engine.Life) {
 	s := f.s
 	log := s.log.With("life", l.Name(), "incarnation", l.Incarnation())
@@ -266,13 +267,8 @@ func (f effects) StartWork(l *engine.Life) {
 		done: make(chan struct{}), expired: make(chan struct{}), changed: make(chan struct{}),
 		data: restored,
 	}
-	prev := s.runs[l.Name()]
-	s.runs[l.Name()] = r
 	hw.run = r
 	go func() {
-		if prev != nil {
-			<-prev.done // one Run of a life at a time in this member
-		}
 		var err error
 		if ctx.Err() == nil {
 			err = r.call(hw.kind.New)
@@ -346,9 +342,6 @@ func (s *Supervisor) runReturned(r *lifeRun, err error) {
 	s.mu.Lock()
 	if r.timer != nil {
 		r.timer.Stop()
-	}
-	if s.runs[r.h.Name()] == r {
-		delete(s.runs, r.h.Name())
 	}
 	asked := s.eng.RunReturned(r.h)
 	s.mu.Unlock()

@@ -439,7 +439,7 @@ func (e *Engine) checked(t *task, rev int64, sub *etcdserverpb.TxnResponse) {
 	mine := rev // the put of a new candidacy is at the Txn's revision
 	if t.rev != 0 || !sub.GetSucceeded() {
 		// The candidacy existed: read back in the same snapshot.
-		own := firstKV(sub, 0)
+		own := FirstKV(sub, 0)
 		if own == nil {
 			c.rev = 0 // gone (moved back in line by a handoff, or deleted): create it again
 			e.queue(c)
@@ -448,7 +448,7 @@ func (e *Engine) checked(t *task, rev int64, sub *etcdserverpb.TxnResponse) {
 		mine = own.CreateRevision
 	}
 	c.rev = mine
-	first, req, age := firstKV(sub, 1), firstKV(sub, 2), firstKV(sub, 3)
+	first, req, age := FirstKV(sub, 1), FirstKV(sub, 2), FirstKV(sub, 3)
 	switch {
 	case c.phase != Campaigning || !c.want || c.life.ID != t.life.ID:
 		e.queue(c) // it changed meanwhile: withdraw or campaign again
@@ -550,7 +550,7 @@ func (l *Life) readState(sub *etcdserverpb.TxnResponse, i int) {
 	if !l.hasWork || i < 0 {
 		return
 	}
-	l.stateKV = firstKV(sub, i)
+	l.stateKV = FirstKV(sub, i)
 	if l.stateKV != nil {
 		l.stateRev = l.stateKV.ModRevision
 	}
@@ -570,7 +570,7 @@ func (e *Engine) started(t *task, rev int64, sub *etcdserverpb.TxnResponse) {
 	if c.phase != Starting || c.h != h {
 		return // stopped meanwhile
 	}
-	own, req, age := firstKV(sub, 0), firstKV(sub, 1), firstKV(sub, 2)
+	own, req, age := FirstKV(sub, 0), FirstKV(sub, 1), FirstKV(sub, 2)
 	if !t.direct && h.fenceHolds(own, req) && h.isOwn(age) {
 		// An earlier start of h, applied although its answer was lost (a
 		// timeout): the life has run since that write, which heartbeats
@@ -590,14 +590,14 @@ func (e *Engine) started(t *task, rev int64, sub *etcdserverpb.TxnResponse) {
 		// had not gone: the failure's reads are a fresh look at both.
 		next := 3
 		if h.prev != nil && h.prev.Running() {
-			if hb := firstKV(sub, next); hb != nil {
+			if hb := FirstKV(sub, next); hb != nil {
 				e.learnBeats([]*mvccpb.KeyValue{hb})
 			}
 			next++
 		}
 		first := true
 		for i := range t.ahead {
-			first = first && firstKV(sub, next+i) == nil
+			first = first && FirstKV(sub, next+i) == nil
 		}
 		e.unwin(c, false)
 		if h.fenceHolds(own, req) && first && c.want && c.life.ID == h.lifeID {
@@ -715,7 +715,7 @@ func (e *Engine) handed(t *task, rev int64, sub *etcdserverpb.TxnResponse) {
 		}
 		return
 	}
-	own, req, age, target := firstKV(sub, 0), firstKV(sub, 1), firstKV(sub, 2), firstKV(sub, 3)
+	own, req, age, target := FirstKV(sub, 0), FirstKV(sub, 1), FirstKV(sub, 2), FirstKV(sub, 3)
 	rehold := func() {
 		if mine {
 			e.rehold(c)
@@ -828,8 +828,8 @@ func (e *Engine) behind(c *cand, key string) bool {
 	return false
 }
 
-// firstKV is the first key of the i-th range response of a Txn, or nil.
-func firstKV(t *etcdserverpb.TxnResponse, i int) *mvccpb.KeyValue {
+// FirstKV is the first key of the i-th range response of a Txn, or nil.
+func FirstKV(t *etcdserverpb.TxnResponse, i int) *mvccpb.KeyValue {
 	if i >= len(t.GetResponses()) {
 		return nil
 	}
@@ -839,9 +839,6 @@ func firstKV(t *etcdserverpb.TxnResponse, i int) *mvccpb.KeyValue {
 	}
 	return kvs[0]
 }
-
-// FirstKV is the first key of the i-th range response of a Txn, or nil.
-func FirstKV(t *etcdserverpb.TxnResponse, i int) *mvccpb.KeyValue { return firstKV(t, i) }
 
 // LogAt logs msg at info level with the time at, when the thing it tells of
 // happened, rather than the time of the call: a line written after a
