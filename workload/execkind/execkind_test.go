@@ -442,6 +442,63 @@ func TestMemberDeathKillsChild(t *testing.T) {
 	waitGone(t, pid)
 }
 
+// Every process the child starts dies with it, wherever it went: a
+// grandchild in a session of its own (setsid), a daemon that forked twice
+// (its parent exited, so the member adopted it), and a grandchild that
+// cleared its environment and left the session, at a graceful stop, at the
+// deadline, and when the child exits on its own.
+func TestEscapedDescendantsDieWithTheChild(t *testing.T) {
+	if _, err := exec.LookPath("setsid"); err != nil {
+		t.Skip("setsid (util-linux) is not installed")
+	}
+	for _, tc := range []struct {
+		name string
+		end  func(cancel context.CancelCauseFunc)
+		tail string // the script after it started its descendants
+	}{
+		{"graceful stop", func(cancel context.CancelCauseFunc) { cancel(workload.ErrStopped) }, `while :; do sleep 0.05; done`},
+		{"deadline", func(cancel context.CancelCauseFunc) { cancel(workload.ErrDeadline) }, `trap '' TERM; while :; do sleep 0.05; done`},
+		// Long enough for a scan (every second) to see the descendants.
+		{"exit on its own", nil, `sleep 2.5; exit 0`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancelCause(context.Background())
+			defer cancel(nil)
+			dir := t.TempDir()
+			f := func(name string) string { return filepath.Join(dir, name) }
+			script := `setsid sh -c 'echo $$ > ` + f("g") + `.tmp; mv ` + f("g") + `.tmp ` + f("g") + `; exec sleep 1000' &
+( sleep 1000 & echo $! > ` + f("d") + `.tmp; mv ` + f("d") + `.tmp ` + f("d") + ` ) &
+env -i /usr/bin/setsid /bin/sh -c 'echo $$ > ` + f("w") + `.tmp; mv ` + f("w") + `.tmp ` + f("w") + `; exec /usr/bin/sleep 1000' &
+echo $$ > ` + f("c") + `
+` + tc.tail
+			l := run(t, ctx, script, nil, func(c *execkind.Config, _ *execkind.Options) {
+				c.Restart = execkind.RestartNever
+				c.StopGrace = time.Minute
+			})
+			var pids []int
+			for _, n := range []string{"c", "g", "d", "w"} {
+				pids = append(pids, readPid(t, f(n)))
+			}
+			for i, pid := range pids {
+				if !alive(pid) {
+					t.Fatalf("process %d (%s) is not running before the end", pid, []string{"child", "setsid grandchild", "double-forked daemon", "grandchild without environment"}[i])
+				}
+			}
+			if tc.end != nil {
+				tc.end(cancel)
+				_ = l.result(t)
+			} else {
+				l.wait(t, "the child to exit", func(_ [][]byte, st []workload.ChildStatus) bool {
+					return len(st) > 0 && st[len(st)-1].State == workload.ChildExited
+				})
+			}
+			for _, pid := range pids {
+				waitGone(t, pid)
+			}
+		})
+	}
+}
+
 func TestConfigValidate(t *testing.T) {
 	good := execkind.Config{Command: []string{"sh", "-c", "true"}}
 	if err := good.Validate(); err != nil {
