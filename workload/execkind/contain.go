@@ -7,7 +7,8 @@ package execkind
 // The member process is a child subreaper (PR_SET_CHILD_SUBREAPER) from
 // its first command kind on, so an orphan of a life's tree becomes the
 // member's child instead of init's (or the watchdog's). Each hold's tree is
-// found by scanning /proc (github.com/prometheus/procfs): the child and its
+// found by reading the member's subtree in /proc (github.com/prometheus/procfs
+// and the children files): the child and its
 // descendants, the processes of its process group, and the member's
 // adopted orphans that belong to the hold: seen in its tree by an earlier
 // scan, or carrying its IMMORTALD_LIFE and IMMORTALD_FENCING_TOKEN in their
@@ -38,6 +39,8 @@ import (
 
 	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
+
+	"github.com/immortald/immortald/internal/observe"
 )
 
 // scanEvery is the period of the scan that refreshes the trees of holds
@@ -157,22 +160,32 @@ func (t *tracker) exited(tr *tree, pid int) {
 	}
 }
 
-// snapshot reads every process of /proc. Processes that vanish meanwhile
-// are left out.
+// snapshot reads the member's own subtree from /proc: its children (from
+// /proc/<pid>/task/*/children, every thread's), theirs, and so on. Every
+// process of every life is in it: the member is their subreaper. A process
+// that forks or exits while it is read may be missed; killTree reads until
+// two snapshots in a row find nothing alive.
 func (t *tracker) snapshot() (map[int]*proc, map[int][]int) {
-	all, err := t.fs.AllProcs()
-	if err != nil {
-		return nil, nil
-	}
-	snap := make(map[int]*proc, len(all))
+	snap := make(map[int]*proc)
 	kids := make(map[int][]int)
-	for _, p := range all {
-		st, err := p.Stat()
+	queue := observe.Children(t.self)
+	for len(queue) > 0 {
+		pid := queue[0]
+		queue = queue[1:]
+		if snap[pid] != nil {
+			continue
+		}
+		p, err := t.fs.Proc(pid)
 		if err != nil {
 			continue
 		}
-		snap[p.PID] = &proc{procID: procID{p.PID, st.Starttime}, ppid: st.PPID, pgid: st.PGRP, zombie: st.State == "Z" || st.State == "X", comm: st.Comm}
-		kids[st.PPID] = append(kids[st.PPID], p.PID)
+		st, err := p.Stat()
+		if err != nil {
+			continue // gone meanwhile
+		}
+		snap[pid] = &proc{procID: procID{pid, st.Starttime}, ppid: st.PPID, pgid: st.PGRP, zombie: st.State == "Z" || st.State == "X", comm: st.Comm}
+		kids[st.PPID] = append(kids[st.PPID], pid)
+		queue = append(queue, observe.Children(pid)...)
 	}
 	return snap, kids
 }
@@ -332,7 +345,7 @@ func (t *tracker) refresh(tr *tree) {
 func (t *tracker) killTree(tr *tree, withChild bool, log *slog.Logger) {
 	deadline := time.Now().Add(KillBound)
 	escaped := map[procID]bool{}
-	for {
+	for clear := 0; clear < 2; {
 		t.mu.Lock()
 		if t.err != nil {
 			t.mu.Unlock()
@@ -359,16 +372,18 @@ func (t *tracker) killTree(tr *tree, withChild bool, log *slog.Logger) {
 		}
 		t.mu.Unlock()
 		if alive == 0 {
-			if len(escaped) > 0 {
-				log.Info("killed the processes the child left outside its process group", "processes", len(escaped))
-			}
-			return
+			clear++
+			continue
 		}
+		clear = 0
 		if time.Now().After(deadline) {
 			log.Error("processes of the life's child do not die after SIGKILL", "alive", alive, "bound", KillBound)
 			return
 		}
 		time.Sleep(5 * time.Millisecond) // the kernel takes a moment to tear a killed process down
+	}
+	if len(escaped) > 0 {
+		log.Info("killed the processes the child left outside its process group", "processes", len(escaped))
 	}
 }
 
