@@ -62,6 +62,12 @@ type tracker struct {
 	ours    map[procID]*tree // processes attributed to a hold, nil once it ended
 	scanner bool             // the scan goroutine runs
 	log     *slog.Logger
+
+	// cgroups (cgroup.go): the directory of this member's cgroups while a
+	// hold is registered, "" when none or off; cgOff says why they are off
+	// for good.
+	cgBase string
+	cgOff  error
 }
 
 // procs is the one tracker of this process.
@@ -78,6 +84,7 @@ type tree struct {
 	name, token string
 	child       int             // pid of the running child, 0 when none
 	seen        map[procID]bool // its processes at the last scan
+	cg          *cgroup         // the running child's cgroup, nil when none
 }
 
 // proc is one process of a /proc snapshot.
@@ -113,6 +120,11 @@ func (t *tracker) begin(name string, token int64, member *slog.Logger) *tree {
 			member.Error("cannot read /proc: the processes a command life's child leaves outside its process group cannot be found", "err", t.err)
 		}
 	}
+	if t.cgBase == "" && t.cgOff == nil {
+		if t.cgBase, t.cgOff = cgroupBase(t.self); t.cgOff != nil {
+			member.Info("command lives' children run without a cgroup of their own; the member finds their processes as their subreaper", "why", t.cgOff)
+		}
+	}
 	tr := &tree{name: name, token: strconv.FormatInt(token, 10), seen: map[procID]bool{}}
 	t.holds[tr] = true
 	if !t.scanner {
@@ -133,15 +145,38 @@ func (t *tracker) end(tr *tree, log *slog.Logger) {
 			t.ours[id] = nil // still reaped when it is a zombie of ours
 		}
 	}
+	if len(t.holds) == 0 && t.cgBase != "" {
+		_ = os.Remove(t.cgBase) // made again by the next hold
+		t.cgBase = ""
+	}
 }
 
-// start runs startFn, which forks the child, with the tracker locked, so
+// start runs startFn, which forks the child into the cgroup whose
+// directory is open as cgroupFD (-1: none), with the tracker locked, so
 // that no scan sees the child before it is known as a direct child (the
-// scan reaps no direct child: os/exec does).
-func (t *tracker) start(tr *tree, startFn func() (int, error)) error {
+// scan reaps no direct child: os/exec does). A start that fails in a
+// cgroup is tried once more without, and cgroups are then off for good.
+func (t *tracker) start(tr *tree, startFn func(cgroupFD int) (int, error)) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	pid, err := startFn()
+	fd := -1
+	if t.cgBase != "" {
+		cg, err := newCgroup(t.cgBase, dirPrefix(tr.name))
+		if err != nil {
+			t.cgOff = err
+			t.log.Warn("cannot make a cgroup for a command life's child; children run without one from now on", "err", err)
+		} else {
+			tr.cg, fd = cg, int(cg.fd.Fd())
+		}
+	}
+	pid, err := startFn(fd)
+	if err != nil && tr.cg != nil {
+		t.cgOff = err
+		t.log.Warn("cannot start a command life's child in a cgroup of its own; children run without one from now on", "err", err)
+		tr.cg.remove()
+		tr.cg = nil
+		pid, err = startFn(-1)
+	}
 	if err != nil {
 		return err
 	}
@@ -157,6 +192,10 @@ func (t *tracker) exited(tr *tree, pid int) {
 	delete(t.direct, pid)
 	if tr.child == pid {
 		tr.child = 0
+		if tr.cg != nil {
+			tr.cg.remove() // emptied by killTree
+			tr.cg = nil
+		}
 	}
 }
 
@@ -231,6 +270,11 @@ func (t *tracker) members(tr *tree, snap map[int]*proc, kids map[int][]int) map[
 	}
 	if tr.child != 0 {
 		add(tr.child)
+	}
+	if tr.cg != nil {
+		for _, pid := range tr.cg.procs() {
+			add(pid)
+		}
 	}
 	for pid, p := range snap {
 		switch {
@@ -352,6 +396,23 @@ func (t *tracker) killTree(tr *tree, withChild bool, log *slog.Logger) {
 			return
 		}
 		snap, kids := t.snapshot()
+		if cg := tr.cg; cg != nil && (withChild || tr.child == 0 || snap[tr.child] == nil || snap[tr.child].zombie) {
+			// Known by sight before they die, so their zombies are reaped.
+			for _, pid := range cg.procs() {
+				if p := snap[pid]; p != nil {
+					t.ours[p.procID] = tr
+				}
+			}
+			if !cg.kill(KillBound) {
+				log.Error("the processes of the child's cgroup do not die after cgroup.kill", "cgroup", cg.dir, "bound", KillBound)
+			}
+			snap, kids = t.snapshot()
+		}
+		for _, p := range snap {
+			if p.zombie && t.adopted(p) && t.ours[p.procID] == tr {
+				t.reap(p)
+			}
+		}
 		alive := 0
 		for pid, p := range t.members(tr, snap, kids) {
 			if pid == tr.child && (!withChild || p.zombie) {

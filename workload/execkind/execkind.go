@@ -9,13 +9,15 @@
 //
 //   - Process group and tree. The child runs in its own process group
 //     (Setpgid); every signal below goes to the whole group. When the child
-//     exits, every process it started is SIGKILLed, wherever it went: its
-//     group, its descendants, and the processes that left both (setsid, a
-//     daemon that forked twice) and that the member finds as orphans it
-//     adopted (the member is a child subreaper) carrying the life's
-//     IMMORTALD_LIFE and IMMORTALD_FENCING_TOKEN, or seen in the child's
-//     tree before (see contain.go). A life's processes live as long as its
-//     child, and the hold ends only once they are gone.
+//     exits, every process it started is SIGKILLed, wherever it went. Where
+//     the member may make cgroups (root, a cgroup2 mount), the child starts
+//     in a cgroup v2 of its own, which holds every process it starts, and
+//     cgroup.kill ends them all (cgroup.go). Everywhere, the member is a
+//     child subreaper and also kills the child's group, its descendants,
+//     and the orphans it adopted that carry the life's IMMORTALD_LIFE and
+//     IMMORTALD_FENCING_TOKEN or were seen in the child's tree before
+//     (contain.go). A life's processes live as long as its child, and the
+//     hold ends only once they are gone.
 //   - Environment. Not the member's (it may hold etcd credentials). The child
 //     gets the kind's env, plus IMMORTALD_LIFE (the life's name),
 //     IMMORTALD_INCARNATION, IMMORTALD_FENCING_TOKEN (the holder's election
@@ -526,7 +528,8 @@ func (r *Runner) start(h workload.Handle, dir string, tr *tree, log *slog.Logger
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		t0 := time.Now()
-		err := procs.start(tr, func() (int, error) {
+		err := procs.start(tr, func(cgroupFD int) (int, error) {
+			cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = cgroupFD >= 0, cgroupFD
 			if err := cmd.Start(); err != nil {
 				return 0, err
 			}
