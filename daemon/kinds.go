@@ -152,7 +152,7 @@ func validateGoKinds(goKinds []workload.Kind, kinds map[string]execkind.Config) 
 func (m *Main) Kinds() map[string]workload.Kind {
 	out := map[string]workload.Kind{workload.AgeKind: age.Kind()}
 	for name, c := range m.cfg.Kinds {
-		out[name] = execkind.Kind(name, c, execkind.Options{StateRoot: m.cfg.StateDir, CheckpointInterval: m.cfg.CheckpointInterval})
+		out[name] = execkind.Kind(name, c, execkind.Options{StateRoot: m.cfg.StateDir, CheckpointInterval: m.cfg.CheckpointInterval, Logger: m.log})
 	}
 	for _, k := range m.cfg.GoKinds {
 		out[k.Name] = k

@@ -41,6 +41,14 @@ type Config struct {
 	InFlight int
 	// ShutdownTimeout bounds each step of a graceful stop. Default 5s.
 	ShutdownTimeout time.Duration
+	// AbandonAfter is how long the work of a life (a Run) may go on after
+	// it was told to stop at once (workload.Handle.Expired closed: the safe
+	// deadline, a lost session or life, or a graceful stop past its kind's
+	// stop grace and one checkpoint round) before the member gives it up:
+	// its writes are fenced, the life is given up in this member (last age
+	// written, election key resigned) so a peer can run it, and the member
+	// does not campaign for it again until the Run returns. Default 10s.
+	AbandonAfter time.Duration
 	// Address is published in the member record (the HTTP address).
 	Address string
 	// Version is published in the member record.
@@ -68,7 +76,7 @@ type Config struct {
 // DefaultConfig returns the defaults of every setting that has one: lease
 // TTL lease.DefaultTTL (5s) and its default margin, checkpoint interval
 // 1s, 2 candidates per life, 8 election Txns in flight, 5s per shutdown
-// step, slog.Default(). ID, Client and Keys have none. New fills each zero
+// step, 10s before a Run that ignores its stop is given up, slog.Default(). ID, Client and Keys have none. New fills each zero
 // field of its Config from here.
 func DefaultConfig() Config {
 	return Config{
@@ -77,6 +85,7 @@ func DefaultConfig() Config {
 		Candidates:         2,
 		InFlight:           8,
 		ShutdownTimeout:    5 * time.Second,
+		AbandonAfter:       10 * time.Second,
 		Logger:             slog.Default(),
 	}
 }
@@ -100,6 +109,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = d.ShutdownTimeout
+	}
+	if c.AbandonAfter == 0 {
+		c.AbandonAfter = d.AbandonAfter
 	}
 	if c.Logger == nil {
 		c.Logger = d.Logger
@@ -144,6 +156,9 @@ func (c *Config) Validate() error {
 	}
 	if c.InFlight < 1 {
 		return fmt.Errorf("election Txns in flight (%d) must be at least 1", c.InFlight)
+	}
+	if c.AbandonAfter < 0 {
+		return fmt.Errorf("abandon-after (%s) must not be negative", c.AbandonAfter)
 	}
 	for _, name := range slices.Sorted(maps.Keys(c.Kinds)) {
 		k := c.Kinds[name]

@@ -20,6 +20,8 @@ type Metrics struct {
 	DirectStarts     prometheus.Counter
 	HeartbeatSeconds prometheus.Gauge
 	HeartbeatFailing prometheus.Gauge
+	RunsAbandoned    prometheus.Counter
+	RunsUnreturned   prometheus.Gauge
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -41,9 +43,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		DirectStarts:     prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_direct_starts_total", Help: "Lives started without a second check, because the watch saw every candidacy in front of ours go."}),
 		HeartbeatSeconds: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immortald_heartbeat_seconds", Help: "How long the last heartbeat took; above the checkpoint interval, a crash can lose more than an interval."}),
 		HeartbeatFailing: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immortald_heartbeat_failing", Help: "1 while the member's last heartbeat was not applied: its lives' ages are not checkpointed, and it is not ready."}),
+		RunsAbandoned:    prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_runs_abandoned_total", Help: "Runs (the work of a life) given up because they did not return within AbandonAfter of being told to stop at once; each life was given up in this member."}),
+		RunsUnreturned:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "immortald_runs_abandoned", Help: "Runs given up that have not returned yet: their lives are not run by this member until they do."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Held, m.Wanted, m.Invalid, m.Started, m.Lost, m.Heartbeats, m.HeartbeatErrors, m.Sessions, m.SessionLosses, m.Quarantined, m.Handoffs, m.ElectionTxns, m.ElectionErrors, m.DirectStarts, m.HeartbeatSeconds, m.HeartbeatFailing)
+		reg.MustRegister(m.Held, m.Wanted, m.Invalid, m.Started, m.Lost, m.Heartbeats, m.HeartbeatErrors, m.Sessions, m.SessionLosses, m.Quarantined, m.Handoffs, m.ElectionTxns, m.ElectionErrors, m.DirectStarts, m.HeartbeatSeconds, m.HeartbeatFailing, m.RunsAbandoned, m.RunsUnreturned)
 	}
 	return m
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -83,9 +84,13 @@ type lifeRun struct {
 	expired  chan struct{}
 	expOnce  sync.Once
 
+	// abandonT gives the Run up AbandonAfter after Expired closed.
+	abandonT atomic.Pointer[time.Timer]
+
 	// Guarded by Supervisor.mu.
-	timer  *time.Timer // closes Expired when the graceful stop takes too long
-	stopBy time.Time   // when it must have returned at the latest, expired or not
+	timer     *time.Timer // closes Expired when the graceful stop takes too long
+	stopBy    time.Time   // when it must have returned at the latest, expired or not
+	abandoned bool        // given up (abandon) before it returned
 
 	// Guarded by hw.w.mu.
 	data    []byte // the latest state asked for
@@ -184,12 +189,39 @@ func (r *lifeRun) SetStatus(st workload.ChildStatus) {
 	w.queueLocked(r)
 }
 
-// expire closes Expired and cancels the Run with workload.ErrDeadline, once.
+// expire closes Expired and cancels the Run with workload.ErrDeadline, once;
+// a Run that has not returned AbandonAfter later is given up (abandon).
 func (r *lifeRun) expire() {
 	r.expOnce.Do(func() {
 		close(r.expired)
 		r.cancel(workload.ErrDeadline)
+		r.abandonT.Store(time.AfterFunc(r.s.cfg.AbandonAfter, func() { r.s.abandon(r) }))
 	})
+}
+
+// abandon gives r up if it has still not returned: no write of it any
+// more, and the engine stops its life here (RunAbandoned), so that a peer
+// can run it; this member runs the life again only once r returns. A Go
+// Run cannot be killed: one that ignores both its context and Expired
+// goes on in this process, with every write fenced.
+func (s *Supervisor) abandon(r *lifeRun) {
+	w := r.hw.w
+	w.mu.Lock()
+	r.fenced = true // before the engine lets anyone else hold the life
+	notifyLocked(r)
+	w.mu.Unlock()
+	s.mu.Lock()
+	newly := s.eng.RunAbandoned(r.h)
+	if newly {
+		r.abandoned = true
+		s.m.RunsAbandoned.Inc()
+		s.m.RunsUnreturned.Inc()
+	}
+	s.mu.Unlock()
+	if newly {
+		r.log.Error("the life's work did not return after it was told to stop at once: giving the life up in this member (a peer may run it; this Run's writes are fenced); this member runs it again once the Run returns",
+			"abandon_after", s.cfg.AbandonAfter)
+	}
 }
 
 // stateWriter writes the state records of one generation's Runs.
@@ -339,15 +371,25 @@ func (s *Supervisor) runReturned(r *lifeRun, err error) {
 	notifyLocked(r)
 	w.mu.Unlock()
 	r.cancel(workload.ErrStopped) // releases the context
+	if t := r.abandonT.Load(); t != nil {
+		t.Stop()
+	}
 	s.mu.Lock()
 	if r.timer != nil {
 		r.timer.Stop()
 	}
 	asked := s.eng.RunReturned(r.h)
+	abandoned := r.abandoned
+	if abandoned {
+		s.m.RunsUnreturned.Dec()
+	}
 	s.mu.Unlock()
-	if asked {
+	switch {
+	case abandoned:
+		r.log.Warn("the life's work returned after it was given up; this member may run the life again", "err", err)
+	case asked:
 		r.log.Info("the life's work stopped", "err", err, "cause", context.Cause(r.ctx))
-	} else {
+	default:
 		r.log.Warn("the life's work returned before it was stopped; the life stays held, its work does not run again in this hold", "err", err)
 	}
 	close(r.done)

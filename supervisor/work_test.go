@@ -580,3 +580,76 @@ func TestWorkPanicIsAnError(t *testing.T) {
 		return !m1.holds("boom") && countKeys(t, obs, testKeys.Age("boom")) == 0 && countKeys(t, obs, testKeys.Election("boom")+"/") == 0
 	})
 }
+
+// A Run that ignores its stop (its context and Expired) is given up
+// AbandonAfter after Expired closed: the member lets the life go (its last
+// age written, its key resigned), a peer runs it with a greater token, the
+// given-up Run's writes are fenced, and the metrics say so. The member does
+// not run the life again until that Run returns.
+func TestWorkRunIgnoringItsStopIsGivenUp(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	type started struct {
+		member string
+		token  int64
+		h      workload.Handle
+	}
+	runs := make(chan started, 4)
+	release := make(chan struct{})
+	stubborn := func(member string) workload.Kind {
+		return workload.Kind{Name: "stubborn", StopGrace: 100 * time.Millisecond, New: func() workload.Runner {
+			return runnerFunc(func(ctx context.Context, h workload.Handle) error {
+				runs <- started{member, h.FencingToken(), h}
+				<-release // neither ctx nor Expired
+				return nil
+			})
+		}}
+	}
+	short := func(c *Config) { c.AbandonAfter = 500 * time.Millisecond }
+	name := nameWhere([]string{"m2", "m1", "m2"})
+	m1 := startMemberWith(t, srv.Endpoint(), "m1", withKinds(stubborn("m1")), short)
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	put(t, obs, testKeys.Life(name), `{"kind":"stubborn"}`)
+	first := <-runs
+	if first.member != "m1" {
+		t.Fatalf("first Run on %s, want m1", first.member)
+	}
+	// m2 is preferred: m1 is to hand the life over, and its Run never stops.
+	t0 := time.Now()
+	startMemberWith(t, srv.Endpoint(), "m2", withKinds(stubborn("m2")), short)
+	var second started
+	select {
+	case second = <-runs:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("no Run on a peer within 20s while m1's Run ignores its stop")
+	}
+	t.Logf("the peer ran the life %s after m2 started", time.Since(t0).Round(time.Millisecond))
+	if second.member != "m2" || second.token <= first.token {
+		t.Fatalf("second Run on %s with token %d (first %d): want m2 with a greater token", second.member, second.token, first.token)
+	}
+	if m1.holds(name) {
+		t.Fatal("m1 still holds the life after giving its Run up")
+	}
+	if got := readCounter(m1.sup.m.RunsAbandoned); got != 1 {
+		t.Fatalf("m1 immortald_runs_abandoned_total = %v, want 1", got)
+	}
+	if got := readGauge(m1.sup.m.RunsUnreturned); got != 1 {
+		t.Fatalf("m1 immortald_runs_abandoned = %v, want 1", got)
+	}
+	if err := first.h.Checkpoint(context.Background(), []byte("late")); !errors.Is(err, workload.ErrFenced) {
+		t.Fatalf("a checkpoint of the given-up Run = %v, want ErrFenced", err)
+	}
+	close(release)
+	waitFor(t, 10*time.Second, "the given-up Run counted as returned", func() bool {
+		return readGauge(m1.sup.m.RunsUnreturned) == 0
+	})
+	if m1.holds(name) {
+		t.Fatal("m1 took the life back from its preferred member")
+	}
+}

@@ -193,7 +193,8 @@ func (e *Engine) next(c *cand) *task {
 		case c.want && e.isCandidate(c.name, kind):
 			if _, old := e.runs[c.name]; old {
 				// A Run of an earlier hold of this name has not returned (it
-				// was told to stop at once): no new hold before it has.
+				// was told to stop at once, or given up): no new hold, and no
+				// candidacy key in a peer's way, before it has.
 				return nil // looked at again when it returns
 			}
 			if c.direct && c.rev != 0 {

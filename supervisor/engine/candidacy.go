@@ -100,6 +100,7 @@ const (
 	stopEnded       stopReason = iota // deleted or replaced by another life of the same name
 	stopInvalid                       // the request became invalid
 	stopKindChanged                   // the request names another kind: what runs changes
+	stopAbandoned                     // its Run ignored its stop: the member gives the life up
 )
 
 // String is the reason as the stopped-lives metric and the log name it.
@@ -109,6 +110,8 @@ func (r stopReason) String() string {
 		return "invalid"
 	case stopKindChanged:
 		return "kind_changed"
+	case stopAbandoned:
+		return "abandoned"
 	}
 	return "ended"
 }

@@ -62,7 +62,11 @@
 //     TakeAllHeld gave the session up.
 //   - No Run of a life starts while a Run of an earlier hold of the same
 //     name in this member has not returned, and a graceful stop (a handoff,
-//     a clean-up) waits for the Run to return.
+//     a clean-up) waits for the Run to return, or for the driver to give it
+//     up (RunAbandoned: it ignored its stop past the driver's bound). A
+//     life whose Run was given up is stopped here (last age written, key
+//     resigned), and the member does not campaign for it until that Run
+//     returns.
 //   - A transition taken from a phase it does not leave panics: it is a bug
 //     of the engine, not a state to go on from.
 //

@@ -304,6 +304,9 @@ func (r *rig) checkInvariants(step string) {
 		if c := e.cands[name]; c == nil || c.phase != Running || c.h != l {
 			r.t.Fatalf("after %s: %s runs without a running candidacy", step, name)
 		}
+		if l.run.abandoned {
+			r.t.Fatalf("after %s: %s runs although its Run was given up", step, name)
+		}
 	}
 	if e.heldClosed && len(e.held) > 0 {
 		r.t.Fatalf("after %s: %d lives run after the session was given up", step, len(e.held))

@@ -98,11 +98,22 @@ func randomRun(t *testing.T, rnd *rand.Rand, steps int) {
 			lead := r.e.ElectionKeysDeleted(keys)
 			r.e.Lead(lead, nil)
 			step = fmt.Sprintf("election keys deleted %v: leads %v", keys, lead)
-		case n < 88:
+		case n < 86:
 			for name, l := range r.fx.active {
 				r.fx.returned(r.e, l)
 				step = "Run returned: " + name
 				break
+			}
+		case n < 88:
+			// The driver gives up a Run told to stop (past the stop grace it
+			// is told to stop at once) that has not returned; it stays
+			// active (it may run on).
+			for name, l := range r.fx.active {
+				if l.run.expired || l.run.stopAsked {
+					r.e.RunAbandoned(l)
+					step = "Run given up: " + name
+					break
+				}
 			}
 		case n < 90:
 			r.e.ExpireAllWork()

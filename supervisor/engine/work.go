@@ -12,6 +12,10 @@ type runState struct {
 	stopAsked bool // it was asked to stop (StopWork)
 	expired   bool // it was told to stop at once (ExpireWork)
 	returned  bool // it returned
+	// abandoned: the driver gave it up (RunAbandoned): it was told to stop
+	// and did not return within the driver's bound. The hold's next step
+	// goes on as if it had returned; the name stays in runs until it does.
+	abandoned bool
 }
 
 // startWork starts a Run of l, which is running, unless its kind has none
@@ -30,7 +34,7 @@ func (e *Engine) startWork(l *Life) {
 // stopWork asks l's Run to stop gracefully, and reports whether no Run of
 // l runs (there is none, or it returned).
 func (e *Engine) stopWork(l *Life) bool {
-	if l == nil || !l.run.started || l.run.returned {
+	if workStopped(l) {
 		return true
 	}
 	if !l.run.stopAsked {
@@ -40,14 +44,21 @@ func (e *Engine) stopWork(l *Life) bool {
 	return false
 }
 
-// workStopped reports whether no Run of l runs.
-func workStopped(l *Life) bool { return l == nil || !l.run.started || l.run.returned }
+// workStopped reports whether no Run of l runs, or its Run was abandoned:
+// either way the hold's next step need not wait for it.
+func workStopped(l *Life) bool {
+	return l == nil || !l.run.started || l.run.returned || l.run.abandoned
+}
 
 // resumeWork starts a new Run of c's life, which is running, when its
 // last Run was stopped for a handoff that did not happen (or is off).
 func (e *Engine) resumeWork(c *cand) {
 	l := c.h
 	if c.phase != Running || !l.run.started {
+		return
+	}
+	if l.run.abandoned {
+		e.stop(c, stopAbandoned) // a Run given up holds no life here
 		return
 	}
 	if l.run.stopAsked && l.run.returned {
@@ -78,6 +89,30 @@ func (e *Engine) RunReturned(l *Life) (asked bool) {
 		e.queue(c) // a handoff or a clean-up may wait for this
 	}
 	return l.run.stopAsked || l.run.expired
+}
+
+// RunAbandoned gives l's Run up: the driver told it to stop and it did not
+// return within the driver's bound (a Run that ignores its stop). The
+// hold's next step goes on as if it had returned: a handoff or clean-up
+// waiting for it is sent, and a life still running here is stopped (its
+// last age written, its election key resigned) so that a peer can run it.
+// The driver must fence the Run's writes first: a peer's hold is then safe
+// from it. The name stays among the Runs that have not returned, so this
+// member starts no new hold of it, and does not campaign for it, until
+// RunReturned. It reports whether l's Run was newly given up (false: it
+// has returned, or was given up already).
+func (e *Engine) RunAbandoned(l *Life) bool {
+	if !l.run.started || l.run.returned || l.run.abandoned {
+		return false
+	}
+	l.run.abandoned = true
+	if c := e.cands[l.name]; c != nil {
+		if c.h == l && c.phase == Running {
+			e.stop(c, stopAbandoned)
+		}
+		e.queue(c)
+	}
+	return true
 }
 
 // ExpireAllWork tells every Run that has not returned to stop at once (the

@@ -7,10 +7,17 @@
 // While a member holds a life of a command kind, it runs the kind's command
 // as a child process:
 //
-//   - Process group. The child runs in its own process group (Setpgid); every
-//     signal below goes to the whole group. When the child exits, whatever
-//     is left of its group is SIGKILLed: a life's processes live as long as
-//     its child.
+//   - Process group and tree. The child runs in its own process group
+//     (Setpgid); every signal below goes to the whole group. When the child
+//     exits, every process it started is SIGKILLed, wherever it went. Where
+//     the member may make cgroups (root, a cgroup2 mount), the child starts
+//     in a cgroup v2 of its own, which holds every process it starts, and
+//     cgroup.kill ends them all (cgroup.go). Everywhere, the member is a
+//     child subreaper and also kills the child's group, its descendants,
+//     and the orphans it adopted that carry the life's IMMORTALD_LIFE and
+//     IMMORTALD_FENCING_TOKEN or were seen in the child's tree before
+//     (contain.go). A life's processes live as long as its child, and the
+//     hold ends only once they are gone.
 //   - Environment. Not the member's (it may hold etcd credentials). The child
 //     gets the kind's env, plus IMMORTALD_LIFE (the life's name),
 //     IMMORTALD_INCARNATION, IMMORTALD_FENCING_TOKEN (the holder's election
@@ -42,9 +49,12 @@
 //   - Member death. The child is started with a parent-death signal
 //     (Pdeathsig = SIGKILL) from a goroutine locked to its OS thread for the
 //     child's whole life, so the child is SIGKILLed when the member process
-//     dies, however it dies (Linux only). Only the child gets that signal,
-//     not the rest of its group: a child that starts processes of its own
-//     should make them die with it (for example with the same prctl).
+//     dies, however it dies (Linux only). Every other process of the life
+//     then becomes a child of the watchdog (`immortald run`'s parent, a
+//     subreaper too), which kills them all before it revokes the member's
+//     lease. Without a watchdog, or when the watchdog itself is SIGKILLed,
+//     they go to init: run the member in a container or a systemd unit
+//     (KillMode=control-group) so that they die with it.
 //   - Restarts. A child that exits on its own is restarted in place, keeping
 //     its state file, under the kind's restart policy: "always", "on-failure"
 //     (a non-zero exit or a signal), or "never"; with exponential backoff
@@ -177,6 +187,9 @@ type Options struct {
 	// BackoffMin and BackoffMax bound the delay before a restart; the delay
 	// starts over after a run of at least BackoffReset. Defaults 1s, 1m, 10s.
 	BackoffMin, BackoffMax, BackoffReset time.Duration
+	// Logger is the member's, for what concerns no one life (the scan of
+	// the lives' process trees). Default slog.Default().
+	Logger *slog.Logger
 }
 
 func (o *Options) defaults() {
@@ -191,6 +204,9 @@ func (o *Options) defaults() {
 	}
 	if o.BackoffReset <= 0 {
 		o.BackoffReset = 10 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
 	}
 }
 
@@ -232,6 +248,9 @@ func (r *Runner) Run(ctx context.Context, h workload.Handle) error {
 		return fmt.Errorf("state dir: %w", err)
 	}
 	defer os.RemoveAll(dir)
+	// Every process of the hold dies with it (contain.go).
+	tr := procs.begin(h.Name(), h.FencingToken(), r.opt.Logger)
+	defer procs.end(tr, log)
 	stateFile := filepath.Join(dir, "state")
 	ck := &checkpointer{h: h, file: stateFile, log: log}
 	if s := h.State(); s != nil {
@@ -255,7 +274,7 @@ func (r *Runner) Run(ctx context.Context, h workload.Handle) error {
 	defer tick.Stop()
 	for {
 		st.State = workload.ChildRunning
-		c, err := r.start(h, dir, log)
+		c, err := r.start(h, dir, tr, log)
 		if err != nil {
 			st.Error = err.Error()
 			startFailed = true
@@ -276,11 +295,11 @@ func (r *Runner) Run(ctx context.Context, h workload.Handle) error {
 				case <-tick.C:
 					ck.save(hctx, &st)
 				case <-h.Expired():
-					c.kill(syscall.SIGKILL)
+					procs.killTree(tr, true, log)
 					<-c.done
 					return workload.ErrDeadline
 				case <-ctx.Done():
-					return r.stop(ctx, h, c, ck, &st)
+					return r.stop(ctx, h, c, tr, ck, &st)
 				}
 			}
 			logExit(log, ex)
@@ -345,12 +364,14 @@ func (r *Runner) restart(ex exit) bool {
 }
 
 // stop ends a running child when ctx ended, per the cause.
-func (r *Runner) stop(ctx context.Context, h workload.Handle, c *child, ck *checkpointer, st *workload.ChildStatus) error {
+func (r *Runner) stop(ctx context.Context, h workload.Handle, c *child, tr *tree, ck *checkpointer, st *workload.ChildStatus) error {
 	if errors.Is(context.Cause(ctx), workload.ErrDeadline) {
-		c.kill(syscall.SIGKILL)
+		procs.killTree(tr, true, h.Logger())
 		<-c.done
 		return workload.ErrDeadline
 	}
+	// Seen now, the processes the child's exit orphans are known by sight.
+	procs.refresh(tr)
 	c.kill(syscall.SIGTERM)
 	grace := time.NewTimer(r.cfg.StopGrace)
 	defer grace.Stop()
@@ -359,10 +380,10 @@ func (r *Runner) stop(ctx context.Context, h workload.Handle, c *child, ck *chec
 	case ex = <-c.done:
 	case <-grace.C:
 		h.Logger().Warn("the child did not exit within its stop grace: SIGKILL", "stop_grace", r.cfg.StopGrace)
-		c.kill(syscall.SIGKILL)
+		procs.killTree(tr, true, h.Logger())
 		ex = <-c.done
 	case <-h.Expired():
-		c.kill(syscall.SIGKILL)
+		procs.killTree(tr, true, h.Logger())
 		<-c.done
 		return workload.ErrDeadline
 	}
@@ -466,7 +487,7 @@ func (c *child) kill(sig syscall.Signal) { _ = syscall.Kill(-c.pid, sig) }
 // that forked the child exits, and the Go runtime ends the threads of
 // goroutines that exit locked, so an unlocked start could kill the child
 // at a random time.
-func (r *Runner) start(h workload.Handle, dir string, log *slog.Logger) (*child, error) {
+func (r *Runner) start(h workload.Handle, dir string, tr *tree, log *slog.Logger) (*child, error) {
 	env := []string{
 		"IMMORTALD_LIFE=" + h.Name(),
 		"IMMORTALD_INCARNATION=" + strconv.FormatInt(h.Incarnation(), 10),
@@ -507,7 +528,13 @@ func (r *Runner) start(h workload.Handle, dir string, log *slog.Logger) (*child,
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		t0 := time.Now()
-		err := cmd.Start()
+		err := procs.start(tr, func(cgroupFD int) (int, error) {
+			cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = cgroupFD >= 0, cgroupFD
+			if err := cmd.Start(); err != nil {
+				return 0, err
+			}
+			return cmd.Process.Pid, nil
+		})
 		outW.Close()
 		errW.Close()
 		if err != nil {
@@ -522,7 +549,7 @@ func (r *Runner) start(h workload.Handle, dir string, log *slog.Logger) (*child,
 		go pump(outR, log, "stdout", copied)
 		go pump(errR, log, "stderr", copied)
 		// Learn of the exit without reaping, so the group id cannot be
-		// reused yet, and kill what is left of the group.
+		// reused yet, and kill what is left of the group and the tree.
 		var info unix.Siginfo
 		for {
 			err := unix.Waitid(unix.P_PID, c.pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
@@ -531,7 +558,9 @@ func (r *Runner) start(h workload.Handle, dir string, log *slog.Logger) (*child,
 			}
 		}
 		c.kill(syscall.SIGKILL)
+		procs.killTree(tr, false, log)
 		werr := cmd.Wait()
+		procs.exited(tr, c.pid)
 		ex := exit{ran: time.Since(t0)}
 		if cmd.ProcessState != nil {
 			ex.code = cmd.ProcessState.ExitCode()

@@ -440,6 +440,149 @@ func TestMemberDeathKillsChild(t *testing.T) {
 	}
 	_ = member.Wait()
 	waitGone(t, pid)
+	// The dead member's cgroups (where it could make them) are emptied by
+	// the child's death; the next member would remove them, this test does.
+	if os.Geteuid() == 0 {
+		mount, own := cgroupV2(t)
+		base := filepath.Join(mount, own, fmt.Sprintf("immortald-%d", member.Process.Pid))
+		subs, _ := filepath.Glob(filepath.Join(base, "*-*"))
+		for _, sub := range subs {
+			if fi, err := os.Stat(sub); err == nil && fi.IsDir() {
+				_ = os.Remove(sub)
+			}
+		}
+		_ = os.Remove(base)
+	}
+}
+
+// Every process the child starts dies with it, wherever it went: a
+// grandchild in a session of its own (setsid), a daemon that forked twice
+// (its parent exited, so the member adopted it), and a grandchild that
+// cleared its environment and left the session, at a graceful stop, at the
+// deadline, and when the child exits on its own.
+func TestEscapedDescendantsDieWithTheChild(t *testing.T) {
+	if _, err := exec.LookPath("setsid"); err != nil {
+		t.Skip("setsid (util-linux) is not installed")
+	}
+	t.Run("cgroups where allowed", escapedDescendantsDie)
+	// What containers without cgroup access have: the subreaper alone.
+	execkind.UseCgroups(false)
+	defer execkind.UseCgroups(true)
+	t.Run("subreaper alone", escapedDescendantsDie)
+}
+
+func escapedDescendantsDie(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		end  func(cancel context.CancelCauseFunc)
+		tail string // the script after it started its descendants
+	}{
+		{"graceful stop", func(cancel context.CancelCauseFunc) { cancel(workload.ErrStopped) }, `while :; do sleep 0.05; done`},
+		{"deadline", func(cancel context.CancelCauseFunc) { cancel(workload.ErrDeadline) }, `trap '' TERM; while :; do sleep 0.05; done`},
+		// Long enough for a scan (every second) to see the descendants.
+		{"exit on its own", nil, `sleep 2.5; exit 0`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancelCause(context.Background())
+			defer cancel(nil)
+			dir := t.TempDir()
+			f := func(name string) string { return filepath.Join(dir, name) }
+			script := `setsid sh -c 'echo $$ > ` + f("g") + `.tmp; mv ` + f("g") + `.tmp ` + f("g") + `; exec sleep 1000' &
+( sleep 1000 & echo $! > ` + f("d") + `.tmp; mv ` + f("d") + `.tmp ` + f("d") + ` ) &
+env -i /usr/bin/setsid /bin/sh -c 'echo $$ > ` + f("w") + `.tmp; mv ` + f("w") + `.tmp ` + f("w") + `; exec /usr/bin/sleep 1000' &
+echo $$ > ` + f("c") + `
+` + tc.tail
+			l := run(t, ctx, script, nil, func(c *execkind.Config, _ *execkind.Options) {
+				c.Restart = execkind.RestartNever
+				c.StopGrace = time.Minute
+			})
+			var pids []int
+			for _, n := range []string{"c", "g", "d", "w"} {
+				pids = append(pids, readPid(t, f(n)))
+			}
+			for i, pid := range pids {
+				if !alive(pid) {
+					t.Fatalf("process %d (%s) is not running before the end", pid, []string{"child", "setsid grandchild", "double-forked daemon", "grandchild without environment"}[i])
+				}
+			}
+			if tc.end != nil {
+				tc.end(cancel)
+				_ = l.result(t)
+			} else {
+				l.wait(t, "the child to exit", func(_ [][]byte, st []workload.ChildStatus) bool {
+					return len(st) > 0 && st[len(st)-1].State == workload.ChildExited
+				})
+			}
+			for _, pid := range pids {
+				waitGone(t, pid)
+			}
+		})
+	}
+}
+
+// cgroupV2 returns the mount point of the cgroup v2 hierarchy and this
+// process's cgroup in it, or skips the test where a member could not make
+// cgroups of its own (not root, no cgroup2 mount).
+func cgroupV2(t *testing.T) (mount, own string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("not root: the children run without cgroups of their own")
+	}
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(b), "\n") {
+		if pre, post, ok := strings.Cut(line, " - "); ok && strings.HasPrefix(post, "cgroup2 ") {
+			if f := strings.Fields(pre); len(f) >= 5 {
+				mount = f[4]
+			}
+		}
+	}
+	b, _ = os.ReadFile("/proc/self/cgroup")
+	for _, line := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			own = p
+		}
+	}
+	if mount == "" {
+		t.Skip("no cgroup2 mount")
+	}
+	return mount, own
+}
+
+// Where the member can make cgroups (root, a cgroup2 mount), each child
+// runs in one of its own, and a process that cleared its environment and
+// left the tree before any scan could see it (a daemon forked twice with
+// env -i) still dies with the child; the cgroup is removed after.
+func TestChildCgroupHoldsEveryProcess(t *testing.T) {
+	mount, own := cgroupV2(t)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	dir := t.TempDir()
+	hidden := filepath.Join(dir, "h")
+	l := run(t, ctx, `(env -i /usr/bin/setsid /bin/sh -c 'echo $$ > `+hidden+`.tmp; mv `+hidden+`.tmp `+hidden+`; exec /usr/bin/sleep 1000' &)
+echo $$ > `+filepath.Join(dir, "c")+`; while :; do sleep 0.05; done`, nil, nil)
+	child, pid := readPid(t, filepath.Join(dir, "c")), readPid(t, hidden)
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cg string
+	for _, line := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			cg = p
+		}
+	}
+	if !strings.HasPrefix(cg, filepath.Join(own, fmt.Sprintf("immortald-%d", os.Getpid()))+"/") {
+		t.Fatalf("the hidden grandchild is in cgroup %q, want one under immortald-%d", cg, os.Getpid())
+	}
+	cancel(workload.ErrStopped)
+	if err := l.result(t); err != nil {
+		t.Fatalf("Run after a graceful stop: %v", err)
+	}
+	waitGone(t, child)
+	waitGone(t, pid)
+	if _, err := os.Stat(filepath.Join(mount, cg)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the child's cgroup %s is left after the hold: %v", cg, err)
+	}
 }
 
 func TestConfigValidate(t *testing.T) {

@@ -1,0 +1,166 @@
+package main_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/procfs"
+
+	"github.com/immortald/immortald/internal/etcdtest"
+	"github.com/immortald/immortald/supervisor/engine"
+)
+
+// lifeProcs returns the live (not zombie) processes of every hold of life
+// name on this machine, by fencing token, read from /proc: each carries
+// IMMORTALD_LIFE and IMMORTALD_FENCING_TOKEN in its environment.
+func lifeProcs(t *testing.T, name string) map[int64][]int {
+	t.Helper()
+	all, err := procfs.AllProcs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[int64][]int{}
+	for _, p := range all {
+		if st, err := p.Stat(); err != nil || st.State == "Z" {
+			continue
+		}
+		env, err := p.Environ()
+		if err != nil || !slices.Contains(env, "IMMORTALD_LIFE="+name) {
+			continue
+		}
+		for _, kv := range env {
+			if v, ok := strings.CutPrefix(kv, "IMMORTALD_FENCING_TOKEN="); ok {
+				if tok, err := strconv.ParseInt(v, 10, 64); err == nil {
+					out[tok] = append(out[tok], p.PID)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// A command life whose child starts a grandchild in a session of its own
+// (setsid) and a daemon that forks twice leaves nothing running when it
+// moves: after a SIGTERM of its member (a handoff) and after a SIGKILL of
+// its member process (the watchdog clears up), no process of the old hold
+// runs once the new holder's child does. Real `immortald run` processes.
+func TestCommandLifeLeavesNothingBehind(t *testing.T) {
+	if _, err := exec.LookPath("setsid"); err != nil {
+		t.Skip("setsid (util-linux) is not installed")
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "member.yaml")
+	script := `setsid sleep 1000 & (sleep 1000 &); while :; do sleep 0.1; done`
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("kinds:\n  forker:\n    command: [\"/bin/sh\", \"-c\", %q]\n    stop_grace: 2s\n", script)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A name that m1 keeps until its SIGTERM, and that m2 keeps when m3
+	// joins: each move is the one the test makes.
+	name := ""
+	for i := 0; name == ""; i++ {
+		n := fmt.Sprintf("forked-%d", i)
+		if engine.Candidates(n, []string{"m1", "m2"}, 2)[0] == "m1" && engine.Candidates(n, []string{"m2", "m3"}, 2)[0] == "m2" {
+			name = n
+		}
+	}
+	srv := etcdtest.MustStart(t)
+	e := &env{t: t}
+	t.Cleanup(func() {
+		for _, p := range e.procs {
+			p.kill()
+		}
+		for _, pids := range lifeProcs(t, name) {
+			for _, pid := range pids {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
+	ep := []string{"--etcd-endpoints", srv.Endpoint()}
+	member := func(id string) *proc {
+		return e.start(id, append([]string{"run", "--id", id, "--config", cfg, "--lease-ttl", "2s", "--checkpoint-interval", "200ms",
+			"--http-addr", etcdtest.FreeAddr(t), "--log-format", "json", "--state-dir", filepath.Join(dir, "state-"+id)}, ep...))
+	}
+	cli := func(args ...string) string {
+		t.Helper()
+		p := e.start("cli", append(args, ep...))
+		if code := p.wait(t); code != 0 {
+			t.Fatalf("immortald %v: exit %d: %s", args, code, p.stderr.String())
+		}
+		return p.stdout.String()
+	}
+	// holdRuns waits for a hold of the life with a token above after whose
+	// three processes run, and checks that by then no process of another
+	// hold is left.
+	holdRuns := func(after int64) int64 {
+		t.Helper()
+		for start := time.Now(); time.Since(start) < bound; time.Sleep(20 * time.Millisecond) {
+			holds := lifeProcs(t, name)
+			for tok, pids := range holds {
+				if tok <= after || len(pids) < 3 {
+					continue
+				}
+				delete(holds, tok)
+				if len(holds) > 0 {
+					t.Fatalf("hold %d runs %v while processes of other holds still run: %v", tok, pids, holds)
+				}
+				return tok
+			}
+		}
+		t.Fatalf("no hold of the life after token %d ran its three processes within %s", after, bound)
+		return 0
+	}
+
+	m1 := member("m1")
+	cli("start", name, "--kind", "forker")
+	t1 := holdRuns(0)
+	m2 := member("m2")
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for start := time.Now(); !cond(); time.Sleep(100 * time.Millisecond) {
+			if time.Since(start) > bound {
+				t.Fatalf("timed out after %s waiting for %s", bound, what)
+			}
+		}
+	}
+	waitFor("m2 registered", func() bool { return strings.Contains(cli("members"), "m2") })
+
+	// A graceful handoff: SIGTERM of the holder.
+	m1.signal(syscall.SIGTERM)
+	t2 := holdRuns(t1)
+	if code := m1.wait(t); code != 0 {
+		t.Fatalf("m1 exited %d after SIGTERM: %s", code, m1.stderr.String())
+	}
+
+	// The member process of the new holder SIGKILLed: its watchdog kills
+	// everything it left before revoking the lease.
+	member("m3")
+	waitFor("m3 registered", func() bool { return strings.Contains(cli("members"), "m3") })
+	var members []struct {
+		ID  string `json:"id"`
+		PID int    `json:"pid"`
+	}
+	if err := json.Unmarshal([]byte(cli("members", "-o", "json")), &members); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range members {
+		if m.ID == "m2" {
+			if err := syscall.Kill(m.PID, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t3 := holdRuns(t2)
+	t.Logf("tokens %d, %d, %d: no process of an earlier hold outlived it", t1, t2, t3)
+	cli("stop", name)
+	waitFor("every process of the life to go after stop", func() bool { return len(lifeProcs(t, name)) == 0 })
+	_ = m2
+}

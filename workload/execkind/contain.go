@@ -1,0 +1,476 @@
+package execkind
+
+// Containment: every process a life's child starts dies with the child,
+// wherever it went (a grandchild, one that called setsid, a daemon that
+// forked twice).
+//
+// The member process is a child subreaper (PR_SET_CHILD_SUBREAPER) from
+// its first command kind on, so an orphan of a life's tree becomes the
+// member's child instead of init's (or the watchdog's). Each hold's tree is
+// found by reading the member's subtree in /proc (github.com/prometheus/procfs
+// and the children files): the child and its
+// descendants, the processes of its process group, and the member's
+// adopted orphans that belong to the hold: seen in its tree by an earlier
+// scan, or carrying its IMMORTALD_LIFE and IMMORTALD_FENCING_TOKEN in their
+// environment (inherited from the child), with their descendants. When the
+// child exits (on its own, on a stop, at the deadline) every process of
+// the tree is SIGKILLed, through a pidfd checked against the start time
+// read, so a reused pid is never signalled; the member reaps the orphans it
+// adopted. A scan every second refreshes each tree and kills adopted
+// orphans tagged with a hold that no longer runs here.
+//
+// When the member process itself dies, its children, and so every process
+// of every tree, become the watchdog's (itself a subreaper), which kills
+// them all before it revokes the lease (package watchdog).
+//
+// Not found: a process that clears its environment and leaves the tree
+// (its parent exits) between two scans, as it then carries nothing that
+// names its life. A member's own children that are not lives' are never
+// touched: only processes attributed to a hold are signalled or reaped.
+
+import (
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/procfs"
+	"golang.org/x/sys/unix"
+
+	"github.com/immortald/immortald/internal/observe"
+)
+
+// scanEvery is the period of the scan that refreshes the trees of holds
+// with a child and kills the escaped processes of ended holds.
+const scanEvery = time.Second
+
+// KillBound is how long the member tries to kill every process of a
+// child's tree after the child exited before it logs that some are left.
+const KillBound = 5 * time.Second
+
+// tracker is the member process's view of its lives' process trees.
+type tracker struct {
+	mu      sync.Mutex
+	self    int
+	fs      procfs.FS
+	err     error            // why trees cannot be tracked (no /proc), if so
+	holds   map[*tree]bool   // registered holds
+	direct  map[int]bool     // children started by Runners (os/exec reaps them)
+	ours    map[procID]*tree // processes attributed to a hold, nil once it ended
+	scanner bool             // the scan goroutine runs
+	log     *slog.Logger
+
+	// cgroups (cgroup.go): the directory of this member's cgroups while a
+	// hold is registered, "" when none or off; cgOff says why they are off
+	// for good.
+	cgBase string
+	cgOff  error
+}
+
+// procs is the one tracker of this process.
+var procs = &tracker{holds: map[*tree]bool{}, direct: map[int]bool{}, ours: map[procID]*tree{}}
+
+// procID names a process across pid reuse.
+type procID struct {
+	pid   int
+	start uint64 // start time, clock ticks since boot
+}
+
+// tree is one hold's processes.
+type tree struct {
+	name, token string
+	child       int             // pid of the running child, 0 when none
+	seen        map[procID]bool // its processes at the last scan
+	cg          *cgroup         // the running child's cgroup, nil when none
+}
+
+// proc is one process of a /proc snapshot.
+type proc struct {
+	procID
+	ppid, pgid int
+	zombie     bool
+	comm       string
+}
+
+var subreaperOnce sync.Once
+
+// becomeSubreaper makes this process a child subreaper, once: the orphans
+// of its lives' trees become its children.
+func becomeSubreaper(log *slog.Logger) {
+	subreaperOnce.Do(func() {
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			log.Warn("cannot become a child subreaper: the orphans of command lives go to the watchdog or init, and are found only while they carry their life's IMMORTALD_* variables", "err", err)
+		}
+	})
+}
+
+// begin registers a hold of life name with fencing token token; member is
+// the member's logger, for what concerns no one hold.
+func (t *tracker) begin(name string, token int64, member *slog.Logger) *tree {
+	becomeSubreaper(member)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.self == 0 {
+		t.self = os.Getpid()
+		t.log = member
+		if t.fs, t.err = procfs.NewDefaultFS(); t.err != nil {
+			member.Error("cannot read /proc: the processes a command life's child leaves outside its process group cannot be found", "err", t.err)
+		}
+	}
+	if t.cgBase == "" && t.cgOff == nil {
+		if t.cgBase, t.cgOff = cgroupBase(t.self); t.cgOff != nil {
+			member.Info("command lives' children run without a cgroup of their own; the member finds their processes as their subreaper", "why", t.cgOff)
+		}
+	}
+	tr := &tree{name: name, token: strconv.FormatInt(token, 10), seen: map[procID]bool{}}
+	t.holds[tr] = true
+	if !t.scanner {
+		t.scanner = true
+		go t.scanLoop()
+	}
+	return tr
+}
+
+// end kills what is left of tr and forgets it.
+func (t *tracker) end(tr *tree, log *slog.Logger) {
+	t.killTree(tr, false, log)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.holds, tr)
+	for id, o := range t.ours {
+		if o == tr {
+			t.ours[id] = nil // still reaped when it is a zombie of ours
+		}
+	}
+	if len(t.holds) == 0 && t.cgBase != "" {
+		_ = os.Remove(t.cgBase) // made again by the next hold
+		t.cgBase = ""
+	}
+}
+
+// start runs startFn, which forks the child into the cgroup whose
+// directory is open as cgroupFD (-1: none), with the tracker locked, so
+// that no scan sees the child before it is known as a direct child (the
+// scan reaps no direct child: os/exec does). A start that fails in a
+// cgroup is tried once more without, and cgroups are then off for good.
+func (t *tracker) start(tr *tree, startFn func(cgroupFD int) (int, error)) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	fd := -1
+	if t.cgBase != "" {
+		cg, err := newCgroup(t.cgBase, dirPrefix(tr.name))
+		if err != nil {
+			t.cgOff = err
+			t.log.Warn("cannot make a cgroup for a command life's child; children run without one from now on", "err", err)
+		} else {
+			tr.cg, fd = cg, int(cg.fd.Fd())
+		}
+	}
+	pid, err := startFn(fd)
+	if err != nil && tr.cg != nil {
+		t.cgOff = err
+		t.log.Warn("cannot start a command life's child in a cgroup of its own; children run without one from now on", "err", err)
+		tr.cg.remove()
+		tr.cg = nil
+		pid, err = startFn(-1)
+	}
+	if err != nil {
+		return err
+	}
+	t.direct[pid] = true
+	tr.child = pid
+	return nil
+}
+
+// exited forgets tr's child, reaped by os/exec.
+func (t *tracker) exited(tr *tree, pid int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.direct, pid)
+	if tr.child == pid {
+		tr.child = 0
+		if tr.cg != nil {
+			tr.cg.remove() // emptied by killTree
+			tr.cg = nil
+		}
+	}
+}
+
+// snapshot reads the member's own subtree from /proc: its children (from
+// /proc/<pid>/task/*/children, every thread's), theirs, and so on. Every
+// process of every life is in it: the member is their subreaper. A process
+// that forks or exits while it is read may be missed; killTree reads until
+// two snapshots in a row find nothing alive.
+func (t *tracker) snapshot() (map[int]*proc, map[int][]int) {
+	snap := make(map[int]*proc)
+	kids := make(map[int][]int)
+	queue := observe.Children(t.self)
+	for len(queue) > 0 {
+		pid := queue[0]
+		queue = queue[1:]
+		if snap[pid] != nil {
+			continue
+		}
+		p, err := t.fs.Proc(pid)
+		if err != nil {
+			continue
+		}
+		st, err := p.Stat()
+		if err != nil {
+			continue // gone meanwhile
+		}
+		snap[pid] = &proc{procID: procID{pid, st.Starttime}, ppid: st.PPID, pgid: st.PGRP, zombie: st.State == "Z" || st.State == "X", comm: st.Comm}
+		kids[st.PPID] = append(kids[st.PPID], pid)
+		queue = append(queue, observe.Children(pid)...)
+	}
+	return snap, kids
+}
+
+// adopted reports whether p is a child of the member that no Runner
+// started: an orphan it adopted, or a child of other code of the program.
+func (t *tracker) adopted(p *proc) bool { return p.ppid == t.self && !t.direct[p.pid] }
+
+// tagged reads the life name and fencing token in p's environment ("" when
+// none, or unreadable).
+func (t *tracker) tagged(p *proc) (name, token string) {
+	pp, err := t.fs.Proc(p.pid)
+	if err != nil {
+		return "", ""
+	}
+	env, err := pp.Environ()
+	if err != nil {
+		return "", ""
+	}
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "IMMORTALD_LIFE="); ok {
+			name = v
+		} else if v, ok := strings.CutPrefix(kv, "IMMORTALD_FENCING_TOKEN="); ok {
+			token = v
+		}
+	}
+	return name, token
+}
+
+// members returns the processes of tr in snap. t.mu is held.
+func (t *tracker) members(tr *tree, snap map[int]*proc, kids map[int][]int) map[int]*proc {
+	set := make(map[int]*proc)
+	var add func(pid int)
+	add = func(pid int) {
+		p := snap[pid]
+		if p == nil || set[pid] != nil {
+			return
+		}
+		set[pid] = p
+		for _, c := range kids[pid] {
+			add(c)
+		}
+	}
+	if tr.child != 0 {
+		add(tr.child)
+	}
+	if tr.cg != nil {
+		for _, pid := range tr.cg.procs() {
+			add(pid)
+		}
+	}
+	for pid, p := range snap {
+		switch {
+		case tr.seen[p.procID]:
+			add(pid)
+		case tr.child != 0 && p.pgid == tr.child:
+			add(pid)
+		case t.adopted(p) && !p.zombie && t.ours[p.procID] == nil:
+			if name, token := t.tagged(p); name == tr.name && token == tr.token {
+				add(pid)
+			}
+		}
+	}
+	return set
+}
+
+// scanLoop refreshes every tree each scanEvery, until no hold is left.
+func (t *tracker) scanLoop() {
+	tick := time.NewTicker(scanEvery)
+	defer tick.Stop()
+	for range tick.C {
+		t.mu.Lock()
+		if len(t.holds) == 0 {
+			t.scanner = false
+			t.mu.Unlock()
+			return
+		}
+		t.scanLocked()
+		t.mu.Unlock()
+	}
+}
+
+// scanLocked refreshes each tree's seen set, kills adopted orphans tagged
+// with a hold that is not registered (it ended: they escaped its kill), and
+// reaps the zombies of processes attributed to holds. t.mu is held.
+func (t *tracker) scanLocked() {
+	if t.err != nil {
+		return
+	}
+	snap, kids := t.snapshot()
+	for tr := range t.holds {
+		set := t.members(tr, snap, kids)
+		tr.seen = make(map[procID]bool, len(set))
+		for _, p := range set {
+			tr.seen[p.procID] = true
+			t.ours[p.procID] = tr
+		}
+	}
+	for _, p := range snap {
+		if !t.adopted(p) {
+			continue
+		}
+		if p.zombie {
+			t.reap(p)
+			continue
+		}
+		if o, ok := t.ours[p.procID]; ok && o != nil {
+			continue // in a running tree
+		}
+		name, token := t.tagged(p)
+		if token == "" && !t.known(p) {
+			continue // not a life's: the program's own child
+		}
+		t.log.Warn("killed a process of a command life whose hold has ended here", "pid", p.pid, "comm", p.comm, "life", name, "fencing_token", token)
+		t.ours[p.procID] = nil
+		signal(p.procID, syscall.SIGKILL)
+	}
+	for id := range t.ours {
+		if snap[id.pid] == nil || snap[id.pid].procID != id {
+			delete(t.ours, id) // gone (reaped by us, or not ours to reap)
+		}
+	}
+}
+
+// known reports whether p was attributed to a hold at some scan.
+func (t *tracker) known(p *proc) bool {
+	_, ok := t.ours[p.procID]
+	return ok
+}
+
+// reap collects p, a zombie child of the member, if it was a life's
+// process (attributed at a scan or killed by a Runner). t.mu is held.
+func (t *tracker) reap(p *proc) {
+	if !t.known(p) {
+		return // someone else's child, or never seen alive: not ours to reap
+	}
+	var ws unix.WaitStatus
+	_, _ = unix.Wait4(p.pid, &ws, unix.WNOHANG, nil)
+	delete(t.ours, p.procID)
+}
+
+// refresh records the processes of tr as they are now, before its child
+// is told to stop: those its exit orphans are then known by sight, even
+// without their environment.
+func (t *tracker) refresh(tr *tree) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.err != nil {
+		return
+	}
+	snap, kids := t.snapshot()
+	for _, p := range t.members(tr, snap, kids) {
+		tr.seen[p.procID] = true
+		t.ours[p.procID] = tr
+	}
+}
+
+// killTree SIGKILLs every process of tr, its child too when withChild
+// (the caller reaps the child through os/exec), and waits until none is
+// left alive, at most KillBound. It logs how many it killed outside the
+// child's process group, and an error if some did not die.
+func (t *tracker) killTree(tr *tree, withChild bool, log *slog.Logger) {
+	deadline := time.Now().Add(KillBound)
+	escaped := map[procID]bool{}
+	for clear := 0; clear < 2; {
+		t.mu.Lock()
+		if t.err != nil {
+			t.mu.Unlock()
+			return
+		}
+		snap, kids := t.snapshot()
+		if cg := tr.cg; cg != nil && (withChild || tr.child == 0 || snap[tr.child] == nil || snap[tr.child].zombie) {
+			// Known by sight before they die, so their zombies are reaped.
+			for _, pid := range cg.procs() {
+				if p := snap[pid]; p != nil {
+					t.ours[p.procID] = tr
+				}
+			}
+			if !cg.kill(KillBound) {
+				log.Error("the processes of the child's cgroup do not die after cgroup.kill", "cgroup", cg.dir, "bound", KillBound)
+			}
+			snap, kids = t.snapshot()
+		}
+		for _, p := range snap {
+			if p.zombie && t.adopted(p) && t.ours[p.procID] == tr {
+				t.reap(p)
+			}
+		}
+		alive := 0
+		for pid, p := range t.members(tr, snap, kids) {
+			if pid == tr.child && (!withChild || p.zombie) {
+				continue
+			}
+			t.ours[p.procID] = tr
+			if p.zombie {
+				if t.adopted(p) {
+					t.reap(p)
+				}
+				continue
+			}
+			alive++
+			if pid != tr.child && (tr.child == 0 || p.pgid != tr.child) {
+				escaped[p.procID] = true
+			}
+			signal(p.procID, syscall.SIGKILL)
+		}
+		t.mu.Unlock()
+		if alive == 0 {
+			clear++
+			continue
+		}
+		clear = 0
+		if time.Now().After(deadline) {
+			log.Error("processes of the life's child do not die after SIGKILL", "alive", alive, "bound", KillBound)
+			return
+		}
+		time.Sleep(5 * time.Millisecond) // the kernel takes a moment to tear a killed process down
+	}
+	if len(escaped) > 0 {
+		log.Info("killed the processes the child left outside its process group", "processes", len(escaped))
+	}
+}
+
+// signal sends sig to the process id names, through a pidfd opened and then
+// checked against id's start time: a pid reused meanwhile is not signalled.
+func signal(id procID, sig syscall.Signal) {
+	fd, err := unix.PidfdOpen(id.pid, 0)
+	if err != nil {
+		return // gone
+	}
+	defer unix.Close(fd)
+	if start, err := startTime(id.pid); err != nil || start != id.start {
+		return
+	}
+	_ = unix.PidfdSendSignal(fd, sig, nil, 0)
+}
+
+// startTime reads the start time of pid from /proc/<pid>/stat.
+func startTime(pid int) (uint64, error) {
+	p, err := procs.fs.Proc(pid)
+	if err != nil {
+		return 0, err
+	}
+	st, err := p.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return st.Starttime, nil
+}

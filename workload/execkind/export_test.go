@@ -1,0 +1,15 @@
+package execkind
+
+import "errors"
+
+// UseCgroups turns the children's cgroups on (where the machine allows
+// them: the default) or off, so that a test can run the subreaper alone.
+// It must be called while no hold runs.
+func UseCgroups(on bool) {
+	procs.mu.Lock()
+	defer procs.mu.Unlock()
+	procs.cgOff = nil
+	if !on {
+		procs.cgOff = errors.New("turned off by a test")
+	}
+}
