@@ -20,6 +20,10 @@ type Metrics struct {
 	DirectStarts     prometheus.Counter
 	HeartbeatSeconds prometheus.Gauge
 	HeartbeatFailing prometheus.Gauge
+	// Collected counts the keys the sweep deleted because nothing else
+	// would (see collectBeats), by record: "age", "state" (orphaned records
+	// of lives no longer wanted) and "heartbeat" (of gone members).
+	Collected *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -41,9 +45,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		DirectStarts:     prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_direct_starts_total", Help: "Lives started without a second check, because the watch saw every candidacy in front of ours go."}),
 		HeartbeatSeconds: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immortald_heartbeat_seconds", Help: "How long the last heartbeat took; above the checkpoint interval, a crash can lose more than an interval."}),
 		HeartbeatFailing: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immortald_heartbeat_failing", Help: "1 while the member's last heartbeat was not applied: its lives' ages are not checkpointed, and it is not ready."}),
+		Collected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "immortald_records_collected_total",
+			Help: "Keys the sweep deleted that nothing else would: records (age, state) of lives no longer wanted that no live holder owns, heartbeats of gone members."}, []string{"record"}),
+	}
+	for _, r := range []string{"age", "state", "heartbeat"} {
+		m.Collected.WithLabelValues(r) // every series from 0
 	}
 	if reg != nil {
-		reg.MustRegister(m.Held, m.Wanted, m.Invalid, m.Started, m.Lost, m.Heartbeats, m.HeartbeatErrors, m.Sessions, m.SessionLosses, m.Quarantined, m.Handoffs, m.ElectionTxns, m.ElectionErrors, m.DirectStarts, m.HeartbeatSeconds, m.HeartbeatFailing)
+		reg.MustRegister(m.Held, m.Wanted, m.Invalid, m.Started, m.Lost, m.Heartbeats, m.HeartbeatErrors, m.Sessions, m.SessionLosses, m.Quarantined, m.Handoffs, m.ElectionTxns, m.ElectionErrors, m.DirectStarts, m.HeartbeatSeconds, m.HeartbeatFailing, m.Collected)
 	}
 	return m
 }
