@@ -2,7 +2,6 @@ package supervisor
 
 import (
 	"context"
-	"fmt"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -10,16 +9,48 @@ import (
 	"github.com/immortald/immortald/registry"
 )
 
-// The heartbeat of a member that is gone stays while an age record needs
-// it; the first live member in id order deletes it afterwards (sweep).
+// What no holder will delete is collected by the first live member in id
+// order, at each sweep: the heartbeats of gone members once no age record
+// needs them, and the age and state records of lives that are no longer
+// wanted and that no live holder owns (orphans). A holder deletes the
+// records of a life it runs when the life is deleted; the orphans are what
+// is left when nobody ran it then: its holder crashed (perhaps before its
+// first heartbeat, so no heartbeat names its lease), or it had stopped for
+// good (an invalid request, a kind no member runs), or the record is of an
+// earlier life of the name.
 
-// collectBeats deletes the heartbeats of dead members once no age record
-// needs them: every life they ran has been taken over (each successor's
-// first write replaces the record) or has ended. A running record of a
-// dead member whose life has ended (its request deleted or replaced while
-// nobody ran it) is deleted on the way, as its holder would have. One member
-// does this, the first of the live members in id order; it reads every age
-// record only while there is a dead member's heartbeat.
+// collectBeats is the sweep's collection, a no-op on every member but the
+// first live one by id. It deletes:
+//
+//   - every age record whose life is not the request's (no lives/<name>, or
+//     CreateRevision(lives/<name>) != its life_id) and that no live holder
+//     owns: it is stopped (lease 0), or running on a lease that is no live
+//     member's and that etcd says has expired or was revoked. Its state
+//     record goes with it, in the same Txn, when it is of the same life id;
+//   - every state record whose life_id is not the request's, unless
+//     ages/<name> is a record of the same life id running on a live lease
+//     (its holder deletes both);
+//   - the heartbeat of every such gone lease that no record of a wanted life
+//     runs on: every life it ran has moved or ended.
+//
+// Every delete is a Txn guarded by the key's ModRevision as read and, for
+// records, by CreateRevision(lives/<name>) != life_id, so a life that is
+// wanted by the time the Txn applies keeps its age and state, and any write
+// of a holder since the read wins. Records that do not parse, and the
+// quarantine keys, are left for the user.
+//
+// Its cost when there is nothing to collect is four keys-only ranges, read
+// in pages (requests, heartbeats, ages, states): a record's value is read
+// only when its key alone says it may be an orphan (no request, or a
+// ModRevision before the request's creation: a holder's writes are fenced
+// by the life id, so no record of another life is written after it), and
+// every age record's value only while there is a gone member's heartbeat
+// (to learn which leases the wanted lives still run on). A record of
+// another life that someone other than a holder wrote after the request's
+// creation is collected only at a sweep of the latter kind. Each sweep that deletes something logs one
+// line with the counts and adds them to Metrics.Collected. A failed step
+// is logged (sweepFailed) and the rest of the sweep is skipped; the next
+// sweep starts over.
 func (s *Supervisor) collectBeats(ctx context.Context) {
 	s.mu.Lock()
 	first, live := s.eng.FirstMember()
@@ -27,30 +58,47 @@ func (s *Supervisor) collectBeats(ctx context.Context) {
 	if !first {
 		return
 	}
-	k := s.cfg.Keys
-	_, beats, err := registry.RangeAll(ctx, s.cfg.Client, k.Heartbeats(), 0)
+	c := &collection{s: s, live: live, gone: make(map[int64]bool)}
+	c.run(ctx)
+	c.report()
+}
+
+// collection is the state of one sweep's collectBeats.
+type collection struct {
+	s    *Supervisor
+	live map[int64]bool // the live members' leases, as this member sees them
+	// gone caches leaseGone for leases outside live, per sweep.
+	gone map[int64]bool
+	// lives are the requests' revisions by name, read keys-only.
+	lives map[string]keyRevs
+	// What this sweep deleted.
+	ages, states, beats int
+}
+
+// run carries out the sweep's collection; a step that fails is logged and
+// ends it.
+func (c *collection) run(ctx context.Context) {
+	s, k := c.s, c.s.cfg.Keys
+	lives, err := s.revisions(ctx, k.Lives())
+	if err != nil {
+		s.sweepFailed(ctx, "cannot read the requests to collect orphaned records", err)
+		return
+	}
+	c.lives = lives
+	_, beats, err := registry.RangeAll(ctx, s.cfg.Client, k.Heartbeats(), 0, clientv3.WithKeysOnly())
 	if err != nil {
 		s.sweepFailed(ctx, "cannot read the heartbeats to collect those of gone members", err)
 		return
 	}
 	dead := make(map[int64]*mvccpb.KeyValue)
 	for _, kv := range beats {
-		l, ok := k.HeartbeatLease(string(kv.Key))
-		if !ok || live[l] {
-			continue
+		if l, ok := k.HeartbeatLease(string(kv.Key)); ok && c.leaseGone(ctx, l) {
+			dead[l] = kv
 		}
-		ttl, err := s.cfg.Client.TimeToLive(ctx, clientv3.LeaseID(l))
-		if err != nil || ttl.TTL > 0 {
-			continue // alive (a member not yet registered), or unknown
-		}
-		dead[l] = kv
 	}
-	if len(dead) == 0 {
-		return
-	}
-	referenced, err := s.sweepAges(ctx, dead)
+	referenced, err := c.collectAges(ctx, len(dead) > 0)
 	if err != nil {
-		s.sweepFailed(ctx, "cannot read or clean the age records of gone members", err)
+		s.sweepFailed(ctx, "cannot read or clean the age records of ended lives", err)
 		return
 	}
 	for l, kv := range dead {
@@ -61,12 +109,205 @@ func (s *Supervisor) collectBeats(ctx context.Context) {
 			If(clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision)).
 			Then(clientv3.OpDelete(string(kv.Key))).
 			Commit()
-		switch {
-		case err != nil:
+		if err != nil {
 			s.sweepFailed(ctx, "cannot delete the heartbeat of a gone member", err)
-		case resp.Succeeded:
-			s.log.Info("deleted the heartbeat of a gone member: every life it ran has moved or ended", "lease", fmt.Sprintf("%x", l))
+			return
 		}
+		if resp.Succeeded {
+			c.beats++
+		}
+	}
+	if err := c.collectStates(ctx); err != nil {
+		s.sweepFailed(ctx, "cannot read or clean the state records of ended lives", err)
+	}
+}
+
+// report logs and counts what the sweep deleted, if anything.
+func (c *collection) report() {
+	if c.ages+c.states+c.beats == 0 {
+		return
+	}
+	m := c.s.m.Collected
+	m.WithLabelValues("age").Add(float64(c.ages))
+	m.WithLabelValues("state").Add(float64(c.states))
+	m.WithLabelValues("heartbeat").Add(float64(c.beats))
+	c.s.log.Info("collected the records of ended lives that no live holder owns, and the heartbeats of gone members",
+		"ages", c.ages, "states", c.states, "heartbeats", c.beats)
+}
+
+// leaseGone reports whether lease l is of no live member and etcd says it
+// has expired or was revoked. A lease etcd still keeps (a member not yet
+// registered), or one etcd could not be asked about, is not gone.
+func (c *collection) leaseGone(ctx context.Context, l int64) bool {
+	if c.live[l] {
+		return false
+	}
+	if g, ok := c.gone[l]; ok {
+		return g
+	}
+	ttl, err := c.s.cfg.Client.TimeToLive(ctx, clientv3.LeaseID(l))
+	g := err == nil && ttl.TTL <= 0
+	if err == nil {
+		c.gone[l] = g // an error is asked again at the next record
+	}
+	return g
+}
+
+// mayBeOrphan reports whether the record kv of the life name may belong to
+// a life that is not the request's, by its key alone: there is no request,
+// or the record was last written before the request was created (a holder
+// of the request's life writes only after that).
+func (c *collection) mayBeOrphan(name string, kv *mvccpb.KeyValue) bool {
+	req, ok := c.lives[name]
+	return !ok || kv.ModRevision < req.create
+}
+
+// wanted reports whether lifeID is the life of the request for name.
+func (c *collection) wanted(name string, lifeID int64) bool {
+	req, ok := c.lives[name]
+	return ok && req.create == lifeID
+}
+
+// collectAges deletes the orphaned age records (see collectBeats) and
+// returns the leases that records of wanted lives still run on, or that
+// records which changed since they were read ran on. all says to read
+// every record's value (there is a gone member's heartbeat: which leases
+// are referenced matters); otherwise only those of possible orphans.
+func (c *collection) collectAges(ctx context.Context, all bool) (map[int64]bool, error) {
+	s, k := c.s, c.s.cfg.Keys
+	var kvs []*mvccpb.KeyValue
+	if all {
+		_, got, err := registry.RangeAll(ctx, s.cfg.Client, k.Ages(), 0)
+		if err != nil {
+			return nil, err
+		}
+		kvs = got
+	} else {
+		_, keys, err := registry.RangeAll(ctx, s.cfg.Client, k.Ages(), 0, clientv3.WithKeysOnly())
+		if err != nil {
+			return nil, err
+		}
+		for _, kv := range keys {
+			if !c.mayBeOrphan(registry.NameOf(k.Ages(), string(kv.Key)), kv) {
+				continue
+			}
+			resp, err := s.cfg.Client.Get(ctx, string(kv.Key))
+			if err != nil {
+				return nil, err
+			}
+			kvs = append(kvs, resp.Kvs...) // none: deleted since
+		}
+	}
+	referenced := make(map[int64]bool)
+	for _, kv := range kvs {
+		rec, err := registry.ParseAgeRecord(kv.Value)
+		if err != nil {
+			continue // the holder's to quarantine, or the user's
+		}
+		name := registry.NameOf(k.Ages(), string(kv.Key))
+		if c.wanted(name, rec.LifeID) {
+			if rec.Running() {
+				referenced[rec.Lease] = true // its successor needs the heartbeat
+			}
+			continue
+		}
+		if rec.Running() && !c.leaseGone(ctx, rec.Lease) {
+			continue // its live holder deletes it when it sees the request go
+		}
+		ok, err := c.deleteAge(ctx, name, kv, rec)
+		if err != nil {
+			return nil, err
+		}
+		if !ok && rec.Running() {
+			referenced[rec.Lease] = true // it changed meanwhile: look again next time
+		}
+	}
+	return referenced, nil
+}
+
+// deleteAge deletes the orphaned age record kv of name, and the life's
+// state record when it is of the same life id, in one Txn guarded by their
+// revisions and by the request not being that life. It reports whether the
+// Txn applied.
+func (c *collection) deleteAge(ctx context.Context, name string, kv *mvccpb.KeyValue, rec registry.AgeRecord) (bool, error) {
+	s, k := c.s, c.s.cfg.Keys
+	cmps := c.orphanGuard(name, kv, rec.LifeID)
+	then := []clientv3.Op{clientv3.OpDelete(string(kv.Key))}
+	st, err := s.cfg.Client.Get(ctx, k.State(name))
+	if err != nil {
+		return false, err
+	}
+	withState := false
+	if len(st.Kvs) > 0 {
+		if srec, err := registry.ParseStateRecord(st.Kvs[0].Value); err == nil && srec.LifeID == rec.LifeID {
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.State(name)), "=", st.Kvs[0].ModRevision))
+			then = append(then, clientv3.OpDelete(k.State(name)))
+			withState = true
+		}
+	}
+	resp, err := s.cfg.Client.Txn(ctx).If(cmps...).Then(then...).Commit()
+	if err != nil {
+		return false, err
+	}
+	if resp.Succeeded {
+		c.ages++
+		if withState {
+			c.states++
+		}
+	}
+	return resp.Succeeded, nil
+}
+
+// collectStates deletes the orphaned state records (see collectBeats). It
+// lists states/ keys-only and reads, for each possible orphan, the record
+// and ages/<name> in one snapshot.
+func (c *collection) collectStates(ctx context.Context) error {
+	s, k := c.s, c.s.cfg.Keys
+	_, keys, err := registry.RangeAll(ctx, s.cfg.Client, k.States(), 0, clientv3.WithKeysOnly())
+	if err != nil {
+		return err
+	}
+	for _, key := range keys {
+		name := registry.NameOf(k.States(), string(key.Key))
+		if !c.mayBeOrphan(name, key) {
+			continue
+		}
+		resp, err := s.cfg.Client.Txn(ctx).Then(clientv3.OpGet(k.State(name)), clientv3.OpGet(k.Age(name))).Commit()
+		if err != nil {
+			return err
+		}
+		sts, ages := resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs
+		if len(sts) == 0 {
+			continue // deleted since
+		}
+		kv := sts[0]
+		srec, err := registry.ParseStateRecord(kv.Value)
+		if err != nil || c.wanted(name, srec.LifeID) {
+			continue // corrupt (the holder's to quarantine), or wanted
+		}
+		if len(ages) > 0 {
+			if rec, err := registry.ParseAgeRecord(ages[0].Value); err == nil && rec.LifeID == srec.LifeID &&
+				rec.Running() && !c.leaseGone(ctx, rec.Lease) {
+				continue // its live holder deletes both when it sees the request go
+			}
+		}
+		tr, err := s.cfg.Client.Txn(ctx).If(c.orphanGuard(name, kv, srec.LifeID)...).Then(clientv3.OpDelete(string(kv.Key))).Commit()
+		if err != nil {
+			return err
+		}
+		if tr.Succeeded {
+			c.states++
+		}
+	}
+	return nil
+}
+
+// orphanGuard is the guard of an orphan's delete: the record kv unchanged
+// since read, and lives/<name> not of lifeID (missing, or another life).
+func (c *collection) orphanGuard(name string, kv *mvccpb.KeyValue, lifeID int64) []clientv3.Cmp {
+	return []clientv3.Cmp{
+		clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision),
+		clientv3.Compare(clientv3.CreateRevision(c.s.cfg.Keys.Life(name)), "!=", lifeID),
 	}
 }
 
@@ -77,56 +318,4 @@ func (s *Supervisor) sweepFailed(ctx context.Context, what string, err error) {
 		return
 	}
 	s.log.Warn(what+"; will retry at the next sweep", "err", err, "every", sweepEvery)
-}
-
-// sweepAges reads every age record and returns which of the dead leases
-// running records are still on. A running record on a dead lease whose life
-// has ended is deleted instead, with the life's state record when it is of
-// the same life: guarded by their revisions and by the request key not
-// being that life, so a life that is wanted keeps its age and state.
-func (s *Supervisor) sweepAges(ctx context.Context, dead map[int64]*mvccpb.KeyValue) (map[int64]bool, error) {
-	k := s.cfg.Keys
-	_, kvs, err := registry.RangeAll(ctx, s.cfg.Client, k.Ages(), 0)
-	if err != nil {
-		return nil, err
-	}
-	lives, err := s.revisions(ctx, k.Lives())
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[int64]bool)
-	for _, kv := range kvs {
-		rec, err := registry.ParseAgeRecord(kv.Value)
-		if err != nil || !rec.Running() || dead[rec.Lease] == nil {
-			continue
-		}
-		name := registry.NameOf(k.Ages(), string(kv.Key))
-		if req, ok := lives[name]; ok && req.create == rec.LifeID {
-			out[rec.Lease] = true // still wanted: its successor needs the heartbeat
-			continue
-		}
-		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision),
-			clientv3.Compare(clientv3.CreateRevision(k.Life(name)), "!=", rec.LifeID)}
-		then := []clientv3.Op{clientv3.OpDelete(string(kv.Key))}
-		// The life's state record goes with it, if it is of the same life
-		// and unchanged since read.
-		st, err := s.cfg.Client.Get(ctx, k.State(name))
-		if err != nil {
-			return nil, err
-		}
-		if len(st.Kvs) > 0 {
-			if srec, err := registry.ParseStateRecord(st.Kvs[0].Value); err == nil && srec.LifeID == rec.LifeID {
-				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.State(name)), "=", st.Kvs[0].ModRevision))
-				then = append(then, clientv3.OpDelete(k.State(name)))
-			}
-		}
-		resp, err := s.cfg.Client.Txn(ctx).If(cmps...).Then(then...).Commit()
-		if err != nil {
-			return nil, err
-		}
-		if !resp.Succeeded {
-			out[rec.Lease] = true // it changed meanwhile: look again next time
-		}
-	}
-	return out, nil
 }

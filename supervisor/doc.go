@@ -89,4 +89,13 @@
 //   - A state write is guarded as the age record is; a failed guard fails
 //     the Checkpoint with workload.ErrFenced and, when the election key is
 //     no longer the holder's, stops the life.
+//   - Records of ended lives do not pile up. A holder deletes its life's
+//     age and state records when the life is deleted; what nobody holds
+//     then is deleted at a sweep (every 30 s) by the first live member by
+//     id (collect.go): age and state records whose life id is not the
+//     request's and that no live holder owns, and heartbeats of gone
+//     members that no wanted life's record runs on. Each delete is guarded
+//     by the key's revision and, for records, by the request not being of
+//     that life id, so a wanted life keeps its records. Records that do not
+//     parse and the quarantine keys stay for the user.
 package supervisor

@@ -22,6 +22,10 @@ type Metrics struct {
 	HeartbeatFailing prometheus.Gauge
 	RunsAbandoned    prometheus.Counter
 	RunsUnreturned   prometheus.Gauge
+	// Collected counts the keys the sweep deleted because nothing else
+	// would (see collectBeats), by record: "age", "state" (orphaned records
+	// of lives no longer wanted) and "heartbeat" (of gone members).
+	Collected *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -45,9 +49,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		HeartbeatFailing: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immortald_heartbeat_failing", Help: "1 while the member's last heartbeat was not applied: its lives' ages are not checkpointed, and it is not ready."}),
 		RunsAbandoned:    prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_runs_abandoned_total", Help: "Runs (the work of a life) given up because they did not return within AbandonAfter of being told to stop at once; each life was given up in this member."}),
 		RunsUnreturned:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "immortald_runs_abandoned", Help: "Runs given up that have not returned yet: their lives are not run by this member until they do."}),
+		Collected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "immortald_records_collected_total",
+			Help: "Keys the sweep deleted that nothing else would: records (age, state) of lives no longer wanted that no live holder owns, heartbeats of gone members."}, []string{"record"}),
+	}
+	for _, r := range []string{"age", "state", "heartbeat"} {
+		m.Collected.WithLabelValues(r) // every series from 0
 	}
 	if reg != nil {
-		reg.MustRegister(m.Held, m.Wanted, m.Invalid, m.Started, m.Lost, m.Heartbeats, m.HeartbeatErrors, m.Sessions, m.SessionLosses, m.Quarantined, m.Handoffs, m.ElectionTxns, m.ElectionErrors, m.DirectStarts, m.HeartbeatSeconds, m.HeartbeatFailing, m.RunsAbandoned, m.RunsUnreturned)
+		reg.MustRegister(m.Held, m.Wanted, m.Invalid, m.Started, m.Lost, m.Heartbeats, m.HeartbeatErrors, m.Sessions, m.SessionLosses, m.Quarantined, m.Handoffs, m.ElectionTxns, m.ElectionErrors, m.DirectStarts, m.HeartbeatSeconds, m.HeartbeatFailing,
+			m.RunsAbandoned, m.RunsUnreturned, m.Collected)
 	}
 	return m
 }

@@ -492,7 +492,9 @@ func (s *Supervisor) setMembers(ms []registry.Member) {
 // sweep looks at every waiting candidacy again every sweepEvery: a safety
 // net under the election watch, which already wakes a candidate when a key
 // before it goes. It also checks the age records of held lives
-// (verifyAges) and deletes the heartbeats no record needs (collectBeats).
+// (verifyAges) and, on the first live member by id, deletes what no holder
+// will: the heartbeats no record needs and the age and state records of
+// lives no longer wanted that no live holder owns (collectBeats).
 func (s *Supervisor) sweep(ctx context.Context) {
 	t := time.NewTicker(sweepEvery)
 	defer t.Stop()
