@@ -76,10 +76,10 @@ type ErrorBody struct {
 var (
 	// ErrFenced: this holder no longer holds the life (or the token is not
 	// its holder's); nothing was or will be applied. The child should stop.
-	ErrFenced = errors.New("fenced: this holder no longer holds the life; the child should stop")
+	ErrFenced = errors.New("checkpoint fenced: this holder no longer holds the life; the child should stop")
 	// ErrStateTooLarge: the state is over workload.MaxStateBytes; nothing
 	// was written, and retrying the same state will not help.
-	ErrStateTooLarge = errors.New("state too large (retrying the same state will not help)")
+	ErrStateTooLarge = errors.New("state too large: not checkpointed (retrying the same state will not help)")
 	// ErrUnavailable: the write was not confirmed (etcd's error, a timeout,
 	// no answer from the member); it may or may not have been applied, and
 	// retrying with the same or a newer state is safe.
@@ -187,5 +187,8 @@ func (c *Client) call(ctx context.Context, method, path string, body []byte) err
 	case http.StatusServiceUnavailable:
 		return fmt.Errorf("%w: %s", ErrUnavailable, eb.Error)
 	}
-	return fmt.Errorf("checkpoint refused (%d): %s (retrying the same request will not help)", resp.StatusCode, eb.Error)
+	if resp.StatusCode == http.StatusBadRequest {
+		return fmt.Errorf("checkpoint refused: bad request: %s (retrying the same request will not help)", eb.Error)
+	}
+	return fmt.Errorf("checkpoint failed: the member answered %d: %s", resp.StatusCode, eb.Error)
 }
