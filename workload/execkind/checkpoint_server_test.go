@@ -43,15 +43,18 @@ func childClient(mode string) int {
 	return 1
 }
 
-// socket waits for the checkpoint socket of l's hold and returns its path.
+// socket waits for the checkpoint socket of l's hold, made 0600 (so
+// served), and returns its path.
 func (l *life) socket(t *testing.T) string {
 	t.Helper()
 	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
 		if m, _ := filepath.Glob(filepath.Join(l.root, "job-*", childapi.SocketName)); len(m) == 1 {
-			return m[0]
+			if fi, err := os.Stat(m[0]); err == nil && fi.Mode().Perm() == 0o600 {
+				return m[0]
+			}
 		}
 	}
-	t.Fatalf("no checkpoint socket under %s; log:\n%s", l.root, l.log)
+	t.Fatalf("no checkpoint socket of mode 0600 under %s; log:\n%s", l.root, l.log)
 	return ""
 }
 
@@ -142,9 +145,6 @@ func TestSyncCheckpointRefusals(t *testing.T) {
 		o.CheckpointInterval = time.Hour
 	})
 	sock := l.socket(t)
-	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("socket %s: %v, mode %v, want 0600", sock, err, fi.Mode())
-	}
 	hc := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -197,11 +197,15 @@ func TestSyncCheckpointFencedAtExpiry(t *testing.T) {
 	pidfile := filepath.Join(t.TempDir(), "pid")
 	l := run(t, ctx, `echo $$ > `+pidfile+`; exec sleep 1000`, nil, nil)
 	pid := readPid(t, pidfile)
-	c := childapi.New(l.socket(t), 7)
+	sock := l.socket(t)
+	c := childapi.New(sock, 7)
 	l.h.Block(true)
 	done := make(chan error, 1)
 	go func() { done <- c.PutState(context.Background(), []byte("late")) }()
-	time.Sleep(100 * time.Millisecond) // the call is blocked by now, or fenced on arrival
+	// The file is replaced before the checkpoint, which blocks.
+	for waitFile(t, filepath.Join(filepath.Dir(sock), "state")) != "late" {
+		time.Sleep(10 * time.Millisecond)
+	}
 	l.h.Expire()
 	if err := l.result(t); !errors.Is(err, workload.ErrDeadline) {
 		t.Fatalf("Run: %v, want ErrDeadline", err)
