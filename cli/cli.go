@@ -94,7 +94,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	pf.String("prefix", registry.DefaultPrefix, "key prefix of the immortald keyspace")
 	pf.String("log-format", "auto", "log format: auto (tint on a terminal, JSON otherwise), text or json")
 	pf.String("log-level", "info", "log level: debug, info, warn or error")
-	root.AddCommand(a.runCmd(), a.startCmd(), a.stopCmd(), a.getAgeCmd(), a.getStateCmd(), a.lsCmd(), a.membersCmd(), a.versionCmd())
+	root.AddCommand(a.runCmd(), a.startCmd(), a.stopCmd(), a.getAgeCmd(), a.getStateCmd(), a.lsCmd(), a.membersCmd(), a.checkpointCmd(), a.versionCmd())
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	for _, c := range root.Commands() {
 		if c.Args != nil {

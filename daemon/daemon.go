@@ -150,6 +150,11 @@ func New(cfg Config) (*Main, error) {
 	if err := validateKinds(cfg.Kinds); err != nil {
 		return nil, err
 	}
+	if len(cfg.Kinds) > 0 {
+		if err := execkind.CheckStateRoot(cfg.StateDir); err != nil {
+			return nil, err // the checkpoint socket of a hold would not fit
+		}
+	}
 	if err := validateGoKinds(cfg.GoKinds, cfg.Kinds); err != nil {
 		return nil, err
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/immortald/immortald/daemon"
 	"github.com/immortald/immortald/registry"
+	"github.com/immortald/immortald/workload/execkind"
 )
 
 // bound is a generous bound on anything that takes a few lease TTLs (2s here)
@@ -50,6 +51,10 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		{name: "bad id", change: func(c *daemon.Config) { c.ID = "my pod" }, want: []string{"--id", `"my pod"`}},
 		{name: "advertise address", change: func(c *daemon.Config) { c.AdvertiseAddr = "10.1.2.3:8080" }},
 		{name: "advertise address without a port", change: func(c *daemon.Config) { c.AdvertiseAddr = "10.1.2.3" }, want: []string{"--advertise-addr", "host:port"}},
+		{name: "state dir too long for a checkpoint socket", change: func(c *daemon.Config) {
+			c.Kinds = map[string]execkind.Config{"c": {Command: []string{"/bin/sh"}}}
+			c.StateDir = "/" + strings.Repeat("d", 80)
+		}, want: []string{"--state-dir", "unix socket"}},
 		{name: "advertise address without a host", change: func(c *daemon.Config) { c.AdvertiseAddr = ":8080" }, want: []string{"--advertise-addr", `":8080"`}},
 	}
 	for _, tt := range tests {

@@ -11,13 +11,19 @@
 // not a number is an error (exit 1): the file is left as it is, never
 // overwritten. What follows the first line is padding, ignored.
 //
-//	counter [--interval 100ms] [--state FILE] [--log FILE | --log-dir DIR] [--pad SIZE]
+//	counter [--interval 100ms] [--state FILE] [--log FILE | --log-dir DIR] [--pad SIZE] [--sync]
 //
 // --state defaults to $IMMORTALD_STATE_DIR/state, --log to $COUNTER_LOG
 // (none: no log). --log-dir logs to DIR/$IMMORTALD_LIFE.log instead: one
 // log per life, for many lives of one kind. --pad fills the state file to
 // SIZE bytes (a number, or with a unit: 64KiB, 1MiB) with a line of dots, to
 // give the life a state of that size.
+//
+// --sync checkpoints every write synchronously, through the member's
+// checkpoint socket (package workload/execkind/childapi), before logging
+// it: a logged n is durable. When the checkpoint is fenced (this holder no
+// longer holds the life) the counter exits 0; another failure is printed
+// on stderr and the checkpoint retried every interval.
 package main
 
 import (
@@ -32,6 +38,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/immortald/immortald/workload/execkind/childapi"
 )
 
 func main() {
@@ -48,6 +56,7 @@ func run(args []string) error {
 	logFile := fs.String("log", os.Getenv("COUNTER_LOG"), "file to append \"token n unix-ms\" lines to (default $COUNTER_LOG; empty: none)")
 	logDir := fs.String("log-dir", "", "log to DIR/$IMMORTALD_LIFE.log instead of --log")
 	padFlag := fs.String("pad", "0", "fill the state file to this size: a number of bytes, or with a unit (64KiB, 1MiB)")
+	sync := fs.Bool("sync", false, "checkpoint every write through the member's checkpoint socket before logging it")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -76,6 +85,12 @@ func run(args []string) error {
 	if token == "" {
 		token = "0"
 	}
+	var ck *childapi.Client
+	if *sync {
+		if ck, err = childapi.FromEnv(); err != nil {
+			return fmt.Errorf("--sync: %w", err)
+		}
+	}
 	n, err := readState(*state)
 	if err != nil {
 		return err
@@ -101,10 +116,39 @@ func run(args []string) error {
 		if err := writeState(*state, n, pad); err != nil {
 			return err
 		}
+		if ck != nil {
+			if err := syncCheckpoint(ctx, ck, *interval); errors.Is(err, childapi.ErrFenced) {
+				fmt.Fprintln(os.Stderr, "counter: stopping:", err)
+				return nil
+			} else if err != nil {
+				continue // a signal: the state is written once more above
+			}
+		}
 		if log != nil {
 			if _, err := fmt.Fprintf(log, "%s %d %d\n", token, n, time.Now().UnixMilli()); err != nil {
 				return err
 			}
+		}
+	}
+}
+
+// syncCheckpoint checkpoints the state file through c, retrying every
+// interval after a failure that is safe to retry (printed on stderr), until
+// it was applied (nil), it is fenced (childapi.ErrFenced) or ctx ends
+// (ctx's error).
+func syncCheckpoint(ctx context.Context, c *childapi.Client, interval time.Duration) error {
+	for {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		err := c.Checkpoint(cctx)
+		cancel()
+		if err == nil || errors.Is(err, childapi.ErrFenced) {
+			return err
+		}
+		fmt.Fprintln(os.Stderr, "counter: checkpoint failed, retrying:", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(interval):
 		}
 	}
 }

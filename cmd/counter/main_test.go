@@ -2,14 +2,19 @@ package main
 
 import (
 	"bytes"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/immortald/immortald/workload/execkind/childapi"
 )
 
 func TestMain(m *testing.M) {
@@ -161,5 +166,62 @@ func TestParseSize(t *testing.T) {
 		if _, err := parseSize(in); err == nil {
 			t.Errorf("parseSize(%q): no error", in)
 		}
+	}
+}
+
+// With --sync, each write is checkpointed through the socket before it is
+// logged, a failure that is safe to retry is retried, and a fenced
+// checkpoint stops the counter with exit 0.
+func TestSyncCheckpointsEveryWrite(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "s.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var calls []string // the state file at each call
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		st, _ := os.ReadFile(filepath.Join(dir, "state"))
+		mu.Lock()
+		defer mu.Unlock()
+		if r.Method != http.MethodPost || r.URL.Path != childapi.PathCheckpoint || r.Header.Get(childapi.HeaderFencingToken) != "42" {
+			http.Error(w, "bad request", http.StatusBadRequest)
+			return
+		}
+		calls = append(calls, strings.TrimSpace(string(st)))
+		switch len(calls) {
+		case 2:
+			w.WriteHeader(http.StatusServiceUnavailable) // retried
+		case 5:
+			w.WriteHeader(http.StatusConflict)
+		default:
+			_, _ = w.Write([]byte(`{"bytes":2,"fencing_token":42}`))
+		}
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	t.Setenv(childapi.EnvCheckpointSocket, sock)
+	cmd, stderr := counter(t, dir, "--sync")
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("counter --sync after a fenced checkpoint: %v, want exit 0; stderr: %s", err, stderr)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"1", "2", "2", "3", "4"}; strings.Join(calls, " ") != strings.Join(want, " ") {
+		t.Fatalf("checkpoints of the states %q, want %q", calls, want)
+	}
+	log, _ := os.ReadFile(filepath.Join(dir, "log"))
+	var ns []string
+	for _, l := range strings.Split(strings.TrimSpace(string(log)), "\n") {
+		if f := strings.Fields(l); len(f) == 3 {
+			ns = append(ns, f[1])
+		}
+	}
+	if got := strings.Join(ns, " "); got != "1 2 3" {
+		t.Fatalf("logged counts %q, want 1 2 3: the ones checkpointed before the fence", got)
+	}
+	if !strings.Contains(stderr.String(), "retrying") || !strings.Contains(stderr.String(), "stopping") {
+		t.Errorf("stderr %q does not tell of the retry and the stop", stderr)
 	}
 }

@@ -31,62 +31,19 @@ func TestCounterKindEndToEnd(t *testing.T) {
 		t.Fatalf("go build counter: %v\n%s", err, out)
 	}
 	counterLog := filepath.Join(dir, "counter.log")
-	cfg := filepath.Join(dir, "member.yaml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`kinds:
+	c := newKindCluster(t, dir, fmt.Sprintf(`kinds:
   counter:
     command: [%q, "--interval", "50ms"]
     env: {COUNTER_LOG: %q}
     stop_grace: 2s
     restart: on-failure
-`, counter, counterLog)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	srv := etcdtest.MustStart(t)
-	e := &env{t: t}
-	t.Cleanup(func() {
-		for _, p := range e.procs {
-			p.kill()
-		}
-	})
-	ep := []string{"--etcd-endpoints", srv.Endpoint()}
-	member := func(id string) *proc {
-		args := append([]string{"run", "--id", id, "--config", cfg, "--lease-ttl", "2s", "--checkpoint-interval", "200ms",
-			"--http-addr", etcdtest.FreeAddr(t), "--log-format", "json", "--state-dir", filepath.Join(dir, "state-"+id)}, ep...)
-		return e.start(id, args)
-	}
-	cli := func(args ...string) string {
-		t.Helper()
-		p := e.start("cli", append(args, ep...))
-		if code := p.wait(t); code != 0 {
-			t.Fatalf("immortald %v: exit %d: %s", args, code, p.stderr.String())
-		}
-		return p.stdout.String()
-	}
-	type state struct {
-		Holder string `json:"holder"`
-		Token  int64  `json:"fencing_token"`
-		Data   []byte `json:"data"`
-	}
-	stateOf := func() (state, bool) {
-		p := e.start("cli", append([]string{"get-state", "job", "-o", "json"}, ep...))
-		if p.wait(t) != 0 {
-			return state{}, false
-		}
-		var st state
-		return st, json.Unmarshal([]byte(p.stdout.String()), &st) == nil
-	}
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		for start := time.Now(); !cond(); time.Sleep(100 * time.Millisecond) {
-			if time.Since(start) > bound {
-				t.Fatalf("timed out after %s waiting for %s", bound, what)
-			}
-		}
-	}
+`, counter, counterLog), "2s", "200ms")
+	member, cli, waitFor := c.member, c.cli, c.waitFor
+	stateOf := func() (lifeState, bool) { return c.stateOf("job") }
 
 	m1 := member("m1")
 	cli("start", "job", "--kind", "counter")
-	var st1 state
+	var st1 lifeState
 	waitFor("a counter state checkpointed by m1", func() bool {
 		st, ok := stateOf()
 		st1 = st
@@ -104,7 +61,7 @@ func TestCounterKindEndToEnd(t *testing.T) {
 	if code := m1.wait(t); code != 0 {
 		t.Fatalf("m1 exited %d after SIGTERM: %s", code, m1.stderr.String())
 	}
-	var st2 state
+	var st2 lifeState
 	waitFor("the counter on m2", func() bool {
 		st, ok := stateOf()
 		st2 = st
@@ -125,19 +82,7 @@ func TestCounterKindEndToEnd(t *testing.T) {
 
 	// SIGKILL of m2's member process (the watchdog's child): its counter
 	// child dies with it; the watchdog starts the member again.
-	var members []struct {
-		ID  string `json:"id"`
-		PID int    `json:"pid"`
-	}
-	if err := json.Unmarshal([]byte(cli("members", "-o", "json")), &members); err != nil {
-		t.Fatal(err)
-	}
-	memberPID := 0
-	for _, m := range members {
-		if m.ID == "m2" {
-			memberPID = m.PID
-		}
-	}
+	memberPID := c.memberPID("m2")
 	kids := observe.Children(memberPID)
 	if memberPID == 0 || len(kids) != 1 {
 		t.Fatalf("m2's member process %d has children %v, want the counter alone", memberPID, kids)
@@ -146,7 +91,7 @@ func TestCounterKindEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor("the counter to die with its member", func() bool { return syscall.Kill(kids[0], 0) != nil })
-	var st3 state
+	var st3 lifeState
 	waitFor("the counter running again", func() bool {
 		st, ok := stateOf()
 		st3 = st
@@ -173,4 +118,97 @@ func TestCounterKindEndToEnd(t *testing.T) {
 			rep.Lines, rep.Handoffs, rep.Violations)
 	}
 	t.Logf("counter log: %d lines, handoffs %+v", rep.Lines, rep.Handoffs)
+}
+
+// kindCluster runs real `immortald run` processes (each a watchdog and its
+// member) against one etcd, with a config file declaring kinds.
+type kindCluster struct {
+	t                    *testing.T
+	e                    *env
+	dir, cfg             string
+	ep                   []string
+	leaseTTL, checkpoint string
+}
+
+// newKindCluster starts an etcd and writes the members' config file in dir;
+// members get --lease-ttl leaseTTL and --checkpoint-interval checkpoint.
+// Every process is killed at the end of the test.
+func newKindCluster(t *testing.T, dir, config, leaseTTL, checkpoint string) *kindCluster {
+	t.Helper()
+	cfg := filepath.Join(dir, "member.yaml")
+	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srv := etcdtest.MustStart(t)
+	c := &kindCluster{t: t, e: &env{t: t}, dir: dir, cfg: cfg, ep: []string{"--etcd-endpoints", srv.Endpoint()}, leaseTTL: leaseTTL, checkpoint: checkpoint}
+	t.Cleanup(func() {
+		for _, p := range c.e.procs {
+			p.kill()
+		}
+	})
+	return c
+}
+
+// member starts the member id, its state directories under dir/state-id.
+func (c *kindCluster) member(id string) *proc {
+	args := append([]string{"run", "--id", id, "--config", c.cfg, "--lease-ttl", c.leaseTTL, "--checkpoint-interval", c.checkpoint,
+		"--http-addr", etcdtest.FreeAddr(c.t), "--log-format", "json", "--state-dir", filepath.Join(c.dir, "state-"+id)}, c.ep...)
+	return c.e.start(id, args)
+}
+
+// cli runs a client command and returns its stdout; it fails the test
+// unless the command exits 0.
+func (c *kindCluster) cli(args ...string) string {
+	c.t.Helper()
+	p := c.e.start("cli", append(args, c.ep...))
+	if code := p.wait(c.t); code != 0 {
+		c.t.Fatalf("immortald %v: exit %d: %s", args, code, p.stderr.String())
+	}
+	return p.stdout.String()
+}
+
+// lifeState is what `get-state -o json` shows of a life.
+type lifeState struct {
+	Holder string `json:"holder"`
+	Token  int64  `json:"fencing_token"`
+	Data   []byte `json:"data"`
+}
+
+// stateOf is the life's state record, false when there is none yet.
+func (c *kindCluster) stateOf(name string) (lifeState, bool) {
+	p := c.e.start("cli", append([]string{"get-state", name, "-o", "json"}, c.ep...))
+	if p.wait(c.t) != 0 {
+		return lifeState{}, false
+	}
+	var st lifeState
+	return st, json.Unmarshal([]byte(p.stdout.String()), &st) == nil
+}
+
+// waitFor polls cond every 100ms, failing the test after bound.
+func (c *kindCluster) waitFor(what string, cond func() bool) {
+	c.t.Helper()
+	for start := time.Now(); !cond(); time.Sleep(100 * time.Millisecond) {
+		if time.Since(start) > bound {
+			c.t.Fatalf("timed out after %s waiting for %s", bound, what)
+		}
+	}
+}
+
+// memberPID is the pid of the member process (the watchdog's child) of
+// member id, from `members -o json`; 0 when it is not listed.
+func (c *kindCluster) memberPID(id string) int {
+	c.t.Helper()
+	var members []struct {
+		ID  string `json:"id"`
+		PID int    `json:"pid"`
+	}
+	if err := json.Unmarshal([]byte(c.cli("members", "-o", "json")), &members); err != nil {
+		c.t.Fatal(err)
+	}
+	for _, m := range members {
+		if m.ID == id {
+			return m.PID
+		}
+	}
+	return 0
 }

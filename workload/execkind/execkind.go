@@ -22,10 +22,10 @@
 //     gets the kind's env, plus IMMORTALD_LIFE (the life's name),
 //     IMMORTALD_INCARNATION, IMMORTALD_FENCING_TOKEN (the holder's election
 //     revision: strictly greater for every new holder, so the child can
-//     fence its own writes elsewhere) and IMMORTALD_STATE_DIR, plus
-//     PATH=DefaultPath unless the kind's env sets PATH. The kind's env may
-//     not set IMMORTALD_* names. The working directory is the state
-//     directory.
+//     fence its own writes elsewhere), IMMORTALD_STATE_DIR (an absolute
+//     path) and IMMORTALD_CHECKPOINT_SOCKET, plus PATH=DefaultPath unless
+//     the kind's env sets PATH. The kind's env may not set IMMORTALD_*
+//     names. The working directory is the state directory.
 //   - State. IMMORTALD_STATE_DIR is a fresh directory (under the member's
 //     state root, removed when the hold ends). Before the child starts, the
 //     life's last checkpoint is written to $IMMORTALD_STATE_DIR/state (no
@@ -38,6 +38,27 @@
 //     child exits (on a graceful stop, or on its own) the file is
 //     checkpointed once more, so a SIGTERM loses nothing the child wrote
 //     before exiting.
+//   - Synchronous checkpoints. For the whole Run, the member serves HTTP on
+//     the unix socket $IMMORTALD_CHECKPOINT_SOCKET
+//     ($IMMORTALD_STATE_DIR/checkpoint.sock, mode 0600): POST /checkpoint
+//     checkpoints the state file as it is, PUT /state replaces it with the
+//     body (atomically) and checkpoints that; both answer once etcd applied
+//     the write, so the state is what the next holder restores unless a
+//     newer one replaced it. Requests carry the fencing token in the header
+//     Immortald-Fencing-Token; 409 is fenced (another token, or the hold
+//     expired or ended: the child should stop), 413 too large, 503 not
+//     confirmed (retrying is safe), 400 a bad request. Package childapi has
+//     the names, a Go client and the details; `immortald checkpoint` is the
+//     command line's client. Synchronous checkpoints and the periodic copy
+//     take turns (one semaphore): writes reach etcd in the order the file
+//     was read, so an older state never overwrites a newer one, and the copy
+//     does not write again the bytes a synchronous checkpoint applied. The
+//     copy skips its turn while a request is in flight, and requests end at
+//     the hold's expiry, so neither holds up a kill. During the stop grace
+//     they still work (the member still holds the life). The state root
+//     must be short enough for the socket's path (107 bytes; see
+//     CheckStateRoot); the life's name is cut to 16 bytes in the state
+//     directory's name.
 //   - Size. A state over workload.MaxStateBytes (512 KiB) is not
 //     checkpointed: the last good checkpoint stays, the error is logged
 //     once per distinct content and shown in the life's status, and the
@@ -89,6 +110,7 @@ import (
 
 	"github.com/immortald/immortald/internal/backoff"
 	"github.com/immortald/immortald/workload"
+	"github.com/immortald/immortald/workload/execkind/childapi"
 )
 
 // Restart policies.
@@ -240,10 +262,14 @@ type exit struct {
 // final checkpoint failed).
 func (r *Runner) Run(ctx context.Context, h workload.Handle) error {
 	log := h.Logger()
-	if err := os.MkdirAll(r.opt.StateRoot, 0o700); err != nil {
+	root, err := filepath.Abs(r.opt.StateRoot)
+	if err == nil {
+		err = os.MkdirAll(root, 0o700)
+	}
+	if err != nil {
 		return fmt.Errorf("state root: %w", err)
 	}
-	dir, err := os.MkdirTemp(r.opt.StateRoot, dirPrefix(h.Name()))
+	dir, err := os.MkdirTemp(root, dirPrefix(h.Name()))
 	if err != nil {
 		return fmt.Errorf("state dir: %w", err)
 	}
@@ -252,7 +278,7 @@ func (r *Runner) Run(ctx context.Context, h workload.Handle) error {
 	tr := procs.begin(h.Name(), h.FencingToken(), r.opt.Logger)
 	defer procs.end(tr, log)
 	stateFile := filepath.Join(dir, "state")
-	ck := &checkpointer{h: h, file: stateFile, log: log}
+	ck := &checkpointer{h: h, file: stateFile, log: log, sem: make(chan struct{}, 1)}
 	if s := h.State(); s != nil {
 		if err := os.WriteFile(stateFile, s, 0o600); err != nil {
 			return fmt.Errorf("restore state: %w", err)
@@ -262,6 +288,12 @@ func (r *Runner) Run(ctx context.Context, h workload.Handle) error {
 		ck.last = sha256.Sum256(nil)
 	}
 	ck.tried = ck.last
+	srv, err := serveCheckpoints(ctx, h, ck, dir)
+	if err != nil {
+		h.SetStatus(workload.ChildStatus{State: workload.ChildExited, Error: err.Error()})
+		return err
+	}
+	defer srv.close() // before the state directory goes
 
 	// Checkpoints while the child runs end at the deadline too, so that a
 	// write blocked on etcd never delays a kill.
@@ -293,7 +325,7 @@ func (r *Runner) Run(ctx context.Context, h workload.Handle) error {
 				case ex = <-c.done:
 					break wait
 				case <-tick.C:
-					ck.save(hctx, &st)
+					ck.tick(hctx, &st)
 				case <-h.Expired():
 					procs.killTree(tr, true, log)
 					<-c.done
@@ -410,12 +442,16 @@ func logExit(log *slog.Logger, ex exit) {
 	log.Info("child exited", "exit_code", ex.code, "ran", ex.ran.Round(time.Millisecond), "err", ex.err)
 }
 
-// dirPrefix is a state directory name prefix made of the life's name, with
-// anything but letters, digits, '.', '-' and '_' replaced, so a name with
-// unusual characters still makes a plain file name.
+// dirPrefix is a state directory name prefix made of the first
+// maxDirPrefix bytes of the life's name, with anything but letters, digits,
+// '.', '-' and '_' replaced, so a name with unusual characters still makes
+// a plain file name, and a long one a short path for the checkpoint socket.
 func dirPrefix(name string) string {
 	var b strings.Builder
 	for _, r := range name {
+		if b.Len() == maxDirPrefix {
+			break
+		}
 		if r < 0x80 && (r == '.' || r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
 			b.WriteRune(r)
 		} else {
@@ -430,10 +466,43 @@ type checkpointer struct {
 	h    workload.Handle
 	file string
 	log  *slog.Logger
+	// sem, of one slot, is held while the state file is read (or replaced)
+	// and its bytes checkpointed, by the Run loop or by a synchronous
+	// checkpoint (see checkpointServer): writes reach etcd in the order of
+	// the reads, so an older state never overwrites a newer one. The
+	// fields below are guarded by it.
+	sem chan struct{}
 	// last is the hash of the last checkpointed (or restored) state; tried
 	// of the last state refused for good (too large), so it is not tried
 	// and logged again every interval.
 	last, tried [sha256.Size]byte
+	// note is the state error (or "", none) a synchronous checkpoint left
+	// for the Run loop to put in the status; nil: no news.
+	note *string
+}
+
+// lock takes sem, or returns ctx's error.
+func (k *checkpointer) lock(ctx context.Context) error {
+	select {
+	case k.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (k *checkpointer) unlock() { <-k.sem }
+
+// tick is the periodic copy: save, skipped while a synchronous checkpoint
+// holds sem (it reads the file itself; the next tick sees what came after).
+func (k *checkpointer) tick(ctx context.Context, st *workload.ChildStatus) {
+	select {
+	case k.sem <- struct{}{}:
+	default:
+		return
+	}
+	defer k.unlock()
+	_ = k.saveLocked(ctx, st)
 }
 
 // save checkpoints the state file if it changed. It returns the error of a
@@ -441,35 +510,62 @@ type checkpointer struct {
 // large is reported in st and through SetStatus; st.Error is cleared by the
 // next good checkpoint.
 func (k *checkpointer) save(ctx context.Context, st *workload.ChildStatus) error {
-	b, err := os.ReadFile(k.file)
-	if errors.Is(err, os.ErrNotExist) {
-		b, err = nil, nil
+	if err := k.lock(ctx); err != nil {
+		return err
 	}
+	defer k.unlock()
+	return k.saveLocked(ctx, st)
+}
+
+func (k *checkpointer) saveLocked(ctx context.Context, st *workload.ChildStatus) error {
+	if k.note != nil {
+		st.Error, k.note = *k.note, nil
+		k.h.SetStatus(*st)
+	}
+	b, err := k.read()
 	if err != nil {
-		k.log.Warn("cannot read the state file", "file", k.file, "err", err)
 		return err
 	}
 	sum := sha256.Sum256(b)
 	if sum == k.last || sum == k.tried {
 		return nil
 	}
+	refusal, err := k.apply(ctx, b, sum)
+	if err == nil || refusal != "" {
+		st.Error = refusal
+		k.h.SetStatus(*st)
+	}
+	return err
+}
+
+// read returns the state file's bytes: nil when there is no file.
+func (k *checkpointer) read() ([]byte, error) {
+	b, err := os.ReadFile(k.file)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		k.log.Warn("cannot read the state file", "file", k.file, "err", err)
+	}
+	return b, err
+}
+
+// apply checkpoints b, of hash sum, and records the outcome in last and
+// tried. It returns Checkpoint's error and, for a state refused for good
+// (too large, logged), the error to show in the status.
+func (k *checkpointer) apply(ctx context.Context, b []byte, sum [sha256.Size]byte) (refusal string, err error) {
 	err = k.h.Checkpoint(ctx, b)
 	switch {
 	case err == nil:
 		k.last, k.tried = sum, sum
-		if st.Error != "" {
-			st.Error = ""
-		}
-		k.h.SetStatus(*st)
 	case errors.Is(err, workload.ErrStateTooLarge):
 		k.tried = sum
-		st.Error = fmt.Sprintf("state of %d bytes not checkpointed: over the limit of %d bytes; the last good checkpoint is kept", len(b), workload.MaxStateBytes)
+		refusal = fmt.Sprintf("state of %d bytes not checkpointed: over the limit of %d bytes; the last good checkpoint is kept", len(b), workload.MaxStateBytes)
 		k.log.Error("state not checkpointed", "bytes", len(b), "limit", workload.MaxStateBytes)
-		k.h.SetStatus(*st)
 	default:
 		k.log.Warn("checkpoint failed", "err", err)
 	}
-	return err
+	return refusal, err
 }
 
 // child is one started process.
@@ -491,8 +587,9 @@ func (r *Runner) start(h workload.Handle, dir string, tr *tree, log *slog.Logger
 	env := []string{
 		"IMMORTALD_LIFE=" + h.Name(),
 		"IMMORTALD_INCARNATION=" + strconv.FormatInt(h.Incarnation(), 10),
-		"IMMORTALD_FENCING_TOKEN=" + strconv.FormatInt(h.FencingToken(), 10),
+		childapi.EnvFencingToken + "=" + strconv.FormatInt(h.FencingToken(), 10),
 		"IMMORTALD_STATE_DIR=" + dir,
+		childapi.EnvCheckpointSocket + "=" + socketPath(dir),
 	}
 	if _, ok := r.cfg.Env["PATH"]; !ok {
 		env = append(env, "PATH="+DefaultPath)

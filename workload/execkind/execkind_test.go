@@ -29,6 +29,9 @@ func TestMain(m *testing.M) {
 		fakeMember()
 		return
 	}
+	if mode := os.Getenv(childClientEnv); mode != "" {
+		os.Exit(childClient(mode))
+	}
 	os.Exit(m.Run())
 }
 
