@@ -226,8 +226,6 @@ func (h *strayHunt) settle(what string) time.Duration {
 			var b strings.Builder
 			for _, name := range slices.Sorted(maps.Keys(bad)) {
 				fmt.Fprintf(&b, "\n%s: %s", name, bad[name])
-			}
-			for _, name := range slices.Sorted(maps.Keys(bad)) {
 				h.printLogs(name)
 			}
 			t.Fatalf("after %s, not settled within %s:%s", what, strayBound, b.String())
