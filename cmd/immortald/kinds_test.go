@@ -16,6 +16,7 @@ import (
 	"github.com/immortald/immortald/cmd/counter/countercheck"
 	"github.com/immortald/immortald/internal/etcdtest"
 	"github.com/immortald/immortald/internal/observe"
+	"github.com/immortald/immortald/workload"
 )
 
 // A counter life end to end on real `immortald run` processes (each a
@@ -26,10 +27,7 @@ import (
 // checkpoint. The counter's log is checked for two runners and steps back.
 func TestCounterKindEndToEnd(t *testing.T) {
 	dir := t.TempDir()
-	counter := filepath.Join(dir, "counter")
-	if out, err := exec.Command("go", "build", "-o", counter, "../counter").CombinedOutput(); err != nil {
-		t.Fatalf("go build counter: %v\n%s", err, out)
-	}
+	counter := buildCounter(t, dir)
 	counterLog := filepath.Join(dir, "counter.log")
 	c := newKindCluster(t, dir, fmt.Sprintf(`kinds:
   counter:
@@ -72,13 +70,7 @@ func TestCounterKindEndToEnd(t *testing.T) {
 	}
 	// The state record names m2 as soon as its Run wrote its status; the
 	// handoff is in the counter's log once m2's child counted.
-	counted := func(token int64) func() bool {
-		return func() bool {
-			b, _ := os.ReadFile(counterLog)
-			return bytes.Contains(append([]byte("\n"), b...), []byte(fmt.Sprintf("\n%d ", token)))
-		}
-	}
-	waitFor("m2's counter to count", counted(st2.Token))
+	waitFor("m2's counter to count", counted(counterLog, st2.Token))
 
 	// SIGKILL of m2's member process (the watchdog's child): its counter
 	// child dies with it; the watchdog starts the member again.
@@ -97,7 +89,7 @@ func TestCounterKindEndToEnd(t *testing.T) {
 		st3 = st
 		return ok && st.Token > st2.Token
 	})
-	waitFor("the new counter to count", counted(st3.Token))
+	waitFor("the new counter to count", counted(counterLog, st3.Token))
 	time.Sleep(500 * time.Millisecond)
 	cli("stop", "job")
 	_ = m2
@@ -169,9 +161,10 @@ func (c *kindCluster) cli(args ...string) string {
 
 // lifeState is what `get-state -o json` shows of a life.
 type lifeState struct {
-	Holder string `json:"holder"`
-	Token  int64  `json:"fencing_token"`
-	Data   []byte `json:"data"`
+	Holder string               `json:"holder"`
+	Token  int64                `json:"fencing_token"`
+	Data   []byte               `json:"data"`
+	Child  workload.ChildStatus `json:"child"`
 }
 
 // stateOf is the life's state record, false when there is none yet.
@@ -187,16 +180,25 @@ func (c *kindCluster) stateOf(name string) (lifeState, bool) {
 // waitFor polls cond every 100ms, failing the test after bound.
 func (c *kindCluster) waitFor(what string, cond func() bool) {
 	c.t.Helper()
+	waitFor(c.t, what, cond)
+}
+
+// waitFor polls cond every 100ms, failing the test after bound.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
 	for start := time.Now(); !cond(); time.Sleep(100 * time.Millisecond) {
 		if time.Since(start) > bound {
-			c.t.Fatalf("timed out after %s waiting for %s", bound, what)
+			t.Fatalf("timed out after %s waiting for %s", bound, what)
 		}
 	}
 }
 
 // memberPID is the pid of the member process (the watchdog's child) of
 // member id, from `members -o json`; 0 when it is not listed.
-func (c *kindCluster) memberPID(id string) int {
+func (c *kindCluster) memberPID(id string) int { return c.memberPIDs()[id] }
+
+// memberPIDs returns the pid of each live member's member process, by id.
+func (c *kindCluster) memberPIDs() map[string]int {
 	c.t.Helper()
 	var members []struct {
 		ID  string `json:"id"`
@@ -205,10 +207,27 @@ func (c *kindCluster) memberPID(id string) int {
 	if err := json.Unmarshal([]byte(c.cli("members", "-o", "json")), &members); err != nil {
 		c.t.Fatal(err)
 	}
+	out := make(map[string]int, len(members))
 	for _, m := range members {
-		if m.ID == id {
-			return m.PID
-		}
+		out[m.ID] = m.PID
 	}
-	return 0
+	return out
+}
+
+// counted reports whether the counter log at path has a line of token.
+func counted(path string, token int64) func() bool {
+	return func() bool {
+		b, _ := os.ReadFile(path)
+		return bytes.Contains(append([]byte("\n"), b...), []byte(fmt.Sprintf("\n%d ", token)))
+	}
+}
+
+// buildCounter builds cmd/counter into dir and returns its path.
+func buildCounter(t *testing.T, dir string) string {
+	t.Helper()
+	counter := filepath.Join(dir, "counter")
+	if out, err := exec.Command("go", "build", "-o", counter, "../counter").CombinedOutput(); err != nil {
+		t.Fatalf("go build counter: %v\n%s", err, out)
+	}
+	return counter
 }

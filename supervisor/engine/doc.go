@@ -59,7 +59,8 @@
 //   - Every write of a holder is fenced by its election key's create
 //     revision and the request's (Life.Fence).
 //   - An answer of an ended session changes nothing, and no life runs once
-//     TakeAllHeld gave the session up.
+//     TakeAllHeld gave the session up; every Run that has not returned by
+//     then has been told to stop at once.
 //   - No Run of a life starts while a Run of an earlier hold of the same
 //     name in this member has not returned, and a graceful stop (a handoff,
 //     a clean-up) waits for the Run to return, or for the driver to give it

@@ -172,9 +172,15 @@ func (e *Engine) EndSession() {
 
 // TakeAllHeld stops every running life at once without writing anything,
 // returns them, and lets no life run until the next session opens. Their
-// work must be told to stop at once (ExpireAllWork) first.
+// work must be told to stop at once (ExpireAllWork) first; a Run started
+// since (an answer the driver handled between the two calls) is told here,
+// or it would run on after the session, and hold back every later hold of
+// its name in this member.
 func (e *Engine) TakeAllHeld() []*Life {
 	e.heldClosed = true
+	for _, l := range e.runs {
+		e.expireWork(l, "the session was given up")
+	}
 	out := make([]*Life, 0, len(e.held))
 	for _, l := range e.held {
 		l.stopped = true

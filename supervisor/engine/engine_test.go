@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -408,5 +409,37 @@ func TestBusyCandKeepsItsDeferredLook(t *testing.T) {
 	}
 	if !c.after.IsZero() || c.again {
 		t.Fatal("the step's requests were not cleared")
+	}
+}
+
+// The driver gives a lost session up in two calls, each under its mutex:
+// every Run is told to stop at once (ExpireAllWork), then the lives are
+// taken (TakeAllHeld). A start answered between the two runs its life and
+// starts its Run; taking the lives tells that Run to stop at once too, or
+// it would run on after the session, and no later hold of the name would
+// ever start in this member (none starts while a Run of the name has not
+// returned).
+func TestStartAnsweredWhileTheSessionIsGivenUp(t *testing.T) {
+	r := newRig(t, "m1")
+	l := r.put("job", "work")
+	r.leads(r.mustTake(taskCheck), l, nil)
+	b := r.mustTake(taskStart)
+	r.e.ExpireAllWork() // the session is lost: expireRuns
+	r.answer(b, sub(true))
+	h := r.e.held[l.Name]
+	if h == nil || len(r.fx.started) != 1 {
+		t.Fatal("the start answered before the lives were taken did not run")
+	}
+	r.e.TakeAllHeld() // dropAllHeld
+	r.checkInvariants("lives taken")
+	if !slices.Contains(r.fx.expired, h) {
+		t.Fatal("the Run started between ExpireAllWork and TakeAllHeld was not told to stop at once")
+	}
+	r.e.EndSession()
+	r.lease++
+	r.e.OpenSession(r.lease)
+	r.fx.returned(r.e, h)
+	if h2 := r.run(l); len(r.fx.started) != 2 || r.fx.started[1] != h2 {
+		t.Fatal("the next hold in the new session did not start its Run")
 	}
 }

@@ -315,5 +315,17 @@ func (r *rig) checkInvariants(step string) {
 		if l.run.returned || !l.run.started {
 			r.t.Fatalf("after %s: %s is listed with a Run that is not running", step, name)
 		}
+		// A Run left running once the session was given up would run on
+		// after it, and hold every later hold of its name back.
+		if e.heldClosed && !l.run.expired {
+			r.t.Fatalf("after %s: the Run of %s was not told to stop at once when the lives were taken", step, name)
+		}
+	}
+	for name, c := range e.cands {
+		// A life of a kind with work that runs has had its Run started
+		// (it may have returned since, or be stopped for a handoff).
+		if c.phase == Running && c.h.hasWork && !c.h.run.started && !e.stopping {
+			r.t.Fatalf("after %s: %s runs and its Run was never started", step, name)
+		}
 	}
 }

@@ -38,6 +38,7 @@ func randomRun(t *testing.T, rnd *rand.Rand, steps int) {
 	r := newRig(t, "m1", "m2")
 	var pending []*Batch // prepared, not answered yet
 	var log []string     // the steps so far, for the failure message
+	ending := false      // the session is being given up: its Runs were told to stop
 	defer func() {
 		if t.Failed() {
 			t.Logf("steps:\n%v", log)
@@ -116,7 +117,15 @@ func randomRun(t *testing.T, rnd *rand.Rand, steps int) {
 				}
 			}
 		case n < 90:
-			r.e.ExpireAllWork()
+			// The driver gives a lost session up in two calls, each under
+			// its mutex: any event may come between them.
+			if !ending {
+				r.e.ExpireAllWork()
+				ending = true
+				step = "session lost: every Run told to stop at once"
+				break
+			}
+			ending = false
 			r.e.TakeAllHeld()
 			r.checkInvariants("session lost")
 			for name, l := range r.e.runs {
@@ -127,7 +136,7 @@ func randomRun(t *testing.T, rnd *rand.Rand, steps int) {
 			r.e.EndSession()
 			r.lease++
 			r.e.OpenSession(r.lease)
-			step = "session lost; new session"
+			step = "session lost: lives taken; new session"
 		case n < 93:
 			r.e.Sweep()
 			step = "sweep"
