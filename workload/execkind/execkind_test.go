@@ -71,7 +71,7 @@ type life struct {
 func run(t *testing.T, ctx context.Context, script string, restored []byte, mod func(*execkind.Config, *execkind.Options)) *life {
 	t.Helper()
 	cfg := execkind.Config{Command: []string{"/bin/sh", "-c", script}, StopGrace: 5 * time.Second}
-	opt := execkind.Options{StateRoot: t.TempDir(), CheckpointInterval: 20 * time.Millisecond, BackoffMin: 10 * time.Millisecond, BackoffMax: 40 * time.Millisecond}
+	opt := execkind.Options{StateRoot: shortDir(t), CheckpointInterval: 20 * time.Millisecond, BackoffMin: 10 * time.Millisecond, BackoffMax: 40 * time.Millisecond}
 	if mod != nil {
 		mod(&cfg, &opt)
 	}
@@ -90,6 +90,19 @@ func run(t *testing.T, ctx context.Context, script string, restored []byte, mod 
 		}
 	})
 	return l
+}
+
+// shortDir is a temporary directory with a short path, removed at the end
+// of the test: t.TempDir's is named for the test, and a state directory
+// must leave room for the checkpoint socket's path (at most 107 bytes).
+func shortDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ek")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
 }
 
 func (l *life) wait(t *testing.T, what string, cond func([][]byte, []workload.ChildStatus) bool) {
