@@ -320,7 +320,17 @@ func childPid(tb testing.TB, pids string, token int64) int {
 	return pid
 }
 
-func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+// alive reports whether pid runs: a zombie does not (the child of a member
+// this test process started, reparented to it: it is a subreaper once it
+// has run a command life itself, see execkind).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	return i > 0 && i+2 < len(b) && b[i+2] != 'Z'
+}
 
 // The holder of a command life as its state record names it.
 func holderRev(tb testing.TB, cli *clientv3.Client, name string, not int64) int64 {
@@ -429,6 +439,8 @@ func TestWorkChildDiesWithItsMember(t *testing.T) {
 	}
 	reap() // SIGKILL
 	waitFor(t, 5*time.Second, "the child to die with its member", func() bool { return !alive(pid) })
+	var ws syscall.WaitStatus
+	_, _ = syscall.Wait4(pid, &ws, syscall.WNOHANG, nil) // reparented to this process: reap it
 }
 
 // memberEnv makes this test binary a member (runMember), for

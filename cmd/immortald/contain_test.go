@@ -1,11 +1,8 @@
 package main_test
 
 import (
-	"encoding/json"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,7 +12,6 @@ import (
 
 	"github.com/prometheus/procfs"
 
-	"github.com/immortald/immortald/internal/etcdtest"
 	"github.com/immortald/immortald/supervisor/engine"
 )
 
@@ -57,12 +53,7 @@ func TestCommandLifeLeavesNothingBehind(t *testing.T) {
 	if _, err := exec.LookPath("setsid"); err != nil {
 		t.Skip("setsid (util-linux) is not installed")
 	}
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "member.yaml")
 	script := `setsid sleep 1000 & (sleep 1000 &); while :; do sleep 0.1; done`
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("kinds:\n  forker:\n    command: [\"/bin/sh\", \"-c\", %q]\n    stop_grace: 2s\n", script)), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	// A name that m1 keeps until its SIGTERM, and that m2 keeps when m3
 	// joins: each move is the one the test makes.
 	name := ""
@@ -72,31 +63,15 @@ func TestCommandLifeLeavesNothingBehind(t *testing.T) {
 			name = n
 		}
 	}
-	srv := etcdtest.MustStart(t)
-	e := &env{t: t}
-	t.Cleanup(func() {
-		for _, p := range e.procs {
-			p.kill()
-		}
+	c := newKindCluster(t, t.TempDir(), fmt.Sprintf("kinds:\n  forker:\n    command: [\"/bin/sh\", \"-c\", %q]\n    stop_grace: 2s\n", script), "2s", "200ms")
+	t.Cleanup(func() { // what a failed run left
 		for _, pids := range lifeProcs(t, name) {
 			for _, pid := range pids {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 			}
 		}
 	})
-	ep := []string{"--etcd-endpoints", srv.Endpoint()}
-	member := func(id string) *proc {
-		return e.start(id, append([]string{"run", "--id", id, "--config", cfg, "--lease-ttl", "2s", "--checkpoint-interval", "200ms",
-			"--http-addr", etcdtest.FreeAddr(t), "--log-format", "json", "--state-dir", filepath.Join(dir, "state-"+id)}, ep...))
-	}
-	cli := func(args ...string) string {
-		t.Helper()
-		p := e.start("cli", append(args, ep...))
-		if code := p.wait(t); code != 0 {
-			t.Fatalf("immortald %v: exit %d: %s", args, code, p.stderr.String())
-		}
-		return p.stdout.String()
-	}
+	member, cli, waitFor := c.member, c.cli, c.waitFor
 	// holdRuns waits for a hold of the life with a token above after whose
 	// three processes run, and checks that by then no process of another
 	// hold is left.
@@ -122,15 +97,7 @@ func TestCommandLifeLeavesNothingBehind(t *testing.T) {
 	m1 := member("m1")
 	cli("start", name, "--kind", "forker")
 	t1 := holdRuns(0)
-	m2 := member("m2")
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		for start := time.Now(); !cond(); time.Sleep(100 * time.Millisecond) {
-			if time.Since(start) > bound {
-				t.Fatalf("timed out after %s waiting for %s", bound, what)
-			}
-		}
-	}
+	member("m2")
 	waitFor("m2 registered", func() bool { return strings.Contains(cli("members"), "m2") })
 
 	// A graceful handoff: SIGTERM of the holder.
@@ -144,23 +111,11 @@ func TestCommandLifeLeavesNothingBehind(t *testing.T) {
 	// everything it left before revoking the lease.
 	member("m3")
 	waitFor("m3 registered", func() bool { return strings.Contains(cli("members"), "m3") })
-	var members []struct {
-		ID  string `json:"id"`
-		PID int    `json:"pid"`
-	}
-	if err := json.Unmarshal([]byte(cli("members", "-o", "json")), &members); err != nil {
+	if err := syscall.Kill(c.memberPID("m2"), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
-	}
-	for _, m := range members {
-		if m.ID == "m2" {
-			if err := syscall.Kill(m.PID, syscall.SIGKILL); err != nil {
-				t.Fatal(err)
-			}
-		}
 	}
 	t3 := holdRuns(t2)
 	t.Logf("tokens %d, %d, %d: no process of an earlier hold outlived it", t1, t2, t3)
 	cli("stop", name)
 	waitFor("every process of the life to go after stop", func() bool { return len(lifeProcs(t, name)) == 0 })
-	_ = m2
 }

@@ -118,6 +118,7 @@ type kindCluster struct {
 	t                    *testing.T
 	e                    *env
 	dir, cfg             string
+	states               string // the members' state roots, made by the first member
 	ep                   []string
 	leaseTTL, checkpoint string
 }
@@ -141,10 +142,21 @@ func newKindCluster(t *testing.T, dir, config, leaseTTL, checkpoint string) *kin
 	return c
 }
 
-// member starts the member id, its state directories under dir/state-id.
+// member starts the member id, its state directories under a short
+// temporary directory (a test's, named for the test, may leave no room for
+// a checkpoint socket's path: at most 107 bytes).
 func (c *kindCluster) member(id string) *proc {
+	c.t.Helper()
+	if c.states == "" {
+		dir, err := os.MkdirTemp("", "imd")
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		c.t.Cleanup(func() { _ = os.RemoveAll(dir) })
+		c.states = dir
+	}
 	args := append([]string{"run", "--id", id, "--config", c.cfg, "--lease-ttl", c.leaseTTL, "--checkpoint-interval", c.checkpoint,
-		"--http-addr", etcdtest.FreeAddr(c.t), "--log-format", "json", "--state-dir", filepath.Join(c.dir, "state-"+id)}, c.ep...)
+		"--http-addr", etcdtest.FreeAddr(c.t), "--log-format", "json", "--state-dir", filepath.Join(c.states, id)}, c.ep...)
 	return c.e.start(id, args)
 }
 
