@@ -292,6 +292,8 @@ func (a *app) runCmd() *cobra.Command {
 			if link != nil {
 				closing := context.AfterFunc(ctx, link.Closing)
 				defer closing()
+				stopDeadlines := reportWorkDeadline(link, m)
+				defer stopDeadlines()
 			}
 			return fatalToWatchdog(link, m.Run(ctx))
 		},

@@ -68,6 +68,28 @@ func (a *app) runWatchdog(cmd *cobra.Command, cfg daemon.Config, log *slog.Logge
 	return err
 }
 
+// reportWorkDeadline tells the watchdog, every 20 ms when it changed, the
+// safe deadline by which the member's work must have stopped (Link.Deadline),
+// until the returned func is called.
+func reportWorkDeadline(link *watchdog.Link, m *daemon.Main) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			link.Deadline(m.Supervisor().WorkDeadline())
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}
+
 // fatalToWatchdog tells the watchdog, when there is one, that err is a
 // reason to exit that a restart cannot fix: etcd refused the member's
 // credentials, its permission on the prefix, or its TLS files. It returns

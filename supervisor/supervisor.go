@@ -41,6 +41,9 @@ type Supervisor struct {
 	mu  sync.Mutex
 	eng *engine.Engine
 	gen *generation // nil between sessions
+	// lastDeadline is the safe deadline of the last session that ended,
+	// for the Runs of it that have not returned (WorkDeadline).
+	lastDeadline time.Time
 
 	// stale are leases of lost sessions that could not be revoked (etcd was
 	// unreachable). They are revoked once etcd answers again, so their
@@ -126,6 +129,24 @@ func (s *Supervisor) Ready() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.gen != nil && s.eng.Ready() && !s.gen.beatFailing.Load()
+}
+
+// WorkDeadline returns the time by which every Run of this member must
+// have stopped, and false when no Run runs (none has started, each
+// returned, or was given up): the safe deadline of its session, or of the
+// session it lost, while Runs of it have not returned. A watchdog that
+// finds the member alive past it (stopped by SIGSTOP, or hung) kills it, so
+// that no work of it outlives its lease (package watchdog).
+func (s *Supervisor) WorkDeadline() (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.eng.RunsActive() == 0 {
+		return time.Time{}, false
+	}
+	if s.gen != nil {
+		return s.gen.sess.Deadline(), true
+	}
+	return s.lastDeadline, true
 }
 
 // Held returns the age in milliseconds of every life this member runs now.
@@ -397,6 +418,7 @@ func (s *Supervisor) endGeneration(gen *generation) {
 	gen.cancel()
 	if s.gen == gen {
 		s.gen = nil
+		s.lastDeadline = gen.sess.Deadline()
 		s.eng.EndSession()
 	}
 	s.mu.Unlock()

@@ -9,6 +9,9 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // EnvFD names the environment variable that tells a member process the file
@@ -27,6 +30,8 @@ type Link struct {
 	mu       sync.Mutex
 	f        *os.File
 	leftover []int64
+	sent     bool      // a deadline was sent (Deadline)
+	last     time.Time // the last one sent, zero when disarmed
 }
 
 // Attach returns the link to this process's watchdog, or nil when the
@@ -86,6 +91,43 @@ func (l *Link) Session(lease int64) { l.send(fmt.Sprintf("lease %x", lease)) }
 // Closing is not revoked after, nor restarted.
 func (l *Link) Closing() { l.send("closing") }
 
+// Deadline tells the watchdog the time by which the member's work (the
+// Runs of its lives, their processes) will have stopped unless it says a
+// later one: its session's safe deadline (supervisor.WorkDeadline); ok
+// false disarms it (no work runs). The watchdog kills a member that is
+// still alive a little past that time without having said another (it is
+// stopped, or hung), before its lease can expire on the server, so that
+// nothing of it runs on once a peer may start its lives. Only a change is
+// sent. The time goes over the pipe on CLOCK_MONOTONIC, which both
+// processes share.
+func (l *Link) Deadline(d time.Time, ok bool) {
+	if l == nil {
+		return
+	}
+	if !ok {
+		d = time.Time{}
+	}
+	l.mu.Lock()
+	same := l.sent && d.Equal(l.last)
+	l.sent, l.last = true, d
+	l.mu.Unlock()
+	if same {
+		return
+	}
+	var ns int64
+	if ok {
+		ns = max(monoNow()+int64(time.Until(d)), 1)
+	}
+	l.send("deadline " + strconv.FormatInt(ns, 10))
+}
+
+// monoNow reads CLOCK_MONOTONIC in nanoseconds.
+func monoNow() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
+}
+
 // Fatal tells the watchdog that the member is about to exit for a reason a
 // restart cannot fix (etcd refused its credentials or its permission on the
 // prefix, its TLS files are refused): the watchdog then does not restart it,
@@ -113,7 +155,7 @@ type report struct {
 // readReport reads the member's lines until EOF (every writer gone). A line
 // it does not know is skipped: the pipe is ours alone, but an older or newer
 // member must not break the watchdog.
-func readReport(r io.Reader, onLease func(int64)) report {
+func readReport(r io.Reader, onLease func(int64), onDeadline func(int64)) report {
 	var rep report
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
@@ -126,6 +168,10 @@ func readReport(r io.Reader, onLease func(int64)) report {
 				if onLease != nil {
 					onLease(id)
 				}
+			}
+		case "deadline":
+			if ns, err := strconv.ParseInt(arg, 10, 64); err == nil && ns >= 0 && onDeadline != nil {
+				onDeadline(ns)
 			}
 		case "closing":
 			rep.closing = true

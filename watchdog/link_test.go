@@ -1,6 +1,7 @@
 package watchdog
 
 import (
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -23,7 +24,7 @@ func TestReadReport(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var told []int64
-			rep := readReport(strings.NewReader(tt.in), func(id int64) { told = append(told, id) })
+			rep := readReport(strings.NewReader(tt.in), func(id int64) { told = append(told, id) }, nil)
 			if !slices.Equal(rep.leases, tt.leases) || !slices.Equal(told, tt.leases) {
 				t.Errorf("leases %x (told %x), want %x", rep.leases, told, tt.leases)
 			}
@@ -31,6 +32,34 @@ func TestReadReport(t *testing.T) {
 				t.Errorf("closing %v, want %v", rep.closing, tt.closing)
 			}
 		})
+	}
+}
+
+// A member's work deadlines reach the watchdog in order, 0 disarming it;
+// lines that do not parse are skipped. Link.Deadline sends only changes.
+func TestDeadlines(t *testing.T) {
+	var got []int64
+	_ = readReport(strings.NewReader("deadline 5\ndeadline x\ndeadline -3\nlease 1\ndeadline 0\ndeadline 9\n"), nil, func(ns int64) { got = append(got, ns) })
+	if want := []int64{5, 0, 9}; !slices.Equal(got, want) {
+		t.Fatalf("deadlines %v, want %v", got, want)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &Link{f: w}
+	d := time.Now().Add(time.Second)
+	l.Deadline(d, true)
+	l.Deadline(d, true) // unchanged: not sent again
+	l.Deadline(time.Time{}, false)
+	_ = w.Close()
+	got = nil
+	_ = readReport(r, nil, func(ns int64) { got = append(got, ns) })
+	if len(got) != 2 || got[1] != 0 {
+		t.Fatalf("sent %v, want one deadline, then 0", got)
+	}
+	if ahead := time.Duration(got[0] - monoNow()); ahead <= 0 || ahead > time.Second {
+		t.Fatalf("the deadline sent is %s from now, want within the second ahead", ahead)
 	}
 }
 

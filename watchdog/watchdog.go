@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -35,6 +36,11 @@ type Config struct {
 	// lease has expired on its own, so the watchdog stops trying to revoke
 	// it, and stops waiting for a process that will not die. Default 5s.
 	LeaseTTL time.Duration
+	// Margin is the member's safe-deadline margin (lease.Config.Margin):
+	// its lease cannot expire on the server before its reported work
+	// deadline plus Margin. A member still alive Margin/2 past its work
+	// deadline is killed. Default lease.DefaultMargin(LeaseTTL).
+	Margin time.Duration
 	// Restart the member after it died. False: Run returns an error when
 	// the member first dies, after the revoke (under Kubernetes, the
 	// container restarts and the kubelet counts it).
@@ -69,6 +75,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.LeaseTTL == 0 {
 		c.LeaseTTL = lease.DefaultTTL
+	}
+	if c.Margin == 0 {
+		c.Margin = lease.DefaultMargin(c.LeaseTTL)
 	}
 	if c.MinBackoff == 0 {
 		c.MinBackoff = 250 * time.Millisecond
@@ -268,13 +277,16 @@ func (w *Watchdog) runMember(leftover []int64) (death, error) {
 	pid := cmd.Process.Pid
 	w.log.Debug("watchdog: member started", "pid", pid)
 	reported := make(chan report, 1)
+	dm := &deadman{w: w, p: cmd.Process, done: make(chan struct{})}
 	go func() {
 		defer r.Close()
 		reported <- readReport(r, func(id int64) {
 			w.log.Debug("watchdog: member has a session", "pid", pid, "lease", fmt.Sprintf("%x", id))
-		})
+		}, dm.deadline.Store)
 	}()
+	go dm.run()
 	x := <-exited
+	close(dm.done)
 	w.mu.Lock()
 	w.member = nil
 	w.mu.Unlock()
@@ -297,6 +309,41 @@ func (w *Watchdog) runMember(leftover []int64) (death, error) {
 }
 
 var errStopped = errors.New("watchdog: stopping")
+
+// deadman kills a member that is alive past the deadline by which it said
+// its work will have stopped (Link.Deadline), plus half the margin, which is
+// still before its lease can expire on the server: a member that is
+// stopped (SIGSTOP) or hung cannot stop its lives' work itself, and a
+// command's child keeps running while its member is stopped. Killed, the
+// member is dead: its processes are killed and its lease revoked as for any
+// death.
+type deadman struct {
+	w        *Watchdog
+	p        *os.Process
+	deadline atomic.Int64 // CLOCK_MONOTONIC ns; 0: disarmed
+	done     chan struct{}
+}
+
+func (d *deadman) run() {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	slack := int64(d.w.cfg.Margin / 2)
+	for {
+		select {
+		case <-d.done:
+			return
+		case <-tick.C:
+		}
+		dl := d.deadline.Load()
+		if dl == 0 || monoNow() <= dl+slack {
+			continue
+		}
+		d.w.log.Error("watchdog: the member is alive past the safe deadline of its lives' work without having stopped it (stopped by a signal, or hung): killing it, so that none of its work runs once its lease expires",
+			"pid", d.p.Pid, "past", time.Duration(monoNow()-dl).Round(time.Millisecond))
+		_ = d.p.Signal(syscall.SIGKILL)
+		return
+	}
+}
 
 // clearUp kills whatever is left of a dead member's process group and any
 // orphan of it that came to the watchdog, reaps them, and reports whether

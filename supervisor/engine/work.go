@@ -115,6 +115,18 @@ func (e *Engine) RunAbandoned(l *Life) bool {
 	return true
 }
 
+// RunsActive counts the Runs that have not returned and were not given up:
+// the work this member must still stop by its safe deadline.
+func (e *Engine) RunsActive() int {
+	n := 0
+	for _, l := range e.runs {
+		if !l.run.abandoned {
+			n++
+		}
+	}
+	return n
+}
+
 // ExpireAllWork tells every Run that has not returned to stop at once (the
 // safe deadline, a lost session, a shutdown that took too long), and
 // returns how many were told.
