@@ -254,6 +254,8 @@ func (m *Main) Open() error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	keys, _ := registry.NewKeys(m.cfg.Prefix) // checked in New
+	metrics := supervisor.NewMetrics(reg)
+	metrics.InitChildKinds(slices.Collect(maps.Keys(m.cfg.Kinds))...)
 	m.sup, err = supervisor.New(supervisor.Config{
 		ID:                 m.cfg.ID,
 		Client:             cli,
@@ -263,10 +265,10 @@ func (m *Main) Open() error {
 		Address:            m.advertiseAddr(),
 		Version:            Version,
 		Logger:             m.log,
-		Metrics:            supervisor.NewMetrics(reg),
+		Metrics:            metrics,
 		OnSession:          m.cfg.OnSession,
 		Leftover:           m.cfg.Leftover,
-		Kinds:              m.Kinds(),
+		Kinds:              m.kinds(metrics), // the children's exits and restarts are counted
 	})
 	if err != nil {
 		m.Close()

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -445,4 +446,95 @@ func TestUnreachableEtcdIsNamedInTheLog(t *testing.T) {
 	if code, _ := get(t, web, "http://"+m.HTTPAddr()+"/readyz"); code != http.StatusServiceUnavailable {
 		t.Errorf("/readyz = %d while etcd cannot be reached, want 503", code)
 	}
+}
+
+// metricValue is the value of the series named by its line's start in a
+// /metrics page (labels sorted by name, as the client writes them); ok is
+// false when the page has no such series.
+func metricValue(body, series string) (v float64, ok bool) {
+	for _, l := range strings.Split(body, "\n") {
+		if rest, found := strings.CutPrefix(l, series+" "); found {
+			v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			return v, err == nil
+		}
+	}
+	return 0, false
+}
+
+// The metrics of the lives' work are on a member's /metrics page: a life of
+// a command kind whose child checkpoints and keeps failing shows its Run,
+// its state writes and checkpoint age, and its child's exits and
+// restarts; deleted, its Run counts as stopped and its checkpoint age goes.
+func TestMemberMetricsOfWork(t *testing.T) {
+	stateDir, err := os.MkdirTemp("", "dm") // short: the checkpoint socket's path must fit
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(stateDir) })
+	script := `cd "$IMMORTALD_STATE_DIR"; n=$(cat state 2>/dev/null || echo 0); echo $((n+1)) > s.tmp && mv s.tmp state; sleep 0.2; exit 3`
+	m := startMember(t, daemon.Config{
+		ID: "m1", DataDir: t.TempDir(),
+		EmbeddedClientURL: "http://127.0.0.1:0", EmbeddedPeerURL: "http://127.0.0.1:0",
+		HTTPAddr: "127.0.0.1:0", LeaseTTL: 2 * time.Second, CheckpointInterval: 200 * time.Millisecond,
+		StateDir: stateDir, Logger: newLog(t).logger,
+		Kinds: map[string]execkind.Config{"flaky": {Command: []string{"/bin/sh", "-c", script}}},
+	})
+	keys, err := registry.NewKeys(registry.DefaultPrefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli := newClient(t, m.main.EtcdEndpoint())
+	web := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	url := "http://" + m.main.HTTPAddr() + "/metrics"
+
+	// Before any Run, the kind's series are there at 0.
+	waitHTTP(t, web, url, "the kind's series at 0", func(code int, body string) bool {
+		v, ok := metricValue(body, `immortald_runs_started_total{kind="flaky"}`)
+		return code == http.StatusOK && ok && v == 0
+	})
+
+	if _, err := cli.Put(context.Background(), keys.Life("job"), `{"kind":"flaky"}`); err != nil {
+		t.Fatal(err)
+	}
+	positive := []string{
+		`immortald_runs_started_total{kind="flaky"}`,
+		`immortald_runs{kind="flaky"}`,
+		`immortald_state_writes_total{kind="flaky",result="applied"}`,
+		`immortald_state_write_bytes_total{kind="flaky"}`,
+		`immortald_state_write_seconds_count`,
+		`immortald_child_exits_total{kind="flaky",outcome="failure"}`,
+		`immortald_child_restarts_total{kind="flaky"}`,
+	}
+	present := []string{
+		`immortald_checkpoint_age_seconds{kind="flaky"}`,
+		`immortald_runs_stopped_total{cause="stopped",kind="flaky"}`,
+		`immortald_state_writes_total{kind="flaky",result="fenced"}`,
+		`immortald_state_writes_total{kind="flaky",result="error"}`,
+		`immortald_child_exits_total{kind="flaky",outcome="success"}`,
+		`immortald_child_exits_total{kind="flaky",outcome="signal"}`,
+		`immortald_state_write_seconds_bucket{le="0.001"}`,
+	}
+	waitHTTP(t, web, url, "the Run's, state writes' and child's series", func(code int, body string) bool {
+		for _, s := range positive {
+			if v, ok := metricValue(body, s); !ok || v <= 0 {
+				return false
+			}
+		}
+		for _, s := range present {
+			if _, ok := metricValue(body, s); !ok {
+				return false
+			}
+		}
+		return code == http.StatusOK
+	})
+
+	if _, err := cli.Delete(context.Background(), keys.Life("job")); err != nil {
+		t.Fatal(err)
+	}
+	waitHTTP(t, web, url, "the Run stopped and its checkpoint age gone", func(code int, body string) bool {
+		stopped, _ := metricValue(body, `immortald_runs_stopped_total{cause="stopped",kind="flaky"}`)
+		running, _ := metricValue(body, `immortald_runs{kind="flaky"}`)
+		_, age := metricValue(body, `immortald_checkpoint_age_seconds{kind="flaky"}`)
+		return code == http.StatusOK && stopped == 1 && running == 0 && !age
+	})
 }

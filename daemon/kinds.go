@@ -149,10 +149,14 @@ func validateGoKinds(goKinds []workload.Kind, kinds map[string]execkind.Config) 
 // each command kind of its config, whose state directories are made under
 // Config.StateDir and whose state files are read every checkpoint
 // interval, and each Go kind (Config.GoKinds).
-func (m *Main) Kinds() map[string]workload.Kind {
+func (m *Main) Kinds() map[string]workload.Kind { return m.kinds(nil) }
+
+// kinds is Kinds, the command kinds telling obs (if not nil) of their
+// children's exits and restarts.
+func (m *Main) kinds(obs execkind.Observer) map[string]workload.Kind {
 	out := map[string]workload.Kind{workload.AgeKind: age.Kind()}
 	for name, c := range m.cfg.Kinds {
-		out[name] = execkind.Kind(name, c, execkind.Options{StateRoot: m.cfg.StateDir, CheckpointInterval: m.cfg.CheckpointInterval, Logger: m.log})
+		out[name] = execkind.Kind(name, c, execkind.Options{StateRoot: m.cfg.StateDir, CheckpointInterval: m.cfg.CheckpointInterval, Logger: m.log, Observer: obs})
 	}
 	for _, k := range m.cfg.GoKinds {
 		out[k.Name] = k

@@ -109,10 +109,15 @@ func New(cfg Config) (*Supervisor, error) {
 		stale: slices.Clone(cfg.Leftover),
 	}
 	kinds := make(map[string]bool, len(cfg.Kinds))
+	var work []string
 	for name, k := range cfg.Kinds {
 		kinds[name] = k.New != nil
+		if k.New != nil {
+			work = append(work, name)
+		}
 	}
 	m := cfg.Metrics
+	m.initWork(work)
 	s.eng = engine.New(engine.Config{
 		ID: cfg.ID, Keys: cfg.Keys, Candidates: cfg.Candidates, Kinds: kinds,
 		Epoch: s.epoch, Logger: cfg.Logger, Effects: effects{s},

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
@@ -48,7 +49,9 @@ import (
 //
 // The engine decides when a Run starts and stops (its Effects, below);
 // this file runs it. Lock order: mu, then a stateWriter's mu; a
-// stateWriter's mu is never held while taking another.
+// stateWriter's mu is never held while taking another. The metrics' lock
+// of the Runs running now (checkpointAges) is taken last, alone by a
+// scrape.
 
 // Bounds of one state writer Txn: the nested Txns of etcd's --max-txn-ops
 // with room to spare, and bytes well under its 1.5 MiB request limit (one
@@ -76,6 +79,7 @@ type lifeRun struct {
 	s        *Supervisor
 	h        *engine.Life
 	hw       *holdWork
+	kind     string // the label of its metrics
 	log      *slog.Logger
 	restored []byte
 	ctx      context.Context
@@ -86,6 +90,9 @@ type lifeRun struct {
 
 	// abandonT gives the Run up AbandonAfter after Expired closed.
 	abandonT atomic.Pointer[time.Timer]
+	// lastApplied is when its last state write was applied (unix
+	// nanoseconds; 0: none yet), for immortald_checkpoint_age_seconds.
+	lastApplied atomic.Int64
 
 	// Guarded by Supervisor.mu.
 	timer     *time.Timer // closes Expired when the graceful stop takes too long
@@ -216,6 +223,7 @@ func (s *Supervisor) abandon(r *lifeRun) {
 		r.abandoned = true
 		s.m.RunsAbandoned.Inc()
 		s.m.RunsUnreturned.Inc()
+		s.runEnded(r, causeAbandoned)
 	}
 	s.mu.Unlock()
 	if newly {
@@ -294,12 +302,15 @@ func (f effects) StartWork(l *engine.Life) {
 
 	ctx, cancel := context.WithCancelCause(context.Background())
 	r := &lifeRun{
-		s: s, h: l, hw: hw, log: log, restored: restored,
+		s: s, h: l, hw: hw, kind: l.Kind(), log: log, restored: restored,
 		ctx: ctx, cancel: cancel,
 		done: make(chan struct{}), expired: make(chan struct{}), changed: make(chan struct{}),
 		data: restored,
 	}
 	hw.run = r
+	s.m.RunsStarted.WithLabelValues(r.kind).Inc()
+	s.m.Runs.WithLabelValues(r.kind).Inc()
+	s.m.checkpointAges.add(r)
 	go func() {
 		var err error
 		if ctx.Err() == nil {
@@ -350,12 +361,17 @@ func runOf(l *engine.Life) *lifeRun {
 	return nil
 }
 
+// panicError is the error of a Run that panicked.
+type panicError struct{ v any }
+
+func (e panicError) Error() string { return fmt.Sprintf("panic: %v", e.v) }
+
 // call makes a Runner with newRunner and runs it, a panic of either being
-// an error.
+// an error (a panicError).
 func (r *lifeRun) call(newRunner func() workload.Runner) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("panic: %v", p)
+			err = panicError{p}
 			r.log.Error("the life's Run panicked", "panic", p, "stack", string(debug.Stack()))
 		}
 	}()
@@ -381,7 +397,9 @@ func (s *Supervisor) runReturned(r *lifeRun, err error) {
 	asked := s.eng.RunReturned(r.h)
 	abandoned := r.abandoned
 	if abandoned {
-		s.m.RunsUnreturned.Dec()
+		s.m.RunsUnreturned.Dec() // it ended, for the metrics, when given up
+	} else {
+		s.runEnded(r, runCause(asked, r.isExpired(), err))
 	}
 	s.mu.Unlock()
 	switch {
@@ -393,6 +411,34 @@ func (s *Supervisor) runReturned(r *lifeRun, err error) {
 		r.log.Warn("the life's work returned before it was stopped; the life stays held, its work does not run again in this hold", "err", err)
 	}
 	close(r.done)
+}
+
+// runCause is why a Run that returned (and was not given up: that is
+// causeAbandoned, counted by abandon) ended: asked is the engine's answer
+// (RunReturned), expired whether it had been told to stop at once (a stop
+// at the deadline, or a graceful stop past its bound: context.Cause stays
+// ErrStopped then), err what it returned. It is the one place that decides
+// the cause of immortald_runs_stopped_total.
+func runCause(asked, expired bool, err error) string {
+	switch {
+	case errors.As(err, new(panicError)):
+		return causePanic
+	case !asked:
+		return causeReturned
+	case expired:
+		return causeDeadline
+	default:
+		return causeStopped
+	}
+}
+
+// runEnded counts r's end, by cause: it no longer runs for the metrics,
+// and its checkpoint age is no longer shown. Called once per Run, with mu
+// held, when it returned or was given up.
+func (s *Supervisor) runEnded(r *lifeRun, cause string) {
+	s.m.RunsStopped.WithLabelValues(r.kind, cause).Inc()
+	s.m.Runs.WithLabelValues(r.kind).Dec()
+	s.m.checkpointAges.remove(r)
 }
 
 // stopRound is how long a Run may take past its kind's stop grace: one
@@ -450,6 +496,7 @@ type stateWrite struct {
 	seq  int64
 	data []byte
 	keep []byte
+	size int // bytes put: the record, and the quarantined one
 }
 
 // writeStates writes the states and statuses of gen's Runs until gen ends,
@@ -478,7 +525,9 @@ func (s *Supervisor) writeStates(gen *generation) {
 				break
 			}
 			ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(gen.ctx), s.batchTimeout())
+			t0 := time.Now()
 			resp, err := s.cfg.Client.Txn(ctx).Then(ops...).Commit()
+			s.m.StateWriteSeconds.Observe(time.Since(t0).Seconds())
 			cancel()
 			s.statesWritten(w, batch, resp, err)
 			if err != nil {
@@ -532,7 +581,7 @@ func (s *Supervisor) takeStates(w *stateWriter) ([]stateWrite, []clientv3.Op) {
 			then = append(then, clientv3.OpPut(k.StateQuarantine(h.Name()), string(keep)))
 		}
 		ops = append(ops, clientv3.OpTxn(h.Fence(k), then, []clientv3.Op{clientv3.OpGet(h.Key())}))
-		batch = append(batch, stateWrite{r: r, seq: r.seq, data: r.data, keep: keep})
+		batch = append(batch, stateWrite{r: r, seq: r.seq, data: r.data, keep: keep, size: len(b) + len(keep)})
 	}
 	if len(w.queue) == 0 {
 		w.queue = nil
@@ -550,12 +599,14 @@ func (s *Supervisor) takeStates(w *stateWriter) ([]stateWrite, []clientv3.Op) {
 // that deletes the record is guarded by that revision.
 func (s *Supervisor) statesWritten(w *stateWriter, batch []stateWrite, resp *clientv3.TxnResponse, err error) {
 	var applied, lost []*lifeRun
+	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	w.mu.Lock()
 	for i, e := range batch {
 		r := e.r
 		if err != nil {
+			s.m.StateWrites.WithLabelValues(r.kind, writeError).Inc()
 			r.failSeq, r.failErr = e.seq, err
 			if !r.fenced {
 				w.queueLocked(r)
@@ -565,6 +616,9 @@ func (s *Supervisor) statesWritten(w *stateWriter, batch []stateWrite, resp *cli
 		}
 		sub := resp.Responses[i].GetResponseTxn()
 		if sub.GetSucceeded() {
+			s.m.StateWrites.WithLabelValues(r.kind, writeApplied).Inc()
+			s.m.StateWriteBytes.WithLabelValues(r.kind).Add(float64(e.size))
+			r.lastApplied.Store(now.UnixNano())
 			r.applied = max(r.applied, e.seq)
 			r.hw.saved = e.data
 			if e.keep != nil && bytes.Equal(r.hw.keep, e.keep) {
@@ -574,6 +628,7 @@ func (s *Supervisor) statesWritten(w *stateWriter, batch []stateWrite, resp *cli
 			applied = append(applied, r)
 			continue
 		}
+		s.m.StateWrites.WithLabelValues(r.kind, writeFenced).Inc()
 		r.fenced = true
 		notifyLocked(r)
 		if own := engine.FirstKV(sub, 0); own == nil || own.CreateRevision != r.h.FencingToken() {

@@ -657,11 +657,129 @@ func TestWorkRunIgnoringItsStopIsGivenUp(t *testing.T) {
 	if err := first.h.Checkpoint(context.Background(), []byte("late")); !errors.Is(err, workload.ErrFenced) {
 		t.Fatalf("a checkpoint of the given-up Run = %v, want ErrFenced", err)
 	}
+	if got := readCounter(m1.sup.m.RunsStopped.WithLabelValues("stubborn", causeAbandoned)); got != 1 {
+		t.Fatalf("m1 immortald_runs_stopped_total{cause=abandoned} = %v, want 1", got)
+	}
+	if got := readGauge(m1.sup.m.Runs.WithLabelValues("stubborn")); got != 0 {
+		t.Fatalf("m1 immortald_runs = %v with its Run given up, want 0", got)
+	}
 	close(release)
 	waitFor(t, 10*time.Second, "the given-up Run counted as returned", func() bool {
 		return readGauge(m1.sup.m.RunsUnreturned) == 0
 	})
+	if got := readCounter(m1.sup.m.RunsStopped.WithLabelValues("stubborn", causeReturned)); got != 0 {
+		t.Fatalf("m1 counted the given-up Run's return as another end (%v)", got)
+	}
 	if m1.holds(name) {
 		t.Fatal("m1 took the life back from its preferred member")
+	}
+}
+
+// The metrics of work follow the Runs, by kind: a Run that checkpoints
+// counts as started and running, with applied state writes, their bytes,
+// the state writer's Txn times and a checkpoint age; deleting its life
+// stops it gracefully (cause "stopped"), its final checkpoint, fenced by
+// the delete, counts as fenced, and its checkpoint age goes. A Run that
+// returns on its own, one that panics and one that outlasts its stop grace
+// (told to stop at once) end with their own causes.
+func TestWorkMetrics(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	runs := make(chan *noteRun, 4)
+	quick := workload.Kind{Name: "quick", New: func() workload.Runner {
+		return runnerFunc(func(ctx context.Context, h workload.Handle) error { return h.Checkpoint(ctx, []byte("done")) })
+	}}
+	boom := workload.Kind{Name: "boom", New: func() workload.Runner {
+		return runnerFunc(func(context.Context, workload.Handle) error { panic("boom") })
+	}}
+	slow := workload.Kind{Name: "slow", StopGrace: 100 * time.Millisecond, New: func() workload.Runner {
+		return runnerFunc(func(ctx context.Context, h workload.Handle) error {
+			<-h.Expired() // ignores the graceful stop
+			return nil
+		})
+	}}
+	m1 := startMemberWith(t, srv.Endpoint(), "m1", withKinds(noteKind("m1", runs), quick, boom, slow))
+	m := m1.sup.m
+	stopped := func(kind, cause string) float64 { return readCounter(m.RunsStopped.WithLabelValues(kind, cause)) }
+	writes := func(kind, result string) float64 { return readCounter(m.StateWrites.WithLabelValues(kind, result)) }
+	running := func(kind string) float64 { return readGauge(m.Runs.WithLabelValues(kind)) }
+	if got := running("note"); got != 0 {
+		t.Fatalf("immortald_runs{kind=note} = %v before any Run, want 0", got)
+	}
+
+	put(t, obs, testKeys.Life("job"), `{"kind":"note"}`)
+	r := nextRun(t, runs, 10*time.Second)
+	waitState(t, obs, "job", fmt.Sprintf("m1 %d", r.token))
+	waitFor(t, 10*time.Second, "an applied state write counted", func() bool { return writes("note", "applied") >= 1 })
+	if got := readCounter(m.RunsStarted.WithLabelValues("note")); got != 1 {
+		t.Fatalf("immortald_runs_started_total{kind=note} = %v, want 1", got)
+	}
+	if got := running("note"); got != 1 {
+		t.Fatalf("immortald_runs{kind=note} = %v while the Run runs, want 1", got)
+	}
+	if got := readCounter(m.StateWriteBytes.WithLabelValues("note")); got <= float64(len(fmt.Sprintf("m1 %d", r.token))) {
+		t.Fatalf("immortald_state_write_bytes_total{kind=note} = %v, want more than the state's bytes", got)
+	}
+	if n := readHistogramCount(m.StateWriteSeconds); n == 0 {
+		t.Fatal("immortald_state_write_seconds has no observation after a state write")
+	}
+	if age, ok := checkpointAge(m, "note"); !ok || age < 0 || age > 60 {
+		t.Fatalf("immortald_checkpoint_age_seconds{kind=note} = %v (present %v), want a small age", age, ok)
+	}
+	if _, ok := checkpointAge(m, "slow"); ok {
+		t.Fatal("a checkpoint age for a kind with no Run")
+	}
+
+	// Deleted: a graceful stop, whose final checkpoint is fenced (the
+	// request it is fenced on is gone).
+	del(t, obs, testKeys.Life("job"))
+	select {
+	case <-r.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the Run did not return after its life was deleted")
+	}
+	if !errors.Is(r.cause, workload.ErrStopped) || !errors.Is(r.final, workload.ErrFenced) {
+		t.Fatalf("the Run's cause %v and final checkpoint %v, want ErrStopped and ErrFenced", r.cause, r.final)
+	}
+	waitFor(t, 10*time.Second, "the graceful stop counted", func() bool { return stopped("note", "stopped") == 1 })
+	if got := writes("note", "fenced"); got != 1 {
+		t.Fatalf("immortald_state_writes_total{kind=note,result=fenced} = %v, want 1", got)
+	}
+	if got := running("note"); got != 0 {
+		t.Fatalf("immortald_runs{kind=note} = %v after the Run returned, want 0", got)
+	}
+	if age, ok := checkpointAge(m, "note"); ok {
+		t.Fatalf("immortald_checkpoint_age_seconds{kind=note} = %v with no Run, want no series", age)
+	}
+
+	// Returned on its own, and a panic: the lives stay held.
+	put(t, obs, testKeys.Life("quick"), `{"kind":"quick"}`)
+	put(t, obs, testKeys.Life("boom"), `{"kind":"boom"}`)
+	waitFor(t, 10*time.Second, "the Run that returned counted", func() bool { return stopped("quick", "returned") == 1 })
+	waitFor(t, 10*time.Second, "the Run that panicked counted", func() bool { return stopped("boom", "panic") == 1 })
+	if !m1.holds("quick") || !m1.holds("boom") {
+		t.Fatal("a life whose Run returned is not held")
+	}
+	if _, ok := checkpointAge(m, "quick"); ok {
+		t.Fatal("a checkpoint age for a Run that returned")
+	}
+
+	// Past its stop grace and one checkpoint round, told to stop at once.
+	put(t, obs, testKeys.Life("slow"), `{"kind":"slow"}`)
+	waitFor(t, 10*time.Second, "slow running", func() bool { return running("slow") == 1 })
+	del(t, obs, testKeys.Life("slow"))
+	waitFor(t, 20*time.Second, "the Run told to stop at once counted", func() bool { return stopped("slow", "deadline") == 1 })
+
+	for _, k := range []string{"note", "quick", "boom", "slow"} {
+		var ended float64
+		for _, c := range []string{causeStopped, causeDeadline, causeReturned, causeAbandoned, causePanic} {
+			ended += stopped(k, c)
+		}
+		if started := readCounter(m.RunsStarted.WithLabelValues(k)); started != 1 || ended != 1 || running(k) != 0 {
+			t.Errorf("kind %s: %v started, %v ended, %v running; want 1, 1, 0", k, started, ended, running(k))
+		}
+	}
+	if got := writes("note", "error"); got != 0 {
+		t.Errorf("immortald_state_writes_total{kind=note,result=error} = %v, want 0", got)
 	}
 }

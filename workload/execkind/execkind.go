@@ -87,6 +87,19 @@
 //   - Logs. The child's stdout and stderr go to the member's log, one record
 //     per line, with the life's name and incarnation and the stream
 //     ("stdout", "stderr"); a line over MaxLogLine bytes is split.
+//
+// # Metrics
+//
+// The member counts the children's exits and restarts by kind. This
+// package does not know the member's metrics: Options.Observer, an
+// interface of two methods with plain string arguments, is told of each
+// exit (by outcome: ExitSuccess, ExitFailure, ExitSignal) and each
+// restart, with the kind's name. The daemon passes its
+// *supervisor.Metrics, which has those methods, so neither package
+// imports the other for it; a Go kind's workload.Handle, the contract of
+// every kind, stays free of what only a child has. The supervisor's own
+// metrics (Runs, state writes, checkpoint age) cover these Runs like any
+// other.
 package execkind
 
 import (
@@ -212,7 +225,36 @@ type Options struct {
 	// Logger is the member's, for what concerns no one life (the scan of
 	// the lives' process trees). Default slog.Default().
 	Logger *slog.Logger
+	// Observer, if set, is told of every exit and restart of the kind's
+	// children (see the package doc).
+	Observer Observer
 }
+
+// Observer is told what the children of a command kind do, for the
+// member's metrics. Its methods are called from the Runs' goroutines, at
+// once: they must not block.
+type Observer interface {
+	// ChildExited: a child of kind exited, whatever ended it (on its own,
+	// a graceful stop, a kill), with outcome ExitSuccess, ExitFailure or
+	// ExitSignal. Every child started exits once.
+	ChildExited(kind, outcome string)
+	// ChildRestarted: a child of kind is started again, under the kind's
+	// restart policy, after it exited on its own or failed to start.
+	ChildRestarted(kind string)
+}
+
+// Outcomes of a child's exit, as told to Observer.ChildExited.
+const (
+	ExitSuccess = "success" // exit code 0
+	ExitFailure = "failure" // another exit code, or its wait failed
+	ExitSignal  = "signal"  // killed by a signal
+)
+
+// noObserver is the Observer of Options that set none.
+type noObserver struct{}
+
+func (noObserver) ChildExited(string, string) {}
+func (noObserver) ChildRestarted(string)      {}
 
 func (o *Options) defaults() {
 	if o.CheckpointInterval <= 0 {
@@ -230,6 +272,9 @@ func (o *Options) defaults() {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.Observer == nil {
+		o.Observer = noObserver{}
+	}
 }
 
 // Kind returns the kind name running c. c must be validated (Validate).
@@ -237,15 +282,16 @@ func Kind(name string, c Config, o Options) workload.Kind {
 	o.defaults()
 	return workload.Kind{
 		Name:      name,
-		New:       func() workload.Runner { return &Runner{cfg: c, opt: o} },
+		New:       func() workload.Runner { return &Runner{kind: name, cfg: c, opt: o} },
 		StopGrace: c.StopGrace,
 	}
 }
 
 // Runner runs one hold of a command life. Make it with Kind(...).New().
 type Runner struct {
-	cfg Config
-	opt Options
+	kind string
+	cfg  Config
+	opt  Options
 }
 
 // exit is how a child ended.
@@ -358,6 +404,7 @@ func (r *Runner) Run(ctx context.Context, h workload.Handle) error {
 			return r.idle(ctx, h, ck, &st)
 		}
 		st.Restarts++
+		r.opt.Observer.ChildRestarted(r.kind)
 	}
 }
 
@@ -666,6 +713,7 @@ func (r *Runner) start(h workload.Handle, dir string, tr *tree, log *slog.Logger
 		if werr != nil && !errors.As(werr, &ee) {
 			ex.err = werr
 		}
+		r.opt.Observer.ChildExited(r.kind, outcome(cmd.ProcessState, ex.err))
 		// Output still buffered in the pipes is logged; a grandchild that
 		// escaped the group and holds them open is not waited for long.
 		for range 2 {
@@ -683,6 +731,24 @@ func (r *Runner) start(h workload.Handle, dir string, tr *tree, log *slog.Logger
 	}
 	log.Info("child started", "pid", c.pid, "command", r.cfg.Command)
 	return c, nil
+}
+
+// outcome is how a child that ended as ps, its wait failing with err (an
+// error other than its exit status), exited: ExitSuccess, ExitFailure or
+// ExitSignal.
+func outcome(ps *os.ProcessState, err error) string {
+	switch {
+	case err != nil || ps == nil:
+		return ExitFailure
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return ExitSignal
+	}
+	switch {
+	case ps.ExitCode() == 0:
+		return ExitSuccess
+	}
+	return ExitFailure
 }
 
 // pump logs r line by line as stream, splitting lines over MaxLogLine.

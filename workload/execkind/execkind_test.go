@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -627,5 +628,74 @@ func TestConfigValidate(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Validate(%+v) = %v, want an error containing %q", tc.cfg, err, tc.want)
 		}
+	}
+}
+
+// observer counts what an execkind.Observer is told.
+type observer struct {
+	mu       sync.Mutex
+	exits    map[string]int // by kind and outcome
+	restarts map[string]int // by kind
+}
+
+func newObserver() *observer { return &observer{exits: map[string]int{}, restarts: map[string]int{}} }
+
+func (o *observer) ChildExited(kind, outcome string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.exits[kind+" "+outcome]++
+}
+
+func (o *observer) ChildRestarted(kind string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.restarts[kind]++
+}
+
+func (o *observer) counts() (exits map[string]int, restarts map[string]int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return maps.Clone(o.exits), maps.Clone(o.restarts)
+}
+
+// The Observer of Options is told of every exit of a child, by outcome,
+// and of every restart, with the kind's name: a child that exits 0, then
+// 3, then is SIGKILLed by itself, over and over, under "always".
+func TestObserverCountsExitsAndRestarts(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	obs := newObserver()
+	l := run(t, ctx, `cd "$IMMORTALD_STATE_DIR"; n=$(cat state 2>/dev/null || echo 0); echo $((n+1)) > s.tmp && mv s.tmp state
+case $((n % 3)) in 0) exit 0;; 1) exit 3;; *) kill -KILL $$;; esac`, nil,
+		func(c *execkind.Config, o *execkind.Options) { c.Restart, o.Observer = execkind.RestartAlways, obs })
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		exits, _ := obs.counts()
+		if exits["test "+execkind.ExitSuccess] >= 2 && exits["test "+execkind.ExitFailure] >= 2 && exits["test "+execkind.ExitSignal] >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("exits %v, want two of each outcome; log:\n%s", exits, l.log)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel(workload.ErrStopped)
+	if err := l.result(t); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	exits, restarts := obs.counts()
+	n := 0
+	for k, v := range exits {
+		if !strings.HasPrefix(k, "test ") {
+			t.Errorf("an exit of kind %q, want test", k)
+		}
+		n += v
+	}
+	// Every child started exits once, the first was no restart.
+	if len(restarts) != 1 || restarts["test"] != n-1 {
+		t.Fatalf("restarts %v for %d exits %v, want one fewer, of kind test", restarts, n, exits)
+	}
+	if st := l.h.Statuses(); st[len(st)-1].Restarts != restarts["test"] {
+		t.Fatalf("status %+v, want %d restarts as the Observer counted", st[len(st)-1], restarts["test"])
 	}
 }
