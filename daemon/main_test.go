@@ -7,9 +7,8 @@ import (
 )
 
 // TestMain fails the package when a member leaves a goroutine behind after
-// Run returned: Run promises to close everything it opened. The scanner of
-// package execkind, shared by the process's command lives, is not the
-// member's: it ends on its next tick (a second) after the last hold ended.
+// Run returned: Run promises to close everything it opened (execkind's
+// scan of the lives' process trees ends with the last command life).
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/immortald/immortald/workload/execkind.(*tracker).scanLoop"))
+	goleak.VerifyTestMain(m)
 }

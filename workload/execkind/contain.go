@@ -53,15 +53,15 @@ const KillBound = 5 * time.Second
 
 // tracker is the member process's view of its lives' process trees.
 type tracker struct {
-	mu      sync.Mutex
-	self    int
-	fs      procfs.FS
-	err     error            // why trees cannot be tracked (no /proc), if so
-	holds   map[*tree]bool   // registered holds
-	direct  map[int]bool     // children started by Runners (os/exec reaps them)
-	ours    map[procID]*tree // processes attributed to a hold, nil once it ended
-	scanner bool             // the scan goroutine runs
-	log     *slog.Logger
+	mu       sync.Mutex
+	self     int
+	fs       procfs.FS
+	err      error            // why trees cannot be tracked (no /proc), if so
+	holds    map[*tree]bool   // registered holds
+	direct   map[int]bool     // children started by Runners (os/exec reaps them)
+	ours     map[procID]*tree // processes attributed to a hold, nil once it ended
+	stopScan chan struct{}    // ends the scan goroutine; nil when none runs
+	log      *slog.Logger
 
 	// cgroups (cgroup.go): the directory of this member's cgroups while a
 	// hold is registered, "" when none or off; cgOff says why they are off
@@ -127,9 +127,9 @@ func (t *tracker) begin(name string, token int64, member *slog.Logger) *tree {
 	}
 	tr := &tree{name: name, token: strconv.FormatInt(token, 10), seen: map[procID]bool{}}
 	t.holds[tr] = true
-	if !t.scanner {
-		t.scanner = true
-		go t.scanLoop()
+	if t.stopScan == nil {
+		t.stopScan = make(chan struct{})
+		go t.scanLoop(t.stopScan)
 	}
 	return tr
 }
@@ -145,7 +145,14 @@ func (t *tracker) end(tr *tree, log *slog.Logger) {
 			t.ours[id] = nil // still reaped when it is a zombie of ours
 		}
 	}
-	if len(t.holds) == 0 && t.cgBase != "" {
+	if len(t.holds) > 0 {
+		return
+	}
+	if t.stopScan != nil {
+		close(t.stopScan) // started again by the next hold
+		t.stopScan = nil
+	}
+	if t.cgBase != "" {
 		_ = os.Remove(t.cgBase) // made again by the next hold
 		t.cgBase = ""
 	}
@@ -291,17 +298,18 @@ func (t *tracker) members(tr *tree, snap map[int]*proc, kids map[int][]int) map[
 	return set
 }
 
-// scanLoop refreshes every tree each scanEvery, until no hold is left.
-func (t *tracker) scanLoop() {
+// scanLoop refreshes every tree each scanEvery, until stop is closed (the
+// last hold ended).
+func (t *tracker) scanLoop(stop <-chan struct{}) {
 	tick := time.NewTicker(scanEvery)
 	defer tick.Stop()
-	for range tick.C {
-		t.mu.Lock()
-		if len(t.holds) == 0 {
-			t.scanner = false
-			t.mu.Unlock()
+	for {
+		select {
+		case <-stop:
 			return
+		case <-tick.C:
 		}
+		t.mu.Lock()
 		t.scanLocked()
 		t.mu.Unlock()
 	}
