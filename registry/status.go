@@ -17,7 +17,7 @@ import (
 const (
 	StateRunning = "running" // a live holder runs it
 	StateWaiting = "waiting" // wanted, no holder runs it yet
-	StateInvalid = "invalid" // bad name or options: never started
+	StateInvalid = "invalid" // bad name or options: no member runs it (its stored age is kept)
 )
 
 // ErrNoLife is returned for a name that has no request under lives/.
@@ -208,13 +208,11 @@ func (v view) status(name string, req, leader, age, quarantine, state *mvccpb.Ke
 	keys, beats := v.keys, v.beats
 	life := ParseLife(name, req.CreateRevision, req.ModRevision, req.Value)
 	st := Status{Name: name, LifeID: life.ID, State: StateWaiting, Labels: life.Options.Labels, Kind: life.Options.KindName()}
-	if !life.Valid() {
-		st.State = StateInvalid
-		st.Error = life.Err.Error()
-		return st
-	}
 	var problems []string
 	if age != nil {
+		// Read for an invalid request too: a request that turned invalid
+		// keeps its life id, and its stored age, which the life resumes
+		// from once the request is valid again.
 		rec, err := ParseAgeRecord(age.Value)
 		switch {
 		case err != nil:
@@ -224,10 +222,17 @@ func (v view) status(name string, req, leader, age, quarantine, state *mvccpb.Ke
 			st.AgeMS, st.Age, st.Incarnation = rec.AgeMS, rec.AgeMS/1000, rec.Incarnation
 			t := rec.Time
 			st.CheckpointTime = &t
-			if leader != nil && leader.CreateRevision == rec.HolderRev {
+			if life.Valid() && leader != nil && leader.CreateRevision == rec.HolderRev {
 				st.State, st.Holder = StateRunning, rec.Holder
 			}
 		}
+	}
+	if !life.Valid() {
+		// Only why it is invalid: a holder that still runs it is stopping
+		// it, and no member campaigns for it.
+		st.State = StateInvalid
+		st.Error = life.Err.Error()
+		return st
 	}
 	if state != nil && st.State == StateRunning {
 		rec, err := ParseStateRecord(state.Value)
