@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -113,71 +112,11 @@ func GetState(ctx context.Context, cli *clientv3.Client, keys Keys, name string)
 
 // ListStatus reads every life's status at one revision, sorted by name.
 func ListStatus(ctx context.Context, cli *clientv3.Client, keys Keys) ([]Status, error) {
-	rev, reqs, err := RangeAll(ctx, cli, keys.Lives(), 0)
+	_, v, err := ReadStatusView(ctx, cli, keys)
 	if err != nil {
 		return nil, err
 	}
-	byName := func(prefix string) (map[string]*mvccpb.KeyValue, error) {
-		_, kvs, err := RangeAll(ctx, cli, prefix, rev)
-		if err != nil {
-			return nil, err
-		}
-		m := make(map[string]*mvccpb.KeyValue, len(kvs))
-		for _, kv := range kvs {
-			m[NameOf(prefix, string(kv.Key))] = kv
-		}
-		return m, nil
-	}
-	ages, err := byName(keys.Ages())
-	if err != nil {
-		return nil, err
-	}
-	quarantined, err := byName(keys.Quarantines())
-	if err != nil {
-		return nil, err
-	}
-	states, err := byName(keys.States())
-	if err != nil {
-		return nil, err
-	}
-	_, members, err := RangeAll(ctx, cli, keys.Members(), rev)
-	if err != nil {
-		return nil, err
-	}
-	_, beats, err := RangeAll(ctx, cli, keys.Heartbeats(), rev)
-	if err != nil {
-		return nil, err
-	}
-	_, cands, err := RangeAll(ctx, cli, keys.Elections(), rev)
-	if err != nil {
-		return nil, err
-	}
-	leaders := make(map[string]*mvccpb.KeyValue)
-	for _, kv := range cands {
-		name, ok := keys.ElectionName(string(kv.Key))
-		if !ok {
-			continue
-		}
-		if cur := leaders[name]; cur == nil || kv.CreateRevision < cur.CreateRevision {
-			leaders[name] = kv
-		}
-	}
-	v := view{keys: keys, beats: beats, kinds: memberKinds(members)}
-	out := make([]Status, 0, len(reqs))
-	for _, req := range reqs {
-		name := NameOf(keys.Lives(), string(req.Key))
-		out = append(out, v.status(name, req, leaders[name], ages[name], quarantined[name], states[name]))
-	}
-	slices.SortFunc(out, func(a, b Status) int {
-		switch {
-		case a.Name < b.Name:
-			return -1
-		case a.Name > b.Name:
-			return 1
-		}
-		return 0
-	})
-	return out, nil
+	return v.List(), nil
 }
 
 // view is what every life's status is derived with: the heartbeats/ keys
