@@ -311,9 +311,18 @@ func (a *app) runCmd() *cobra.Command {
 	return cmd
 }
 
-// signalContext is the parent of client commands: Ctrl-C ends them.
+// requestTimeout bounds what a client command asks of etcd.
+const requestTimeout = 10 * time.Second
+
+// signalContext is the parent of client commands: Ctrl-C (SIGINT) and
+// SIGTERM end them, and so does requestTimeout.
 func signalContext(cmd *cobra.Command) (context.Context, context.CancelFunc) {
-	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, stop := untilSignal(cmd)
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
 	return ctx, func() { cancel(); stop() }
+}
+
+// untilSignal ends at Ctrl-C (SIGINT) or SIGTERM, and at nothing else.
+func untilSignal(cmd *cobra.Command) (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 }

@@ -175,6 +175,38 @@ func TestGetAgeOfAnInvalidLife(t *testing.T) {
 	}
 }
 
+// A request that turns invalid keeps its life id, and so its age record:
+// get-age -o json shows the stored age the life resumes from, not 0.
+func TestGetAgeOfALifeTurnedInvalid(t *testing.T) {
+	ep, etcd := server(t)
+	ctx := context.Background()
+	resp, err := etcd.Put(ctx, "/immortals/lives/Eve", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The final record of a holder that stopped the life (Lease 0).
+	rec := registry.AgeRecord{LifeID: resp.Header.Revision, AgeMS: 381204, Incarnation: 2, Holder: "m1", HolderRev: 1, Time: time.Now()}
+	if _, err := etcd.Put(ctx, "/immortals/ages/Eve", string(rec.Marshal())); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := etcd.Put(ctx, "/immortals/lives/Eve", `{"bogus":1}`); err != nil {
+		t.Fatal(err)
+	}
+	r := execute(t, "get-age", "Eve", "-o", "json", "--etcd-endpoints", ep)
+	var st registry.Status
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil || r.code != 0 {
+		t.Fatalf("get-age Eve -o json = %+v (%v)", r, err)
+	}
+	if st.State != registry.StateInvalid || st.AgeMS != 381204 || st.Age != 381 || st.Incarnation != 2 || st.Holder != "" || st.Error == "" {
+		t.Fatalf("get-age -o json of a life turned invalid = %s, want invalid with its error, age_ms 381204, incarnation 2, no holder", r.stdout)
+	}
+	r = execute(t, "ls", "-o", "json", "--etcd-endpoints", ep)
+	var all []registry.Status
+	if err := json.Unmarshal([]byte(r.stdout), &all); err != nil || len(all) != 1 || all[0].AgeMS != 381204 {
+		t.Fatalf("ls -o json = %+v (%v), want Eve with age_ms 381204", r, err)
+	}
+}
+
 func TestUnknownLife(t *testing.T) {
 	ep, _ := server(t)
 	tests := []struct {

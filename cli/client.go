@@ -79,7 +79,16 @@ func (a *app) output() (string, error) {
 
 // withClient runs f, the body of a client command, with the output
 // format, a client and the keyspace, under signalContext.
-func (a *app) withClient(cmd *cobra.Command, f func(ctx context.Context, cli *clientv3.Client, keys registry.Keys, out string) error) error {
+func (a *app) withClient(cmd *cobra.Command, f clientFunc) error {
+	return a.withClientIn(cmd, func(*clientv3.Client) (context.Context, context.CancelFunc) { return signalContext(cmd) }, f)
+}
+
+// clientFunc is the body of a client command.
+type clientFunc func(ctx context.Context, cli *clientv3.Client, keys registry.Keys, out string) error
+
+// withClientIn is withClient under the context that ctxOf makes for the
+// client.
+func (a *app) withClientIn(cmd *cobra.Command, ctxOf func(*clientv3.Client) (context.Context, context.CancelFunc), f clientFunc) error {
 	out, err := a.output()
 	if err != nil {
 		return err
@@ -89,7 +98,7 @@ func (a *app) withClient(cmd *cobra.Command, f func(ctx context.Context, cli *cl
 		return err
 	}
 	defer cli.Close()
-	ctx, cancel := signalContext(cmd)
+	ctx, cancel := ctxOf(cli)
 	defer cancel()
 	return f(ctx, cli, keys, out)
 }
@@ -172,6 +181,11 @@ func (a *app) getAgeCmd() *cobra.Command {
 		Short: "Print a life's age in whole seconds",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if watching(cmd) {
+				return a.withWatch(cmd, func(ctx context.Context, cli *clientv3.Client, keys registry.Keys, out string) error {
+					return a.watchAge(ctx, cli, keys, args[0], out)
+				})
+			}
 			return a.withClient(cmd, func(ctx context.Context, cli *clientv3.Client, keys registry.Keys, out string) error {
 				st, err := registry.GetStatus(ctx, cli, keys, args[0])
 				if err != nil {
@@ -181,7 +195,7 @@ func (a *app) getAgeCmd() *cobra.Command {
 					return json.NewEncoder(a.stdout).Encode(st)
 				}
 				if st.State == registry.StateInvalid {
-					return fmt.Errorf("life %q is invalid: %s", st.Name, st.Error)
+					return invalidLife(st)
 				}
 				fmt.Fprintln(a.stdout, st.Age)
 				return nil
@@ -189,7 +203,12 @@ func (a *app) getAgeCmd() *cobra.Command {
 		},
 	}
 	addOutput(cmd)
+	addWatch(cmd, "print the age again whenever the life's status changes and once a second, until Ctrl-C")
 	return cmd
+}
+
+func invalidLife(st registry.Status) error {
+	return fmt.Errorf("life %q is invalid: %s", st.Name, st.Error)
 }
 
 // StateInfo is what `immortald get-state NAME -o json` prints: the last
@@ -239,6 +258,9 @@ func (a *app) lsCmd() *cobra.Command {
 		Short: "List every life: name, kind, state, age, holder, incarnation, error",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if watching(cmd) {
+				return a.withWatch(cmd, a.watchLs)
+			}
 			return a.withClient(cmd, func(ctx context.Context, cli *clientv3.Client, keys registry.Keys, out string) error {
 				all, err := registry.ListStatus(ctx, cli, keys)
 				if err != nil {
@@ -247,35 +269,54 @@ func (a *app) lsCmd() *cobra.Command {
 				if out == "json" {
 					return json.NewEncoder(a.stdout).Encode(all)
 				}
-				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NAME\tKIND\tSTATE\tAGE\tHOLDER\tINCARNATION\tERROR")
-				for _, s := range all {
-					name := s.Name
-					if registry.ValidateName(name) != nil {
-						name = strconv.Quote(name) // show white space and control characters
-					}
-					state := s.State
-					if s.Child != nil {
-						// The child's own state when it is not simply running.
-						if s.Child.State != workload.ChildRunning {
-							state += "/" + s.Child.State
-						}
-						if s.Child.Restarts > 0 {
-							state += fmt.Sprintf(" (exit %d, %d restarts)", s.Child.ExitCode, s.Child.Restarts)
-						}
-					}
-					errs := s.Error
-					if s.Child != nil && s.Child.Error != "" {
-						errs = strings.TrimPrefix(errs+"; "+s.Child.Error, "; ")
-					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%s\n", name, s.Kind, state, s.Age, s.Holder, s.Incarnation, errs)
-				}
-				return tw.Flush()
+				return a.printTable(all)
 			})
 		},
 	}
 	addOutput(cmd)
+	addWatch(cmd, "after the list, print one line per change of a life (not of its age), until Ctrl-C")
 	return cmd
+}
+
+// printTable prints the table of ls.
+func (a *app) printTable(all []registry.Status) error {
+	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tKIND\tSTATE\tAGE\tHOLDER\tINCARNATION\tERROR")
+	for _, s := range all {
+		state := stateWord(s)
+		if s.Child != nil && s.Child.Restarts > 0 {
+			state += fmt.Sprintf(" (exit %d, %d restarts)", s.Child.ExitCode, s.Child.Restarts)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%s\n", shownName(s.Name), s.Kind, state, s.Age, s.Holder, s.Incarnation, errorText(s))
+	}
+	return tw.Flush()
+}
+
+// shownName quotes a name that is not a valid one, to show white space and
+// control characters.
+func shownName(name string) string {
+	if registry.ValidateName(name) != nil {
+		return strconv.Quote(name)
+	}
+	return name
+}
+
+// stateWord is the state, with the child's own state when it is not simply
+// running: running/backoff.
+func stateWord(s registry.Status) string {
+	if s.Child != nil && s.Child.State != workload.ChildRunning {
+		return s.State + "/" + s.Child.State
+	}
+	return s.State
+}
+
+// errorText is the life's error and its child's, joined by "; ".
+func errorText(s registry.Status) string {
+	errs := s.Error
+	if s.Child != nil && s.Child.Error != "" {
+		errs = strings.TrimPrefix(errs+"; "+s.Child.Error, "; ")
+	}
+	return errs
 }
 
 func (a *app) membersCmd() *cobra.Command {

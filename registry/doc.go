@@ -1,6 +1,7 @@
 // Package registry holds immortald's view of etcd: the keyspace, the rules for
 // life names and options, the JSON records stored under the prefix, the
-// list-and-watch of wanted lives, and the read-side status used by the CLI.
+// list-and-watch of wanted lives, and the read-side status used by the CLI
+// (GetStatus, ListStatus, and StatusWatch for ls -w and get-age -w).
 //
 // Keyspace, under a prefix P (default "/immortals/"):
 //
@@ -21,6 +22,10 @@
 //     broken watch, it lists again and delivers the whole set (Handler.Sync), so a
 //     consumer that reconciles against Sync never misses a request and never keeps
 //     a deleted life.
+//   - StatusWatch reports every change of a life's status but its age, once
+//     per revision; after a broken watch it reads again and reports the
+//     differences, so it never misses a change of what ListStatus would show
+//     (it may merge changes made while its watch was broken).
 //   - A request can name a kind (see package workload) but never a command:
 //     a request carrying a command, its arguments or its environment is
 //     invalid. Members declare the commands of their kinds in their config.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -17,7 +16,7 @@ import (
 const (
 	StateRunning = "running" // a live holder runs it
 	StateWaiting = "waiting" // wanted, no holder runs it yet
-	StateInvalid = "invalid" // bad name or options: never started
+	StateInvalid = "invalid" // bad name or options: no member runs it (its stored age is kept)
 )
 
 // ErrNoLife is returned for a name that has no request under lives/.
@@ -113,71 +112,11 @@ func GetState(ctx context.Context, cli *clientv3.Client, keys Keys, name string)
 
 // ListStatus reads every life's status at one revision, sorted by name.
 func ListStatus(ctx context.Context, cli *clientv3.Client, keys Keys) ([]Status, error) {
-	rev, reqs, err := RangeAll(ctx, cli, keys.Lives(), 0)
+	_, v, err := ReadStatusView(ctx, cli, keys)
 	if err != nil {
 		return nil, err
 	}
-	byName := func(prefix string) (map[string]*mvccpb.KeyValue, error) {
-		_, kvs, err := RangeAll(ctx, cli, prefix, rev)
-		if err != nil {
-			return nil, err
-		}
-		m := make(map[string]*mvccpb.KeyValue, len(kvs))
-		for _, kv := range kvs {
-			m[NameOf(prefix, string(kv.Key))] = kv
-		}
-		return m, nil
-	}
-	ages, err := byName(keys.Ages())
-	if err != nil {
-		return nil, err
-	}
-	quarantined, err := byName(keys.Quarantines())
-	if err != nil {
-		return nil, err
-	}
-	states, err := byName(keys.States())
-	if err != nil {
-		return nil, err
-	}
-	_, members, err := RangeAll(ctx, cli, keys.Members(), rev)
-	if err != nil {
-		return nil, err
-	}
-	_, beats, err := RangeAll(ctx, cli, keys.Heartbeats(), rev)
-	if err != nil {
-		return nil, err
-	}
-	_, cands, err := RangeAll(ctx, cli, keys.Elections(), rev)
-	if err != nil {
-		return nil, err
-	}
-	leaders := make(map[string]*mvccpb.KeyValue)
-	for _, kv := range cands {
-		name, ok := keys.ElectionName(string(kv.Key))
-		if !ok {
-			continue
-		}
-		if cur := leaders[name]; cur == nil || kv.CreateRevision < cur.CreateRevision {
-			leaders[name] = kv
-		}
-	}
-	v := view{keys: keys, beats: beats, kinds: memberKinds(members)}
-	out := make([]Status, 0, len(reqs))
-	for _, req := range reqs {
-		name := NameOf(keys.Lives(), string(req.Key))
-		out = append(out, v.status(name, req, leaders[name], ages[name], quarantined[name], states[name]))
-	}
-	slices.SortFunc(out, func(a, b Status) int {
-		switch {
-		case a.Name < b.Name:
-			return -1
-		case a.Name > b.Name:
-			return 1
-		}
-		return 0
-	})
-	return out, nil
+	return v.List(), nil
 }
 
 // view is what every life's status is derived with: the heartbeats/ keys
@@ -208,13 +147,11 @@ func (v view) status(name string, req, leader, age, quarantine, state *mvccpb.Ke
 	keys, beats := v.keys, v.beats
 	life := ParseLife(name, req.CreateRevision, req.ModRevision, req.Value)
 	st := Status{Name: name, LifeID: life.ID, State: StateWaiting, Labels: life.Options.Labels, Kind: life.Options.KindName()}
-	if !life.Valid() {
-		st.State = StateInvalid
-		st.Error = life.Err.Error()
-		return st
-	}
 	var problems []string
 	if age != nil {
+		// Read for an invalid request too: a request that turned invalid
+		// keeps its life id, and its stored age, which the life resumes
+		// from once the request is valid again.
 		rec, err := ParseAgeRecord(age.Value)
 		switch {
 		case err != nil:
@@ -224,10 +161,17 @@ func (v view) status(name string, req, leader, age, quarantine, state *mvccpb.Ke
 			st.AgeMS, st.Age, st.Incarnation = rec.AgeMS, rec.AgeMS/1000, rec.Incarnation
 			t := rec.Time
 			st.CheckpointTime = &t
-			if leader != nil && leader.CreateRevision == rec.HolderRev {
+			if life.Valid() && leader != nil && leader.CreateRevision == rec.HolderRev {
 				st.State, st.Holder = StateRunning, rec.Holder
 			}
 		}
+	}
+	if !life.Valid() {
+		// Only why it is invalid: a holder that still runs it is stopping
+		// it, and no member campaigns for it.
+		st.State = StateInvalid
+		st.Error = life.Err.Error()
+		return st
 	}
 	if state != nil && st.State == StateRunning {
 		rec, err := ParseStateRecord(state.Value)
