@@ -206,15 +206,14 @@ func (t *tracker) exited(tr *tree, pid int) {
 	}
 }
 
-// snapshot reads the member's own subtree from /proc: its children (from
-// /proc/<pid>/task/*/children, every thread's), theirs, and so on. Every
-// process of every life is in it: the member is their subreaper. A process
-// that forks or exits while it is read may be missed; killTree reads until
-// two snapshots in a row find nothing alive.
-func (t *tracker) snapshot() (map[int]*proc, map[int][]int) {
+// read reads from /proc the processes under roots: each, its children
+// (from /proc/<pid>/task/*/children, every thread's), theirs, and so on. A
+// process that forks or exits while it is read may be missed; killTree
+// reads until two reads in a row find nothing alive. No lock is needed.
+func (t *tracker) read(roots []int) (map[int]*proc, map[int][]int) {
 	snap := make(map[int]*proc)
 	kids := make(map[int][]int)
-	queue := observe.Children(t.self)
+	queue := roots
 	for len(queue) > 0 {
 		pid := queue[0]
 		queue = queue[1:]
@@ -234,6 +233,40 @@ func (t *tracker) snapshot() (map[int]*proc, map[int][]int) {
 		queue = append(queue, observe.Children(pid)...)
 	}
 	return snap, kids
+}
+
+// rootsOf returns where a read of tr's processes starts: its child, the
+// processes of its cgroup and those it was seen with, and the member's
+// children that no Runner started (memberKids, read before): orphans it
+// adopted, of this hold or another. Every process of tr is under one of
+// them: the member is their subreaper. t.mu is held.
+func (t *tracker) rootsOf(tr *tree, memberKids []int) []int {
+	var roots []int
+	if tr.child != 0 {
+		roots = append(roots, tr.child)
+	}
+	if tr.cg != nil {
+		roots = append(roots, tr.cg.procs()...)
+	}
+	for id := range tr.seen {
+		roots = append(roots, id.pid)
+	}
+	for _, pid := range memberKids {
+		if !t.direct[pid] {
+			roots = append(roots, pid)
+		}
+	}
+	return roots
+}
+
+// readTree reads what may be tr's processes, taking t.mu only to find where
+// to start.
+func (t *tracker) readTree(tr *tree) (map[int]*proc, map[int][]int) {
+	memberKids := observe.Children(t.self)
+	t.mu.Lock()
+	roots := t.rootsOf(tr, memberKids)
+	t.mu.Unlock()
+	return t.read(roots)
 }
 
 // adopted reports whether p is a child of the member that no Runner
@@ -309,20 +342,21 @@ func (t *tracker) scanLoop(stop <-chan struct{}) {
 			return
 		case <-tick.C:
 		}
+		snap, kids := t.read(observe.Children(t.self)) // the member's whole subtree
 		t.mu.Lock()
-		t.scanLocked()
+		t.scanLocked(snap, kids)
 		t.mu.Unlock()
 	}
 }
 
-// scanLocked refreshes each tree's seen set, kills adopted orphans tagged
-// with a hold that is not registered (it ended: they escaped its kill), and
-// reaps the zombies of processes attributed to holds. t.mu is held.
-func (t *tracker) scanLocked() {
+// scanLocked refreshes each tree's seen set from snap, the member's whole
+// subtree, kills adopted orphans tagged with a hold that is not registered
+// (it ended: they escaped its kill), and reaps the zombies of processes
+// attributed to holds. t.mu is held.
+func (t *tracker) scanLocked(snap map[int]*proc, kids map[int][]int) {
 	if t.err != nil {
 		return
 	}
-	snap, kids := t.snapshot()
 	for tr := range t.holds {
 		set := t.members(tr, snap, kids)
 		tr.seen = make(map[procID]bool, len(set))
@@ -378,12 +412,12 @@ func (t *tracker) reap(p *proc) {
 // is told to stop: those its exit orphans are then known by sight, even
 // without their environment.
 func (t *tracker) refresh(tr *tree) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
 	if t.err != nil {
 		return
 	}
-	snap, kids := t.snapshot()
+	snap, kids := t.readTree(tr)
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	for _, p := range t.members(tr, snap, kids) {
 		tr.seen[p.procID] = true
 		t.ours[p.procID] = tr
@@ -395,35 +429,37 @@ func (t *tracker) refresh(tr *tree) {
 // left alive, at most KillBound. It logs how many it killed outside the
 // child's process group, and an error if some did not die.
 func (t *tracker) killTree(tr *tree, withChild bool, log *slog.Logger) {
+	if t.err != nil {
+		return
+	}
 	deadline := time.Now().Add(KillBound)
 	escaped := map[procID]bool{}
 	for clear := 0; clear < 2; {
+		snap, kids := t.readTree(tr)
 		t.mu.Lock()
-		if t.err != nil {
-			t.mu.Unlock()
-			return
-		}
-		snap, kids := t.snapshot()
-		if cg := tr.cg; cg != nil && (withChild || tr.child == 0 || snap[tr.child] == nil || snap[tr.child].zombie) {
+		cg, child := tr.cg, tr.child
+		if cg != nil && (withChild || child == 0 || snap[child] == nil || snap[child].zombie) {
 			// Known by sight before they die, so their zombies are reaped.
 			for _, pid := range cg.procs() {
 				if p := snap[pid]; p != nil {
 					t.ours[p.procID] = tr
 				}
 			}
+			t.mu.Unlock()
 			if !cg.kill(KillBound) {
 				log.Error("the processes of the child's cgroup do not die after cgroup.kill", "cgroup", cg.dir, "bound", KillBound)
 			}
-			snap, kids = t.snapshot()
+			snap, kids = t.readTree(tr)
+			t.mu.Lock()
 		}
 		for _, p := range snap {
 			if p.zombie && t.adopted(p) && t.ours[p.procID] == tr {
-				t.reap(p)
+				t.reap(p) // killed by cgroup.kill, or died on its own
 			}
 		}
-		alive := 0
+		var kill []procID
 		for pid, p := range t.members(tr, snap, kids) {
-			if pid == tr.child && (!withChild || p.zombie) {
+			if pid == child && (!withChild || p.zombie) {
 				continue
 			}
 			t.ours[p.procID] = tr
@@ -433,20 +469,22 @@ func (t *tracker) killTree(tr *tree, withChild bool, log *slog.Logger) {
 				}
 				continue
 			}
-			alive++
-			if pid != tr.child && (tr.child == 0 || p.pgid != tr.child) {
+			kill = append(kill, p.procID)
+			if pid != child && (child == 0 || p.pgid != child) {
 				escaped[p.procID] = true
 			}
-			signal(p.procID, syscall.SIGKILL)
 		}
 		t.mu.Unlock()
-		if alive == 0 {
+		for _, id := range kill {
+			signal(id, syscall.SIGKILL)
+		}
+		if len(kill) == 0 {
 			clear++
 			continue
 		}
 		clear = 0
 		if time.Now().After(deadline) {
-			log.Error("processes of the life's child do not die after SIGKILL", "alive", alive, "bound", KillBound)
+			log.Error("processes of the life's child do not die after SIGKILL", "alive", len(kill), "bound", KillBound)
 			return
 		}
 		time.Sleep(5 * time.Millisecond) // the kernel takes a moment to tear a killed process down
