@@ -53,14 +53,19 @@ const KillBound = 5 * time.Second
 
 // tracker is the member process's view of its lives' process trees.
 type tracker struct {
-	mu       sync.Mutex
-	self     int
-	fs       procfs.FS
-	err      error            // why trees cannot be tracked (no /proc), if so
-	holds    map[*tree]bool   // registered holds
-	direct   map[int]bool     // children started by Runners (os/exec reaps them)
-	ours     map[procID]*tree // processes attributed to a hold, nil once it ended
-	stopScan chan struct{}    // ends the scan goroutine; nil when none runs
+	mu     sync.Mutex
+	self   int
+	fs     procfs.FS
+	err    error            // why trees cannot be tracked (no /proc), if so
+	holds  map[*tree]bool   // registered holds
+	direct map[int]*tree    // children started by Runners (os/exec reaps them), by the hold
+	ours   map[procID]*tree // processes attributed to a hold, nil once it ended
+	// begun are the holds registered here (zero time) or ended within
+	// forgetAfter (when), by life name and fencing token: an adopted orphan
+	// tagged with an ended one escaped its kill; one tagged with a hold
+	// this member never ran is not a life's of this member.
+	begun    map[[2]string]time.Time
+	stopScan chan struct{} // ends the scan goroutine; nil when none runs
 	log      *slog.Logger
 
 	// cgroups (cgroup.go): the directory of this member's cgroups while a
@@ -71,7 +76,7 @@ type tracker struct {
 }
 
 // procs is the one tracker of this process.
-var procs = &tracker{holds: map[*tree]bool{}, direct: map[int]bool{}, ours: map[procID]*tree{}}
+var procs = &tracker{holds: map[*tree]bool{}, direct: map[int]*tree{}, ours: map[procID]*tree{}, begun: map[[2]string]time.Time{}}
 
 // procID names a process across pid reuse.
 type procID struct {
@@ -127,6 +132,7 @@ func (t *tracker) begin(name string, token int64, member *slog.Logger) *tree {
 	}
 	tr := &tree{name: name, token: strconv.FormatInt(token, 10), seen: map[procID]bool{}}
 	t.holds[tr] = true
+	t.begun[[2]string{tr.name, tr.token}] = time.Time{}
 	if t.stopScan == nil {
 		t.stopScan = make(chan struct{})
 		go t.scanLoop(t.stopScan)
@@ -140,6 +146,7 @@ func (t *tracker) end(tr *tree, log *slog.Logger) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.holds, tr)
+	t.begun[[2]string{tr.name, tr.token}] = time.Now()
 	for id, o := range t.ours {
 		if o == tr {
 			t.ours[id] = nil // still reaped when it is a zombie of ours
@@ -187,7 +194,7 @@ func (t *tracker) start(tr *tree, startFn func(cgroupFD int) (int, error)) error
 	if err != nil {
 		return err
 	}
-	t.direct[pid] = true
+	t.direct[pid] = tr
 	tr.child = pid
 	return nil
 }
@@ -196,7 +203,11 @@ func (t *tracker) start(tr *tree, startFn func(cgroupFD int) (int, error)) error
 func (t *tracker) exited(tr *tree, pid int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	delete(t.direct, pid)
+	if t.direct[pid] == tr {
+		// Not when another hold's child has the pid already: reaped by
+		// os/exec, this child's pid may have been reused meanwhile.
+		delete(t.direct, pid)
+	}
 	if tr.child == pid {
 		tr.child = 0
 		if tr.cg != nil {
@@ -252,7 +263,7 @@ func (t *tracker) rootsOf(tr *tree, memberKids []int) []int {
 		roots = append(roots, id.pid)
 	}
 	for _, pid := range memberKids {
-		if !t.direct[pid] {
+		if t.direct[pid] == nil {
 			roots = append(roots, pid)
 		}
 	}
@@ -271,7 +282,7 @@ func (t *tracker) readTree(tr *tree) (map[int]*proc, map[int][]int) {
 
 // adopted reports whether p is a child of the member that no Runner
 // started: an orphan it adopted, or a child of other code of the program.
-func (t *tracker) adopted(p *proc) bool { return p.ppid == t.self && !t.direct[p.pid] }
+func (t *tracker) adopted(p *proc) bool { return p.ppid == t.self && t.direct[p.pid] == nil }
 
 // tagged reads the life name and fencing token in p's environment ("" when
 // none, or unreadable).
@@ -377,8 +388,8 @@ func (t *tracker) scanLocked(snap map[int]*proc, kids map[int][]int) {
 			continue // in a running tree
 		}
 		name, token := t.tagged(p)
-		if token == "" && !t.known(p) {
-			continue // not a life's: the program's own child
+		if _, ran := t.begun[[2]string{name, token}]; !ran && !t.known(p) {
+			continue // not a life's of this member: the program's own child
 		}
 		t.log.Warn("killed a process of a command life whose hold has ended here", "pid", p.pid, "comm", p.comm, "life", name, "fencing_token", token)
 		t.ours[p.procID] = nil
@@ -389,7 +400,18 @@ func (t *tracker) scanLocked(snap map[int]*proc, kids map[int][]int) {
 			delete(t.ours, id) // gone (reaped by us, or not ours to reap)
 		}
 	}
+	for h, ended := range t.begun {
+		// Long after its end, every process of a hold is dead: each one is
+		// in this member's subtree, killed at the scan that sees it adopted.
+		if !ended.IsZero() && time.Since(ended) > forgetAfter {
+			delete(t.begun, h)
+		}
+	}
 }
+
+// forgetAfter is how long after a hold ended its tags still name a life's
+// process to kill (begun).
+const forgetAfter = time.Minute
 
 // known reports whether p was attributed to a hold at some scan.
 func (t *tracker) known(p *proc) bool {

@@ -537,6 +537,28 @@ echo $$ > ` + f("c") + `
 	}
 }
 
+// A child of the program's own code (not a life's) that carries a fencing
+// token in its environment, of a hold this member never ran (an embedding
+// program that hands its helpers a token), is neither killed nor reaped
+// by the scan: os/exec waits for it and it exits on its own.
+func TestOwnChildWithATokenIsLeftAlone(t *testing.T) {
+	cmd := exec.Command("sleep", "2.5")
+	cmd.Env = append(os.Environ(), "IMMORTALD_FENCING_TOKEN=77")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	l := run(t, ctx, `while :; do sleep 0.05; done`, nil, nil)
+	time.Sleep(1500 * time.Millisecond)
+	cancel(workload.ErrStopped)
+	_ = l.result(t)
+	err := cmd.Wait()
+	if err != nil {
+		t.Errorf("the program's own child was killed or reaped by the member: %v\n%s", err, l.log)
+	}
+}
+
 // cgroupV2 returns the mount point of the cgroup v2 hierarchy and this
 // process's cgroup in it, or skips the test where a member could not make
 // cgroups of its own (not root, no cgroup2 mount).
