@@ -17,6 +17,7 @@ import (
 	"github.com/immortald/immortald/daemon"
 	"github.com/immortald/immortald/etcdclient"
 	"github.com/immortald/immortald/watchdog"
+	"github.com/immortald/immortald/workload/execkind"
 )
 
 // argsKey carries Execute's arguments in the root context: the watchdog
@@ -69,9 +70,16 @@ func (a *app) runWatchdog(cmd *cobra.Command, cfg daemon.Config, log *slog.Logge
 }
 
 // reportWorkDeadline tells the watchdog, every 20 ms when it changed, the
-// safe deadline by which the member's work must have stopped (Link.Deadline),
-// until the returned func is called.
+// safe deadline by which the member's work must have stopped (Link.Deadline)
+// while processes of command lives run (execkind.Holds): they are what
+// would run on while the member is stopped or hung. Go Runs are in the
+// member process, stopped with it, and their writes are fenced. It reports
+// once more when the returned func is called, and stops.
 func reportWorkDeadline(link *watchdog.Link, m *daemon.Main) (stop func()) {
+	report := func() {
+		d, ok := m.Supervisor().WorkDeadline()
+		link.Deadline(d, ok && execkind.Holds() > 0)
+	}
 	done := make(chan struct{})
 	finished := make(chan struct{})
 	go func() {
@@ -79,7 +87,7 @@ func reportWorkDeadline(link *watchdog.Link, m *daemon.Main) (stop func()) {
 		tick := time.NewTicker(20 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			link.Deadline(m.Supervisor().WorkDeadline())
+			report()
 			select {
 			case <-done:
 				return
@@ -87,7 +95,7 @@ func reportWorkDeadline(link *watchdog.Link, m *daemon.Main) (stop func()) {
 			}
 		}
 	}()
-	return func() { close(done); <-finished }
+	return func() { close(done); <-finished; report() }
 }
 
 // fatalToWatchdog tells the watchdog, when there is one, that err is a

@@ -43,17 +43,18 @@
 //     its lease expires at the TTL, after its own safe deadline stopped its
 //     lives (package lease). If something the member started will not die
 //     within the lease TTL, nothing is revoked.
-//   - Work never outlives its member's lease. A member whose lives run
-//     work (Runs: Go code, a command and its processes) tells the watchdog
-//     the safe deadline by which that work will have stopped
-//     (Link.Deadline, on CLOCK_MONOTONIC), and that none runs once it has
-//     stopped it. A member still alive Margin/2 past that deadline without
-//     having said either (stopped by SIGSTOP, hung) cannot stop its work
-//     itself, and a command's processes run on while their member is
-//     stopped: the watchdog SIGKILLs it, before its lease can expire on the
-//     server (that is at least Margin after the deadline), and then it is a
-//     dead member like any other: its processes are killed and its lease is
-//     revoked. A member with no work running (only ages) is never killed.
+//   - Work never outlives its member's lease. A member whose command lives
+//     run processes tells the watchdog the safe deadline by which that work
+//     will have stopped (Link.Deadline, on CLOCK_MONOTONIC), and that none
+//     runs once it has stopped it. A member still alive 3/4 of Margin past
+//     that deadline without having said either (stopped by SIGSTOP, hung)
+//     cannot stop its work itself, and a command's processes run on while
+//     their member is stopped: the watchdog SIGKILLs it, before its lease
+//     can expire on the server (that is at least Margin after the
+//     deadline), and then it is a dead member like any other: its processes
+//     are killed and its lease is revoked. A member without command lives
+//     running (ages, Go lives: stopped with their member, their writes
+//     fenced) is never killed so.
 //   - Revoking a dead member's lease cannot make two writers. The one-runner
 //     rule (package lease) needs the lease to outlive the holder's belief
 //     that it holds it; a dead process believes nothing and runs no life, so

@@ -38,8 +38,9 @@ type Config struct {
 	LeaseTTL time.Duration
 	// Margin is the member's safe-deadline margin (lease.Config.Margin):
 	// its lease cannot expire on the server before its reported work
-	// deadline plus Margin. A member still alive Margin/2 past its work
-	// deadline is killed. Default lease.DefaultMargin(LeaseTTL).
+	// deadline plus Margin. A member still alive 3/4 of Margin past its
+	// work deadline is killed, which leaves a quarter (at least 62 ms) for
+	// the kill. Default lease.DefaultMargin(LeaseTTL).
 	Margin time.Duration
 	// Restart the member after it died. False: Run returns an error when
 	// the member first dies, after the revoke (under Kubernetes, the
@@ -311,7 +312,7 @@ func (w *Watchdog) runMember(leftover []int64) (death, error) {
 var errStopped = errors.New("watchdog: stopping")
 
 // deadman kills a member that is alive past the deadline by which it said
-// its work will have stopped (Link.Deadline), plus half the margin, which is
+// its work will have stopped (Link.Deadline), plus 3/4 of the margin, which is
 // still before its lease can expire on the server: a member that is
 // stopped (SIGSTOP) or hung cannot stop its lives' work itself, and a
 // command's child keeps running while its member is stopped. Killed, the
@@ -327,7 +328,7 @@ type deadman struct {
 func (d *deadman) run() {
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	slack := int64(d.w.cfg.Margin / 2)
+	slack := int64(d.w.cfg.Margin * 3 / 4)
 	for {
 		select {
 		case <-d.done:

@@ -78,6 +78,15 @@ type tracker struct {
 // procs is the one tracker of this process.
 var procs = &tracker{holds: map[*tree]bool{}, direct: map[int]*tree{}, ours: map[procID]*tree{}, begun: map[[2]string]time.Time{}}
 
+// Holds reports how many holds of command lives this process runs now:
+// each has a child, or is about to start or has just stopped one. While
+// there is none, no process of a life runs here.
+func Holds() int {
+	procs.mu.Lock()
+	defer procs.mu.Unlock()
+	return len(procs.holds)
+}
+
 // procID names a process across pid reuse.
 type procID struct {
 	pid   int
@@ -90,6 +99,7 @@ type tree struct {
 	child       int             // pid of the running child, 0 when none
 	seen        map[procID]bool // its processes at the last scan
 	cg          *cgroup         // the running child's cgroup, nil when none
+	cgroups     bool            // its children ran in cgroups of their own
 }
 
 // proc is one process of a /proc snapshot.
@@ -191,6 +201,7 @@ func (t *tracker) start(tr *tree, startFn func(cgroupFD int) (int, error)) error
 		tr.cg = nil
 		pid, err = startFn(-1)
 	}
+	tr.cgroups = tr.cg != nil
 	if err != nil {
 		return err
 	}
@@ -271,9 +282,18 @@ func (t *tracker) rootsOf(tr *tree, memberKids []int) []int {
 }
 
 // readTree reads what may be tr's processes, taking t.mu only to find where
-// to start.
+// to start. With a cgroup, the member's own children are not read: every
+// process of the child's tree is in the cgroup (or was seen, if it moved
+// out), and reading the member's children costs a read per member thread
+// (one per child, see start).
 func (t *tracker) readTree(tr *tree) (map[int]*proc, map[int][]int) {
-	memberKids := observe.Children(t.self)
+	t.mu.Lock()
+	inCgroup := tr.cgroups
+	t.mu.Unlock()
+	var memberKids []int
+	if !inCgroup {
+		memberKids = observe.Children(t.self)
+	}
 	t.mu.Lock()
 	roots := t.rootsOf(tr, memberKids)
 	t.mu.Unlock()

@@ -624,6 +624,38 @@ echo $$ > `+filepath.Join(dir, "c")+`; while :; do sleep 0.05; done`, nil, nil)
 	}
 }
 
+// Many lives killed at once (a member's safe deadline, a lost session)
+// stop in parallel: none waits on another's reads of /proc, so every
+// process of all of them is gone well within the margin a watchdog gives
+// its member past its deadline (3/4 of TTL/5: 300 ms at TTL 2 s).
+func TestManyLivesStopAtOnce(t *testing.T) {
+	const n = 100
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	lives := make([]*life, n)
+	for i := range lives {
+		lives[i] = run(t, ctx, `sleep 1000 & sleep 1000 & while :; do sleep 0.1; done`, nil, nil)
+	}
+	for i, l := range lives {
+		l.wait(t, fmt.Sprintf("life %d's child", i), func(_ [][]byte, st []workload.ChildStatus) bool {
+			return len(st) > 0 && st[0].State == workload.ChildRunning
+		})
+	}
+	time.Sleep(1500 * time.Millisecond) // the scan (every second) has seen them all
+	t0 := time.Now()
+	cancel(workload.ErrDeadline)
+	for _, l := range lives {
+		if err := l.result(t); !errors.Is(err, workload.ErrDeadline) {
+			t.Fatalf("Run at the deadline: %v, want ErrDeadline", err)
+		}
+	}
+	took := time.Since(t0)
+	t.Logf("%d lives of 3 processes each killed at once: every Run returned %s after the deadline", n, took.Round(time.Millisecond))
+	if took > 5*time.Second {
+		t.Fatalf("%d lives took %s to stop at once, want well under a second (bound 5 s on a loaded machine)", n, took)
+	}
+}
+
 func TestConfigValidate(t *testing.T) {
 	good := execkind.Config{Command: []string{"sh", "-c", "true"}}
 	if err := good.Validate(); err != nil {
