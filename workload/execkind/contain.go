@@ -34,6 +34,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -53,11 +54,18 @@ const KillBound = 5 * time.Second
 
 // tracker is the member process's view of its lives' process trees.
 type tracker struct {
-	mu     sync.Mutex
+	mu sync.Mutex
+	// forkMu is held for reading while a Runner forks a child and records
+	// it as direct, and for writing while zombies are reaped, so that no
+	// reap takes a child that os/exec must reap. Lock order: forkMu, then
+	// mu.
+	forkMu sync.RWMutex
+	nholds atomic.Int64 // len(holds), read without mu (Holds)
 	self   int
 	fs     procfs.FS
 	err    error            // why trees cannot be tracked (no /proc), if so
 	holds  map[*tree]bool   // registered holds
+	reaps  []*proc          // zombies of ours to reap (reapQueued)
 	direct map[int]*tree    // children started by Runners (os/exec reaps them), by the hold
 	ours   map[procID]*tree // processes attributed to a hold, nil once it ended
 	// begun are the holds registered here (zero time) or ended within
@@ -81,11 +89,7 @@ var procs = &tracker{holds: map[*tree]bool{}, direct: map[int]*tree{}, ours: map
 // Holds reports how many holds of command lives this process runs now:
 // each has a child, or is about to start or has just stopped one. While
 // there is none, no process of a life runs here.
-func Holds() int {
-	procs.mu.Lock()
-	defer procs.mu.Unlock()
-	return len(procs.holds)
-}
+func Holds() int { return int(procs.nholds.Load()) }
 
 // procID names a process across pid reuse.
 type procID struct {
@@ -142,6 +146,7 @@ func (t *tracker) begin(name string, token int64, member *slog.Logger) *tree {
 	}
 	tr := &tree{name: name, token: strconv.FormatInt(token, 10), seen: map[procID]bool{}}
 	t.holds[tr] = true
+	t.nholds.Store(int64(len(t.holds)))
 	t.begun[[2]string{tr.name, tr.token}] = time.Time{}
 	if t.stopScan == nil {
 		t.stopScan = make(chan struct{})
@@ -156,6 +161,7 @@ func (t *tracker) end(tr *tree, log *slog.Logger) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.holds, tr)
+	t.nholds.Store(int64(len(t.holds)))
 	t.begun[[2]string{tr.name, tr.token}] = time.Now()
 	for id, o := range t.ours {
 		if o == tr {
@@ -176,13 +182,12 @@ func (t *tracker) end(tr *tree, log *slog.Logger) {
 }
 
 // start runs startFn, which forks the child into the cgroup whose
-// directory is open as cgroupFD (-1: none), with the tracker locked, so
-// that no scan sees the child before it is known as a direct child (the
-// scan reaps no direct child: os/exec does). A start that fails in a
-// cgroup is tried once more without, and cgroups are then off for good.
+// directory is open as cgroupFD (-1: none), and records the child as
+// direct; no reap runs meanwhile (forkMu), so none takes the child before
+// it is known as direct (os/exec reaps it). A start that fails in a cgroup
+// is tried once more without, and cgroups are then off for good.
 func (t *tracker) start(tr *tree, startFn func(cgroupFD int) (int, error)) error {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	fd := -1
 	if t.cgBase != "" {
 		cg, err := newCgroup(t.cgBase, dirPrefix(tr.name))
@@ -193,13 +198,22 @@ func (t *tracker) start(tr *tree, startFn func(cgroupFD int) (int, error)) error
 			tr.cg, fd = cg, int(cg.fd.Fd())
 		}
 	}
+	cg := tr.cg
+	t.mu.Unlock()
+	// Children start in parallel; no reap runs meanwhile (forkMu).
+	t.forkMu.RLock()
+	defer t.forkMu.RUnlock()
 	pid, err := startFn(fd)
-	if err != nil && tr.cg != nil {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err != nil && cg != nil {
 		t.cgOff = err
 		t.log.Warn("cannot start a command life's child in a cgroup of its own; children run without one from now on", "err", err)
-		tr.cg.remove()
+		cg.remove()
 		tr.cg = nil
+		t.mu.Unlock()
 		pid, err = startFn(-1)
+		t.mu.Lock()
 	}
 	tr.cgroups = tr.cg != nil
 	if err != nil {
@@ -377,6 +391,7 @@ func (t *tracker) scanLoop(stop <-chan struct{}) {
 		t.mu.Lock()
 		t.scanLocked(snap, kids)
 		t.mu.Unlock()
+		t.reapQueued()
 	}
 }
 
@@ -442,12 +457,29 @@ func (t *tracker) known(p *proc) bool {
 // reap collects p, a zombie child of the member, if it was a life's
 // process (attributed at a scan or killed by a Runner). t.mu is held.
 func (t *tracker) reap(p *proc) {
-	if !t.known(p) {
-		return // someone else's child, or never seen alive: not ours to reap
+	if t.known(p) { // else someone else's child, or never seen alive: not ours to reap
+		t.reaps = append(t.reaps, p)
 	}
-	var ws unix.WaitStatus
-	_, _ = unix.Wait4(p.pid, &ws, unix.WNOHANG, nil)
-	delete(t.ours, p.procID)
+}
+
+// reapQueued reaps the zombies reap queued, with no fork in progress (a
+// child forked but not yet recorded as direct would look adopted). t.mu is
+// not held.
+func (t *tracker) reapQueued() {
+	t.forkMu.Lock()
+	defer t.forkMu.Unlock()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	done := make(map[int]bool, len(t.reaps))
+	for _, p := range t.reaps {
+		if !done[p.pid] && t.direct[p.pid] == nil {
+			done[p.pid] = true
+			var ws unix.WaitStatus
+			_, _ = unix.Wait4(p.pid, &ws, unix.WNOHANG, nil)
+		}
+		delete(t.ours, p.procID)
+	}
+	t.reaps = nil
 }
 
 // refresh records the processes of tr as they are now, before its child
@@ -517,6 +549,7 @@ func (t *tracker) killTree(tr *tree, withChild bool, log *slog.Logger) {
 			}
 		}
 		t.mu.Unlock()
+		t.reapQueued()
 		for _, id := range kill {
 			signal(id, syscall.SIGKILL)
 		}
