@@ -426,9 +426,10 @@ func (t *tracker) scanLocked(snap map[int]*proc, kids map[int][]int) {
 		if _, ran := t.begun[[2]string{name, token}]; !ran && !t.known(p) {
 			continue // not a life's of this member: the program's own child
 		}
-		t.log.Warn("killed a process of a command life whose hold has ended here", "pid", p.pid, "comm", p.comm, "life", name, "fencing_token", token)
 		t.ours[p.procID] = nil
-		signal(p.procID, syscall.SIGKILL)
+		if signal(p.procID, syscall.SIGKILL) { // not when it is gone since the read
+			t.log.Warn("killed a process of a command life whose hold has ended here", "pid", p.pid, "comm", p.comm, "life", name, "fencing_token", token)
+		}
 	}
 	for id := range t.ours {
 		if snap[id.pid] == nil || snap[id.pid].procID != id {
@@ -571,16 +572,17 @@ func (t *tracker) killTree(tr *tree, withChild bool, log *slog.Logger) {
 
 // signal sends sig to the process id names, through a pidfd opened and then
 // checked against id's start time: a pid reused meanwhile is not signalled.
-func signal(id procID, sig syscall.Signal) {
+// It reports whether the signal was sent.
+func signal(id procID, sig syscall.Signal) bool {
 	fd, err := unix.PidfdOpen(id.pid, 0)
 	if err != nil {
-		return // gone
+		return false // gone
 	}
 	defer unix.Close(fd)
 	if start, err := startTime(id.pid); err != nil || start != id.start {
-		return
+		return false
 	}
-	_ = unix.PidfdSendSignal(fd, sig, nil, 0)
+	return unix.PidfdSendSignal(fd, sig, nil, 0) == nil
 }
 
 // startTime reads the start time of pid from /proc/<pid>/stat.
