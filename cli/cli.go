@@ -29,6 +29,7 @@ import (
 	"github.com/immortald/immortald/lease"
 	"github.com/immortald/immortald/registry"
 	"github.com/immortald/immortald/watchdog"
+	"github.com/immortald/immortald/workload/execkind"
 )
 
 // Execute runs the command line with args and returns the exit code.
@@ -280,6 +281,9 @@ func (a *app) runCmd() *cobra.Command {
 				}
 				injectPanic(link)
 			}
+			// The member process starts no processes but its command
+			// lives': the orphans it adopts are theirs to reap.
+			execkind.ReapOrphans()
 			m, err := daemon.New(cfg)
 			if err != nil {
 				return usageError{err}

@@ -61,13 +61,16 @@ type tracker struct {
 	// mu.
 	forkMu sync.RWMutex
 	nholds atomic.Int64 // len(holds), read without mu (Holds)
-	self   int
-	fs     procfs.FS
-	err    error            // why trees cannot be tracked (no /proc), if so
-	holds  map[*tree]bool   // registered holds
-	reaps  []*proc          // zombies of ours to reap (reapQueued)
-	direct map[int]*tree    // children started by Runners (os/exec reaps them), by the hold
-	ours   map[procID]*tree // processes attributed to a hold, nil once it ended
+	// reapAll: this process starts no children but its lives' (ReapOrphans):
+	// every adopted zombie is reaped, seen alive or not.
+	reapAll bool
+	self    int
+	fs      procfs.FS
+	err     error            // why trees cannot be tracked (no /proc), if so
+	holds   map[*tree]bool   // registered holds
+	reaps   []*proc          // zombies of ours to reap (reapQueued)
+	direct  map[int]*tree    // children started by Runners (os/exec reaps them), by the hold
+	ours    map[procID]*tree // processes attributed to a hold, nil once it ended
 	// begun are the holds registered here (zero time) or ended within
 	// forgetAfter (when), by life name and fencing token: an adopted orphan
 	// tagged with an ended one escaped its kill; one tagged with a hold
@@ -85,6 +88,19 @@ type tracker struct {
 
 // procs is the one tracker of this process.
 var procs = &tracker{holds: map[*tree]bool{}, direct: map[int]*tree{}, ours: map[procID]*tree{}, begun: map[[2]string]time.Time{}}
+
+// ReapOrphans says that this process starts no child processes of its own
+// beside its command lives' children (the immortald binary's member): the
+// scan (every second) then reaps every zombie child that no Runner started,
+// also an orphan of a life that died before any look saw it alive, which
+// would otherwise stay a zombie until the member exits. A program that
+// embeds a member and starts processes of its own must not call it: their
+// exit statuses would be taken from it.
+func ReapOrphans() {
+	procs.mu.Lock()
+	defer procs.mu.Unlock()
+	procs.reapAll = true
+}
 
 // Holds reports how many holds of command lives this process runs now:
 // each has a child, or is about to start or has just stopped one. While
@@ -416,6 +432,9 @@ func (t *tracker) scanLocked(snap map[int]*proc, kids map[int][]int) {
 			continue
 		}
 		if p.zombie {
+			if t.reapAll && !t.known(p) {
+				t.ours[p.procID] = nil // an orphan that died before any look
+			}
 			t.reap(p)
 			continue
 		}

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/immortald/immortald/internal/observe"
 	"github.com/immortald/immortald/workload"
 	"github.com/immortald/immortald/workload/execkind"
 	"github.com/immortald/immortald/workload/workloadtest"
@@ -654,6 +655,56 @@ func TestManyLivesStopAtOnce(t *testing.T) {
 	if took > 5*time.Second {
 		t.Fatalf("%d lives took %s to stop at once, want well under a second (bound 5 s on a loaded machine)", n, took)
 	}
+}
+
+// zombieKids lists this process's zombie children named comm.
+func zombieKids(t *testing.T, comm string) []int {
+	t.Helper()
+	var out []int
+	for _, pid := range observe.Children(os.Getpid()) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i > 0 && i+2 < len(b) && b[i+2] == 'Z' && bytes.Contains(b[:i], []byte("("+comm)) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// Orphans of a life that die before any look saw them alive (a daemon that
+// forks and exits at once) are reaped by a member that starts no processes
+// of its own (ReapOrphans, the immortald binary's): they do not stay
+// zombies for the member's lifetime.
+func TestOrphansThatDiedUnseenAreReaped(t *testing.T) {
+	if _, err := exec.LookPath("setsid"); err != nil {
+		t.Skip("setsid (util-linux) is not installed")
+	}
+	execkind.ReapAll(true)
+	defer execkind.ReapAll(false)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	dir := t.TempDir()
+	// Each sleep is orphaned at once (its subshell exits) and dies 0.1 s
+	// later, most likely before the scan (every second) sees it.
+	run(t, ctx, `for i in 1 2 3 4 5 6 7 8; do (setsid sleep 0.1 &); done; touch `+filepath.Join(dir, "forked")+`; while :; do sleep 0.05; done`, nil, nil)
+	for end := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(dir, "forked")); err == nil {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("the child did not fork its daemons")
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // the sleeps are dead: zombies of this process
+	for end := time.Now().Add(10 * time.Second); len(zombieKids(t, "sleep")) > 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("zombie orphans %v are not reaped while the hold runs", zombieKids(t, "sleep"))
+		}
+	}
+	cancel(workload.ErrStopped)
 }
 
 func TestConfigValidate(t *testing.T) {

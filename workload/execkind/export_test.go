@@ -13,3 +13,10 @@ func UseCgroups(on bool) {
 		procs.cgOff = errors.New("turned off by a test")
 	}
 }
+
+// ReapAll turns ReapOrphans on or off, for a test.
+func ReapAll(on bool) {
+	procs.mu.Lock()
+	defer procs.mu.Unlock()
+	procs.reapAll = on
+}
