@@ -176,25 +176,11 @@ func readState(file string) (int64, error) {
 
 // writeState replaces file with n atomically, padded to pad bytes.
 func writeState(file string, n int64, pad int) error {
-	tmp, err := os.CreateTemp(filepath.Dir(file), ".state-*")
-	if err != nil {
-		return err
-	}
 	content := strconv.FormatInt(n, 10) + "\n"
 	if fill := pad - len(content); fill > 0 {
 		content += strings.Repeat(".", fill-1) + "\n"
 	}
-	_, err = tmp.WriteString(content)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), file)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
-	return err
+	return childapi.WriteState(file, []byte(content))
 }
 
 // parseSize reads a size in bytes: a number, with an optional unit B, KiB,

@@ -189,7 +189,7 @@ func (s *checkpointServer) sync(w http.ResponseWriter, r *http.Request, put []by
 	}
 	b := put
 	if put != nil {
-		if err := replaceFile(s.ck.file, put); err != nil {
+		if err := childapi.WriteState(s.ck.file, put); err != nil {
 			answer(w, http.StatusInternalServerError, "cannot replace the state file: "+err.Error())
 			return
 		}
@@ -242,26 +242,6 @@ func (k *checkpointer) syncLocked(ctx context.Context, b []byte) error {
 	refusal, err := k.apply(ctx, b, sum)
 	if err == nil || refusal != "" {
 		k.note = &refusal
-	}
-	return err
-}
-
-// replaceFile replaces file with b atomically: a temporary file in its
-// directory, then a rename.
-func replaceFile(file string, b []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(file), ".state-put-*")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(b)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), file)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
 	}
 	return err
 }

@@ -34,6 +34,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 )
 
@@ -191,4 +192,25 @@ func (c *Client) call(ctx context.Context, method, path string, body []byte) err
 		return fmt.Errorf("checkpoint refused: bad request: %s (retrying the same request will not help)", eb.Error)
 	}
 	return fmt.Errorf("checkpoint failed: the member answered %d: %s", resp.StatusCode, eb.Error)
+}
+
+// WriteState replaces the state file at path with b atomically, as the
+// process contract asks a child to write it: a temporary file in the same
+// directory, then a rename over path, so that no checkpoint reads it torn.
+func WriteState(path string, b []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".state-*")
+	if err != nil {
+		return err
+	}
+	_, err = tmp.Write(b)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
 }
