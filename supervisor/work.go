@@ -212,11 +212,7 @@ func (r *lifeRun) expire() {
 // Run cannot be killed: one that ignores both its context and Expired
 // goes on in this process, with every write fenced.
 func (s *Supervisor) abandon(r *lifeRun) {
-	w := r.hw.w
-	w.mu.Lock()
-	r.fenced = true // before the engine lets anyone else hold the life
-	notifyLocked(r)
-	w.mu.Unlock()
+	r.fence() // before the engine lets anyone else hold the life
 	s.mu.Lock()
 	newly := s.eng.RunAbandoned(r.h)
 	if newly {
@@ -251,6 +247,16 @@ func (w *stateWriter) queueLocked(r *lifeRun) {
 	case w.kick <- struct{}{}:
 	default:
 	}
+}
+
+// fence makes every later write of r fail with ErrFenced, and wakes the
+// Checkpoints waiting on it.
+func (r *lifeRun) fence() {
+	w := r.hw.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	r.fenced = true
+	notifyLocked(r)
 }
 
 func notifyLocked(r *lifeRun) {
@@ -381,11 +387,7 @@ func (r *lifeRun) call(newRunner func() workload.Runner) (err error) {
 // runReturned ends r: no write of it any more, and the life's next step
 // (a handoff, a clean-up) may go on.
 func (s *Supervisor) runReturned(r *lifeRun, err error) {
-	w := r.hw.w
-	w.mu.Lock()
-	r.fenced = true
-	notifyLocked(r)
-	w.mu.Unlock()
+	r.fence()
 	r.cancel(workload.ErrStopped) // releases the context
 	if t := r.abandonT.Load(); t != nil {
 		t.Stop()

@@ -568,22 +568,9 @@ func cgroupV2(t *testing.T) (mount, own string) {
 	if os.Geteuid() != 0 {
 		t.Skip("not root: the children run without cgroups of their own")
 	}
-	b, _ := os.ReadFile("/proc/self/mountinfo")
-	for _, line := range strings.Split(string(b), "\n") {
-		if pre, post, ok := strings.Cut(line, " - "); ok && strings.HasPrefix(post, "cgroup2 ") {
-			if f := strings.Fields(pre); len(f) >= 5 {
-				mount = f[4]
-			}
-		}
-	}
-	b, _ = os.ReadFile("/proc/self/cgroup")
-	for _, line := range strings.Split(string(b), "\n") {
-		if p, ok := strings.CutPrefix(line, "0::"); ok {
-			own = p
-		}
-	}
-	if mount == "" {
-		t.Skip("no cgroup2 mount")
+	mount, own, err := execkind.CgroupV2()
+	if err != nil {
+		t.Skip(err)
 	}
 	return mount, own
 }

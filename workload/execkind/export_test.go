@@ -20,3 +20,13 @@ func ReapAll(on bool) {
 	defer procs.mu.Unlock()
 	procs.reapAll = on
 }
+
+// CgroupV2 returns the cgroup2 mount point and this process's cgroup in it,
+// as the member finds them (cgroup.go).
+func CgroupV2() (mount, own string, err error) {
+	if mount, err = cgroup2Mount(); err != nil {
+		return "", "", err
+	}
+	own, err = ownCgroup()
+	return mount, own, err
+}
