@@ -10,7 +10,7 @@ import (
 type Options struct {
 	Quick         bool          // small and fast
 	Check         bool          // exit 1 unless every target is met
-	Out           string        // also write the JSON figures to this file
+	Out           string        // also write the JSON figures to this file (its directory is made)
 	Bins          Binaries      // prebuilt binaries; empty ones are built
 	BinDir        string        // where to build the binaries
 	Lives         int           // lives of the bulk phase; 0: the default

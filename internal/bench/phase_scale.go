@@ -11,7 +11,8 @@ import (
 // cfg.scaleLives lives:
 //  1. one member runs them all;
 //  2. a second member starts, and the first gets SIGTERM: every life is
-//     handed off gracefully at once (handoff_one_member_ms);
+//     handed off gracefully at once (handoff_one_member_ms, and its ratio
+//     to step 1's placement: ratio_handoff_to_place_one_member);
 //  3. the first comes back, and the member process of the second (which
 //     holds every life) is SIGKILLed: its watchdog revokes its lease and
 //     the first takes every life (member_crash_one_member_ms); then the
@@ -42,7 +43,8 @@ func (b *bench) phaseScale(ctx context.Context) error {
 	if err := tr.waitFor(ctx, b.cfg.placeTimeout, func() bool { return tr.placedOn(n, "s1") }); err != nil {
 		return fmt.Errorf("placing %d lives on one member: %w", n, err)
 	}
-	b.rep.set("scale_place_one_member_s", time.Since(t0).Seconds())
+	placed := time.Since(t0)
+	b.rep.set("scale_place_one_member_s", placed.Seconds())
 
 	// 2. SIGTERM of the member that holds them all, with a ready peer. (s2
 	// is not restarted by its watchdog in step 3: the bench does that.)
@@ -60,8 +62,10 @@ func (b *bench) phaseScale(ctx context.Context) error {
 	if err := tr.waitFor(ctx, b.cfg.moveTimeout, func() bool { return tr.placedOn(n, "s2") }); err != nil {
 		return fmt.Errorf("handing %d lives from s1 to s2: %w", n, err)
 	}
-	b.rep.set("handoff_one_member_ms", ms(time.Since(t0)))
+	handoff := time.Since(t0)
+	b.rep.set("handoff_one_member_ms", ms(handoff))
 	b.rep.set("handoff_one_member_lives", n)
+	b.rep.set("ratio_handoff_to_place_one_member", round(handoff.Seconds()/placed.Seconds(), 3))
 	mv := tr.moveStats()
 	b.rep.set("handoff_one_member_age_lost_ms_max", mv.lostMax)
 	fmt.Fprintf(logw, "  scale: SIGTERM of the member holding all %d lives: all on its peer in %s\n", n, time.Since(t0).Round(time.Millisecond))

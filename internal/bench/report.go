@@ -53,7 +53,7 @@ var tableSections = []struct {
 		"baseline_lives", "baseline_start_p50_ms", "baseline_failover_p50_s", "baseline_failover_p99_s",
 		"baseline_rss_bytes_per_life", "baseline_cpu_per_1k_lives", "baseline_dup_trials", "baseline_duplicates",
 	}},
-	{"ratios", []string{"ratio_rss_per_life", "ratio_failover_p99"}},
+	{"ratios", []string{"ratio_rss_per_life", "ratio_failover_p99", "ratio_handoff_to_place_one_member"}},
 	{"machine", []string{"mode", "cores", "cpu_model", "mem_total_bytes", "date", "go_version", "etcd_version", "immortald_version", "command_line"}},
 }
 

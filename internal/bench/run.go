@@ -81,7 +81,11 @@ func Run(o Options) int {
 	fmt.Println()
 	fmt.Println(string(js))
 	if cfg.out != "" {
-		if err := os.WriteFile(cfg.out, append(js, '\n'), 0o644); err != nil {
+		err := os.MkdirAll(filepath.Dir(cfg.out), 0o755)
+		if err == nil {
+			err = os.WriteFile(cfg.out, append(js, '\n'), 0o644)
+		}
+		if err != nil {
 			fmt.Fprintf(os.Stderr, "immortalbench: %v\n", err)
 			return 1
 		}

@@ -18,7 +18,11 @@ type bar struct {
 // targets. A quick run is CI's regression check on a noisy shared machine,
 // with 10k lives in the bulk phase: the same bars where a figure does not
 // depend on timing noise, the latency bars with slack, and bars for its own
-// scale. Where the two differ, a quick bar names the full run's.
+// scale. Where the two differ, a quick bar names the full run's. A quick
+// latency bar is there to catch a change of the protocol's shape (a handoff
+// that waits for a lease, a start that waits a round): on a loaded 2-core
+// machine one run's times vary by 3x, so the claims are held by the full
+// run's bars and by ratios within one run (ratio_*), whose load cancels.
 func bars(cfg config) []bar {
 	ttl, err := time.ParseDuration(cfg.leaseTTL)
 	if err != nil {
@@ -44,8 +48,9 @@ func bars(cfg config) []bar {
 		{"scaleout_2_to_4_moves", "<=", 0.6 * n, 0.6 * n, "scale-out moves close to the minimum (about half the lives)"},
 		{"scaleout_2_to_4_lives_moved_twice", "<=", 0, 0, "no flapping: no life moves twice"},
 		{"scaleout_2_to_4_age_lost_ms_max", "<=", 0, 0, "no age lost in the scale-out handoffs"},
-		{"handoff_p99_ms", "<", 20, 40, "handoff p99 under 20 ms"},
-		{"handoff_one_member_ms", "<", 1000, 2000, "10k lives handed off gracefully within 1 s"},
+		{"handoff_p99_ms", "<", 20, 100, "handoff p99 under 20 ms"},
+		{"handoff_one_member_ms", "<", 1000, 5000, "10k lives handed off gracefully within 1 s"},
+		{"ratio_handoff_to_place_one_member", "<=", 1.5, 2, "handing 10k lives from one member to a peer takes no longer than 1.5x placing them on one member, in the same run (the same first fenced write of each life, so machine load cancels out)"},
 		{"failover_p99_s", "<=", t + 0.5, t + 1, "failover p99 at most TTL + 0.5 s"},
 		{"place_all_s", "<=", 30, 10, "the bulk phase's lives (100k; 10k quick) over 3 members running within 30 s"},
 		{"failover_all_s", "<=", t + 10, t + 10, "SIGKILL of a member: all its lives elsewhere within TTL + 10 s"},
