@@ -534,12 +534,13 @@ func TestGetState(t *testing.T) {
 	}
 	at := time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)
 	data := []byte("41\n\x00\xff")
-	rec, err := registry.StateRecord{LifeID: resp.Header.Revision, Holder: "m1", HolderRev: 77, Incarnation: 2, Time: at, Data: data,
-		Child: workload.ChildStatus{State: workload.ChildBackoff, ExitCode: 3, Restarts: 1}}.Marshal()
+	rec, err := registry.StateRecord{LifeID: resp.Header.Revision, Holder: "m1", HolderRev: 77, Incarnation: 2, Time: at, Data: data}.Marshal()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := etcd.Put(ctx, "/immortals/states/job", string(rec)); err != nil {
+	child := registry.ChildRecord{LifeID: resp.Header.Revision, Holder: "m1", HolderRev: 77, Incarnation: 2, Time: at,
+		Child: workload.ChildStatus{State: workload.ChildBackoff, ExitCode: 3, Restarts: 1}}.Marshal()
+	if _, err := etcd.Txn(ctx).Then(clientv3.OpPut("/immortals/states/job", string(rec)), clientv3.OpPut("/immortals/children/job", string(child))).Commit(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := etcd.Put(ctx, "/immortals/lives/plain", ""); err != nil {

@@ -214,15 +214,17 @@ func invalidLife(st registry.Status) error {
 // StateInfo is what `immortald get-state NAME -o json` prints: the last
 // checkpointed state of a life with its metadata; Data is base64 in JSON.
 type StateInfo struct {
-	Name         string               `json:"name"`
-	LifeID       int64                `json:"life_id"`
-	Holder       string               `json:"holder"`
-	FencingToken int64                `json:"fencing_token"`
-	Incarnation  int64                `json:"incarnation"`
-	Time         time.Time            `json:"time"`
-	Size         int                  `json:"size"`
-	Child        workload.ChildStatus `json:"child"`
-	Data         []byte               `json:"data"`
+	Name         string    `json:"name"`
+	LifeID       int64     `json:"life_id"`
+	Holder       string    `json:"holder"`
+	FencingToken int64     `json:"fencing_token"`
+	Incarnation  int64     `json:"incarnation"`
+	Time         time.Time `json:"time"`
+	Size         int       `json:"size"`
+	// Child is the workload's status, written with that state (its child
+	// record); zero when there is none of the same holder.
+	Child workload.ChildStatus `json:"child"`
+	Data  []byte               `json:"data"`
 }
 
 func (a *app) getStateCmd() *cobra.Command {
@@ -232,7 +234,7 @@ func (a *app) getStateCmd() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.withClient(cmd, func(ctx context.Context, cli *clientv3.Client, keys registry.Keys, out string) error {
-				rec, err := registry.GetState(ctx, cli, keys, args[0])
+				rec, child, err := registry.GetState(ctx, cli, keys, args[0])
 				if err != nil {
 					if errors.Is(err, registry.ErrNoLife) || errors.Is(err, registry.ErrNoState) || errors.Is(err, registry.ErrCorrupt) {
 						return err
@@ -240,8 +242,12 @@ func (a *app) getStateCmd() *cobra.Command {
 					return a.reach(err)
 				}
 				if out == "json" {
-					return json.NewEncoder(a.stdout).Encode(StateInfo{Name: args[0], LifeID: rec.LifeID, Holder: rec.Holder,
-						FencingToken: rec.HolderRev, Incarnation: rec.Incarnation, Time: rec.Time, Size: len(rec.Data), Child: rec.Child, Data: rec.Data})
+					info := StateInfo{Name: args[0], LifeID: rec.LifeID, Holder: rec.Holder,
+						FencingToken: rec.HolderRev, Incarnation: rec.Incarnation, Time: rec.Time, Size: len(rec.Data), Data: rec.Data}
+					if child != nil {
+						info.Child = child.Child
+					}
+					return json.NewEncoder(a.stdout).Encode(info)
 				}
 				_, err = a.stdout.Write(rec.Data)
 				return err

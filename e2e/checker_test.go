@@ -187,9 +187,10 @@ type lifeState struct {
 //     while a wanted life's running record still counts on it;
 //   - a wanted, valid life without a fresh checkpoint for longer than the
 //     bound (availability), unless suspended;
-//   - a write of a command life's state (states/<name>) that does not parse,
-//     is not of the current life, or is not fenced by the holder's election
-//     key at its revision, or whose fencing token goes down.
+//   - a write of a command life's state (states/<name>) or of its child
+//     status (children/<name>) that does not parse, is not of the current
+//     life, or is not fenced by the holder's election key at its revision,
+//     or whose fencing token goes down.
 //
 // Ages are effective ones: each heartbeat is a checkpoint of every life whose
 // record runs on its lease (see Checkpoint), and every check above, History,
@@ -218,6 +219,7 @@ type Checker struct {
 	garbage    map[string][][]byte
 	members    map[string]int64        // member id -> the lease members/<id> is on
 	states     map[string][]StateWrite // accepted writes of states/<name>, oldest first
+	lastToken  map[string]StateWrite   // by "states/<name>" and "children/<name>": the last accepted write
 	bound      time.Duration
 	suspended  bool
 	resumed    time.Time
@@ -247,7 +249,7 @@ func startChecker(t testing.TB, cli *clientv3.Client, prefix string, bound time.
 		recs: map[string]Checkpoint{}, beats: map[int64]heartbeat{},
 		quarantine: map[string][]byte{}, garbageOK: map[string]bool{}, garbage: map[string][][]byte{},
 		members: map[string]int64{}, bound: bound, flagged: map[string]time.Time{},
-		states: map[string][]StateWrite{},
+		states: map[string][]StateWrite{}, lastToken: map[string]StateWrite{},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix())
@@ -264,7 +266,7 @@ func startChecker(t testing.TB, cli *clientv3.Client, prefix string, bound time.
 	for _, kv := range resp.Kvs {
 		// State records, like age records, cannot be judged after the fact.
 		if !strings.HasPrefix(string(kv.Key), prefix+"ages/") && !strings.HasPrefix(string(kv.Key), prefix+"heartbeats/") &&
-			!strings.HasPrefix(string(kv.Key), prefix+"states/") {
+			!strings.HasPrefix(string(kv.Key), prefix+"states/") && !strings.HasPrefix(string(kv.Key), prefix+"children/") {
 			c.apply(mvccpb.PUT, kv, now)
 		}
 	}
@@ -370,8 +372,8 @@ func (c *Checker) apply(typ mvccpb.Event_EventType, kv *mvccpb.KeyValue, now tim
 		c.applyAge(typ, name, kv, now)
 	case "heartbeats":
 		c.applyHeartbeat(typ, name, kv, now)
-	case "states":
-		c.applyState(typ, name, kv, now)
+	case "states", "children":
+		c.applyState(typ, section, name, kv, now)
 	case "quarantine":
 		if typ == mvccpb.PUT {
 			c.quarantine[name] = append([]byte(nil), kv.Value...)
@@ -519,20 +521,21 @@ type StateWrite struct {
 	Seen time.Time `json:"-"`
 }
 
-// applyState checks a write of states/<name> as applyAge checks one of
-// ages/<name>: it parses, is of the current life, and is fenced: its
-// holder_rev is the CreateRevision of the holder's election key at that very
-// revision, and its holder that key's member. Within one life, holder_rev
-// never goes down. Deletes (the life ended) are not judged.
-func (c *Checker) applyState(typ mvccpb.Event_EventType, name string, kv *mvccpb.KeyValue, now time.Time) {
+// applyState checks a write of states/<name> or children/<name> (sec) as
+// applyAge checks one of ages/<name>: it parses, is of the current life,
+// and is fenced: its holder_rev is the CreateRevision of the holder's
+// election key at that very revision, and its holder that key's member.
+// Within one life, holder_rev never goes down. Deletes (the life ended)
+// are not judged. The writes of states/ are kept (States).
+func (c *Checker) applyState(typ mvccpb.Event_EventType, sec, name string, kv *mvccpb.KeyValue, now time.Time) {
 	at := kv.ModRevision
 	if typ == mvccpb.DELETE {
-		c.eventLocked("rev %d: states/%s deleted", at, name)
+		c.eventLocked("rev %d: %s/%s deleted", at, sec, name)
 		return
 	}
 	var w StateWrite
 	if err := json.Unmarshal(kv.Value, &w); err != nil || w.LifeID <= 0 || w.HolderRev <= 0 || w.Incarnation <= 0 || w.Holder == "" {
-		c.violateLocked("rev %d: states/%s holds a record that does not parse (%v): %.200q", at, name, err, kv.Value)
+		c.violateLocked("rev %d: %s/%s holds a record that does not parse (%v): %.200q", at, sec, name, err, kv.Value)
 		return
 	}
 	w.Rev, w.Seen = at, now
@@ -540,21 +543,26 @@ func (c *Checker) applyState(typ mvccpb.Event_EventType, name string, kv *mvccpb
 	h, ok := c.holderLocked(name)
 	switch {
 	case l == nil:
-		c.violateLocked("rev %d: state of %s (life %d) written by %s while the life is not wanted", at, name, w.LifeID, w.Holder)
+		c.violateLocked("rev %d: %s/%s (life %d) written by %s while the life is not wanted", at, sec, name, w.LifeID, w.Holder)
 		return
 	case l.id != w.LifeID:
-		c.violateLocked("rev %d: state of %s for life id %d by %s, but the current life id is %d", at, name, w.LifeID, w.Holder, l.id)
+		c.violateLocked("rev %d: %s/%s for life id %d by %s, but the current life id is %d", at, sec, name, w.LifeID, w.Holder, l.id)
 		return
 	case !ok:
-		c.violateLocked("rev %d: state of %s written by %s (holder_rev %d) while no election key exists: write by a stale holder", at, name, w.Holder, w.HolderRev)
+		c.violateLocked("rev %d: %s/%s written by %s (holder_rev %d) while no election key exists: write by a stale holder", at, sec, name, w.Holder, w.HolderRev)
 		return
 	case h.Rev != w.HolderRev || h.Member != w.Holder:
-		c.violateLocked("rev %d: state of %s written by %s with holder_rev %d, but the holder at that revision is %s (key rev %d): write by a stale holder",
-			at, name, w.Holder, w.HolderRev, h.Member, h.Rev)
+		c.violateLocked("rev %d: %s/%s written by %s with holder_rev %d, but the holder at that revision is %s (key rev %d): write by a stale holder",
+			at, sec, name, w.Holder, w.HolderRev, h.Member, h.Rev)
 		return
 	}
-	if ws := c.states[name]; len(ws) > 0 && ws[len(ws)-1].LifeID == w.LifeID && w.HolderRev < ws[len(ws)-1].HolderRev {
-		c.violateLocked("rev %d: fencing token of %s's state went down from %d to %d", at, name, ws[len(ws)-1].HolderRev, w.HolderRev)
+	last := c.lastToken[sec+"/"+name]
+	if last.LifeID == w.LifeID && w.HolderRev < last.HolderRev {
+		c.violateLocked("rev %d: fencing token of %s/%s went down from %d to %d", at, sec, name, last.HolderRev, w.HolderRev)
+	}
+	c.lastToken[sec+"/"+name] = w
+	if sec != "states" {
+		return
 	}
 	if ws := c.states[name]; len(ws) == 0 || ws[len(ws)-1].HolderRev != w.HolderRev {
 		c.eventLocked("rev %d: first state of %s by %s (token %d): %d bytes", at, name, w.Holder, w.HolderRev, len(w.Data))

@@ -8,8 +8,10 @@
 //	P lives/<name>                  requested by a user; empty or a JSON options object ({"labels", "kind"})
 //	P elections/<name>/<lease-hex>  candidates (concurrency.Election's layout); value = member id
 //	P ages/<name>                   AgeRecord, written only by the fenced holder
-//	P states/<name>                 StateRecord: the workload's last checkpoint and child status,
-//	                                written only by the fenced holder (lives of kinds other than age)
+//	P states/<name>                 StateRecord: the workload's last checkpoint, written only by the
+//	                                fenced holder (lives of kinds other than age)
+//	P children/<name>               ChildRecord: the workload's status, small; written and deleted
+//	                                with states/<name>, in the same Txn (what a status read reads)
 //	P heartbeats/<lease-hex>        Heartbeat of the member on that lease; no lease, so it outlives it
 //	P quarantine/<name>             bytes of an ages/<name> value that did not parse
 //	P quarantine-states/<name>      bytes of a states/<name> value that did not parse

@@ -60,6 +60,12 @@ func (k Keys) States() string { return k.prefix + "states/" }
 // State is the state record key of one life.
 func (k Keys) State(name string) string { return k.States() + name }
 
+// Children is the prefix of every child record.
+func (k Keys) Children() string { return k.prefix + "children/" }
+
+// Child is the child record key of one life.
+func (k Keys) Child(name string) string { return k.Children() + name }
+
 // StateQuarantines is the prefix of every quarantined state record.
 func (k Keys) StateQuarantines() string { return k.prefix + "quarantine-states/" }
 

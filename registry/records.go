@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/immortald/immortald/workload"
@@ -163,9 +164,12 @@ func ParseMemberRecord(v []byte) (MemberRecord, error) {
 // StateRecord is the workload state of one life (of a kind other than age),
 // stored at states/<name>. Only the life's holder writes it, fenced as the
 // age record is (CreateRevision of its election key == HolderRev, and of
-// lives/<name> == LifeID): each checkpoint of the workload, and its child
-// status. A record whose LifeID is not the current life's is from an
-// earlier life and is never restored.
+// lives/<name> == LifeID): each checkpoint of the workload. Its child
+// status goes, in the same Txn, to a ChildRecord of its own, so that a
+// status read never reads the state. A record whose LifeID is not the
+// current life's is from an earlier life and is never restored. (A record
+// written before child records existed carries a "child" field too; it is
+// ignored.)
 type StateRecord struct {
 	LifeID int64 `json:"life_id"`
 	// Holder is the member id that wrote it.
@@ -179,8 +183,72 @@ type StateRecord struct {
 	Time time.Time `json:"time"`
 	// Data is the state, at most workload.MaxStateBytes (base64 in JSON).
 	Data []byte `json:"data,omitempty"`
-	// Child is the workload's status when it was written.
+}
+
+// ChildRecord is the status of one life's workload (its child process, for
+// a command kind), stored at children/<name>: a few hundred bytes, written
+// by the holder in the same fenced Txn as each states/<name> record (so the
+// two always have the same ModRevision, and a guard on the state record's
+// revision covers both), and deleted with it. The status shown by ls,
+// get-age and the live view comes from it.
+type ChildRecord struct {
+	LifeID      int64     `json:"life_id"`
+	Holder      string    `json:"holder"`
+	HolderRev   int64     `json:"holder_rev"` // the holder's fencing token
+	Incarnation int64     `json:"incarnation"`
+	Time        time.Time `json:"time"` // the holder's wall clock when written
+	// Child is the workload's status when it was written; its Error is cut
+	// to MaxChildErrorBytes.
 	Child workload.ChildStatus `json:"child"`
+}
+
+// MaxChildErrorBytes bounds ChildRecord.Child.Error as written.
+const MaxChildErrorBytes = 1 << 10
+
+// MaxChildRecordBytes bounds a stored child record; a longer value is
+// ErrCorrupt, unread.
+const MaxChildRecordBytes = 4 << 10
+
+// Marshal encodes r, its child's Error cut to MaxChildErrorBytes (on a
+// UTF-8 boundary).
+func (r ChildRecord) Marshal() []byte {
+	if e := r.Child.Error; len(e) > MaxChildErrorBytes {
+		e = strings.ToValidUTF8(e[:MaxChildErrorBytes-3], "") + "..."
+		r.Child.Error = e
+	}
+	b, _ := json.Marshal(r) // cannot fail: only plain fields
+	return b
+}
+
+// ParseChildRecord decodes a children/<name> value. A value over
+// MaxChildRecordBytes (unread), or that is not a JSON object with a
+// positive life id, holder revision and incarnation, is ErrCorrupt.
+func ParseChildRecord(v []byte) (ChildRecord, error) {
+	if len(v) > MaxChildRecordBytes {
+		return ChildRecord{}, fmt.Errorf("%w: child record of %d bytes is over the limit of %d", ErrCorrupt, len(v), MaxChildRecordBytes)
+	}
+	var r ChildRecord
+	if err := json.Unmarshal(v, &r); err != nil {
+		return ChildRecord{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	}
+	if err := checkHold(r.LifeID, r.HolderRev, r.Incarnation); err != nil {
+		return ChildRecord{}, err
+	}
+	return r, nil
+}
+
+// checkHold is the check a holder's record (state or child) passes: a
+// positive life id, holder revision and incarnation; else ErrCorrupt.
+func checkHold(lifeID, holderRev, incarnation int64) error {
+	switch {
+	case lifeID <= 0:
+		return fmt.Errorf("%w: life_id %d is not positive", ErrCorrupt, lifeID)
+	case holderRev <= 0:
+		return fmt.Errorf("%w: holder_rev %d is not positive", ErrCorrupt, holderRev)
+	case incarnation <= 0:
+		return fmt.Errorf("%w: incarnation %d is not positive", ErrCorrupt, incarnation)
+	}
+	return nil
 }
 
 // MaxStateRecordBytes bounds a stored state record: the base64 of
@@ -212,14 +280,10 @@ func ParseStateRecord(v []byte) (StateRecord, error) {
 	if err := json.Unmarshal(v, &r); err != nil {
 		return StateRecord{}, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
-	switch {
-	case r.LifeID <= 0:
-		return StateRecord{}, fmt.Errorf("%w: life_id %d is not positive", ErrCorrupt, r.LifeID)
-	case r.HolderRev <= 0:
-		return StateRecord{}, fmt.Errorf("%w: holder_rev %d is not positive", ErrCorrupt, r.HolderRev)
-	case r.Incarnation <= 0:
-		return StateRecord{}, fmt.Errorf("%w: incarnation %d is not positive", ErrCorrupt, r.Incarnation)
-	case len(r.Data) > workload.MaxStateBytes:
+	if err := checkHold(r.LifeID, r.HolderRev, r.Incarnation); err != nil {
+		return StateRecord{}, err
+	}
+	if len(r.Data) > workload.MaxStateBytes {
 		return StateRecord{}, fmt.Errorf("%w: data of %d bytes is over the limit of %d", ErrCorrupt, len(r.Data), workload.MaxStateBytes)
 	}
 	return r, nil

@@ -56,7 +56,7 @@ func GetStatus(ctx context.Context, cli *clientv3.Client, keys Keys, name string
 		clientv3.OpGet(keys.Age(name)),
 		clientv3.OpGet(keys.Quarantine(name)),
 		clientv3.OpGet(keys.Heartbeats(), clientv3.WithPrefix()),
-		clientv3.OpGet(keys.State(name)),
+		clientv3.OpGet(keys.Child(name)),
 		clientv3.OpGet(keys.Members(), clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
@@ -80,34 +80,42 @@ func GetStatus(ctx context.Context, cli *clientv3.Client, keys Keys, name string
 // ErrNoState is returned for a life that has no checkpointed state.
 var ErrNoState = errors.New("no state checkpointed")
 
-// GetState reads the last checkpointed state of one life, in one snapshot
-// with its request. Errors: ErrNoLife when the life is not requested;
-// ErrNoState when it has no state record of its own life id (lives of kind
-// age never have one, others not before their first checkpoint); an
-// ErrCorrupt when the record does not parse.
-func GetState(ctx context.Context, cli *clientv3.Client, keys Keys, name string) (StateRecord, error) {
+// GetState reads the last checkpointed state of one life, and its child
+// record (nil when there is none of the same life and fencing token), in
+// one snapshot with its request. Errors: ErrNoLife when the life is not
+// requested; ErrNoState when it has no state record of its own life id
+// (lives of kind age never have one, others not before their first
+// checkpoint); an ErrCorrupt when the state record does not parse (a child
+// record that does not parse is left out).
+func GetState(ctx context.Context, cli *clientv3.Client, keys Keys, name string) (StateRecord, *ChildRecord, error) {
 	if name == "" {
-		return StateRecord{}, errors.New("name is empty")
+		return StateRecord{}, nil, errors.New("name is empty")
 	}
-	resp, err := cli.Txn(ctx).Then(clientv3.OpGet(keys.Life(name)), clientv3.OpGet(keys.State(name))).Commit()
+	resp, err := cli.Txn(ctx).Then(clientv3.OpGet(keys.Life(name)), clientv3.OpGet(keys.State(name)), clientv3.OpGet(keys.Child(name))).Commit()
 	if err != nil {
-		return StateRecord{}, err
+		return StateRecord{}, nil, err
 	}
-	req, st := resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs
+	req, st, ch := resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs, resp.Responses[2].GetResponseRange().Kvs
 	if len(req) == 0 {
-		return StateRecord{}, fmt.Errorf("%w: %q", ErrNoLife, name)
+		return StateRecord{}, nil, fmt.Errorf("%w: %q", ErrNoLife, name)
 	}
 	if len(st) == 0 {
-		return StateRecord{}, fmt.Errorf("%w for life %q", ErrNoState, name)
+		return StateRecord{}, nil, fmt.Errorf("%w for life %q", ErrNoState, name)
 	}
 	rec, err := ParseStateRecord(st[0].Value)
 	if err != nil {
-		return StateRecord{}, fmt.Errorf("state record at %s: %w", keys.State(name), err)
+		return StateRecord{}, nil, fmt.Errorf("state record at %s: %w", keys.State(name), err)
 	}
 	if rec.LifeID != req[0].CreateRevision {
-		return StateRecord{}, fmt.Errorf("%w for life %q (the record is of an earlier life)", ErrNoState, name)
+		return StateRecord{}, nil, fmt.Errorf("%w for life %q (the record is of an earlier life)", ErrNoState, name)
 	}
-	return rec, nil
+	var child *ChildRecord
+	if len(ch) > 0 {
+		if c, err := ParseChildRecord(ch[0].Value); err == nil && c.LifeID == rec.LifeID && c.HolderRev == rec.HolderRev {
+			child = &c
+		}
+	}
+	return rec, child, nil
 }
 
 // ListStatus reads every life's status at one revision, sorted by name.
@@ -142,8 +150,8 @@ func memberKinds(kvs []*mvccpb.KeyValue) map[string]bool {
 }
 
 // status derives a status from the keys of one life; leader, age,
-// quarantine and state may be nil.
-func (v view) status(name string, req, leader, age, quarantine, state *mvccpb.KeyValue) Status {
+// quarantine and child (its children/<name> key) may be nil.
+func (v view) status(name string, req, leader, age, quarantine, child *mvccpb.KeyValue) Status {
 	keys, beats := v.keys, v.beats
 	life := ParseLife(name, req.CreateRevision, req.ModRevision, req.Value)
 	st := Status{Name: name, LifeID: life.ID, State: StateWaiting, Labels: life.Options.Labels, Kind: life.Options.KindName()}
@@ -173,11 +181,11 @@ func (v view) status(name string, req, leader, age, quarantine, state *mvccpb.Ke
 		st.Error = life.Err.Error()
 		return st
 	}
-	if state != nil && st.State == StateRunning {
-		rec, err := ParseStateRecord(state.Value)
+	if child != nil && st.State == StateRunning {
+		rec, err := ParseChildRecord(child.Value)
 		switch {
 		case err != nil:
-			problems = append(problems, fmt.Sprintf("state record at %s does not parse: %v", keys.State(name), err))
+			problems = append(problems, fmt.Sprintf("child record at %s does not parse: %v", keys.Child(name), err))
 		case rec.LifeID == life.ID && leader.CreateRevision == rec.HolderRev:
 			c := rec.Child
 			st.Child = &c

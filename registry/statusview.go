@@ -11,19 +11,19 @@ import (
 )
 
 // StatusView holds the keys of one keyspace that lives' statuses derive
-// from (lives/, elections/, ages/, quarantine/, states/, heartbeats/ and
+// from (lives/, elections/, ages/, quarantine/, children/, heartbeats/ and
 // members/), as listed and then changed by watch events, and derives any
 // life's Status from them exactly as GetStatus and ListStatus do. Keys
-// outside those sections are ignored. State records are kept without their
-// data (a status needs only their child status), so the view's size does
-// not grow with the lives' states. It is not safe for concurrent use.
+// outside those sections are ignored: it never reads or holds a state
+// record (states/, up to ~700 KB each), so neither a read nor the view's
+// size grows with the lives' states. It is not safe for concurrent use.
 type StatusView struct {
 	keys        Keys
 	lives       map[string]*mvccpb.KeyValue            // by name
 	cands       map[string]map[string]*mvccpb.KeyValue // life name -> candidacy key -> kv
 	ages        map[string]*mvccpb.KeyValue
 	quarantines map[string]*mvccpb.KeyValue
-	states      map[string]*mvccpb.KeyValue
+	children    map[string]*mvccpb.KeyValue
 	beats       map[string]*mvccpb.KeyValue // by key
 	members     map[string]*mvccpb.KeyValue // by key
 	kinds       map[string]bool
@@ -37,7 +37,7 @@ func NewStatusView(keys Keys) *StatusView {
 		cands:       make(map[string]map[string]*mvccpb.KeyValue),
 		ages:        make(map[string]*mvccpb.KeyValue),
 		quarantines: make(map[string]*mvccpb.KeyValue),
-		states:      make(map[string]*mvccpb.KeyValue),
+		children:    make(map[string]*mvccpb.KeyValue),
 		beats:       make(map[string]*mvccpb.KeyValue),
 		members:     make(map[string]*mvccpb.KeyValue),
 		kinds:       memberKinds(nil),
@@ -50,7 +50,7 @@ func NewStatusView(keys Keys) *StatusView {
 func ReadStatusView(ctx context.Context, cli *clientv3.Client, keys Keys) (int64, *StatusView, error) {
 	v := NewStatusView(keys)
 	var rev int64
-	for _, sec := range []string{keys.Lives(), keys.Ages(), keys.Quarantines(), keys.States(), keys.Members(), keys.Heartbeats(), keys.Elections()} {
+	for _, sec := range []string{keys.Lives(), keys.Ages(), keys.Quarantines(), keys.Children(), keys.Members(), keys.Heartbeats(), keys.Elections()} {
 		r, kvs, err := RangeAll(ctx, cli, sec, rev)
 		if err != nil {
 			return 0, nil, err
@@ -112,9 +112,9 @@ func (v *StatusView) Apply(ev *clientv3.Event) []string {
 		name := NameOf(k.Quarantines(), key)
 		set(v.quarantines, name, ev.Kv)
 		return []string{name}
-	case strings.HasPrefix(key, k.States()):
-		name := NameOf(k.States(), key)
-		set(v.states, name, withoutData(ev.Kv))
+	case strings.HasPrefix(key, k.Children()):
+		name := NameOf(k.Children(), key)
+		set(v.children, name, ev.Kv)
 		return []string{name}
 	case strings.HasPrefix(key, k.Heartbeats()):
 		set(v.beats, key, ev.Kv)
@@ -147,7 +147,7 @@ func (v *StatusView) Status(name string) (st Status, ok bool) {
 	if req == nil {
 		return Status{}, false
 	}
-	return v.view().status(name, req, v.leader(name), v.ages[name], v.quarantines[name], v.states[name]), true
+	return v.view().status(name, req, v.leader(name), v.ages[name], v.quarantines[name], v.children[name]), true
 }
 
 // List derives every requested life's status, sorted by name.
@@ -155,7 +155,7 @@ func (v *StatusView) List() []Status {
 	vw := v.view()
 	out := make([]Status, 0, len(v.lives))
 	for _, name := range v.Names() {
-		out = append(out, vw.status(name, v.lives[name], v.leader(name), v.ages[name], v.quarantines[name], v.states[name]))
+		out = append(out, vw.status(name, v.lives[name], v.leader(name), v.ages[name], v.quarantines[name], v.children[name]))
 	}
 	return out
 }
@@ -173,21 +173,6 @@ func (v *StatusView) leader(name string) *mvccpb.KeyValue {
 		}
 	}
 	return lead
-}
-
-// withoutData is a states/ key with its record's data dropped; a value that
-// does not parse is kept as it is, so the status reports it.
-func withoutData(kv *mvccpb.KeyValue) *mvccpb.KeyValue {
-	rec, err := ParseStateRecord(kv.Value)
-	if err != nil || len(rec.Data) == 0 {
-		return kv
-	}
-	rec.Data = nil
-	b, err := rec.Marshal()
-	if err != nil {
-		return kv
-	}
-	return &mvccpb.KeyValue{Key: kv.Key, CreateRevision: kv.CreateRevision, ModRevision: kv.ModRevision, Version: kv.Version, Value: b, Lease: kv.Lease}
 }
 
 func equalSets(a, b map[string]bool) bool {

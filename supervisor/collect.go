@@ -30,6 +30,9 @@ import (
 //   - every state record whose life_id is not the request's, unless
 //     ages/<name> is a record of the same life id running on a live lease
 //     (its holder deletes both);
+//   - with every state record it deletes, the life's child record
+//     (children/<name>): the holder writes the two in one Txn, so the
+//     guard on the state record's revision covers both;
 //   - the heartbeat of every such gone lease that no record of a wanted life
 //     runs on: every life it ran has moved or ended.
 //
@@ -241,7 +244,7 @@ func (c *collection) deleteAge(ctx context.Context, name string, kv *mvccpb.KeyV
 	if len(st.Kvs) > 0 {
 		if srec, err := registry.ParseStateRecord(st.Kvs[0].Value); err == nil && srec.LifeID == rec.LifeID {
 			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.State(name)), "=", st.Kvs[0].ModRevision))
-			then = append(then, clientv3.OpDelete(k.State(name)))
+			then = append(then, clientv3.OpDelete(k.State(name)), clientv3.OpDelete(k.Child(name)))
 			withState = true
 		}
 	}
@@ -291,7 +294,7 @@ func (c *collection) collectStates(ctx context.Context) error {
 				continue // its live holder deletes both when it sees the request go
 			}
 		}
-		tr, err := s.cfg.Client.Txn(ctx).If(c.orphanGuard(name, kv, srec.LifeID)...).Then(clientv3.OpDelete(string(kv.Key))).Commit()
+		tr, err := s.cfg.Client.Txn(ctx).If(c.orphanGuard(name, kv, srec.LifeID)...).Then(clientv3.OpDelete(string(kv.Key)), clientv3.OpDelete(k.Child(name))).Commit()
 		if err != nil {
 			return err
 		}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/immortald/immortald/internal/etcdtest"
 	"github.com/immortald/immortald/registry"
+	"github.com/immortald/immortald/workload"
 )
 
 // The tests of the sweep's collection of orphaned records (collectBeats).
@@ -40,19 +41,21 @@ func revokeLease(tb testing.TB, cli *clientv3.Client, l int64) {
 	}
 }
 
-// holderRecords writes the age record and the state record of life lifeID
-// of name as its holder on lease would (lease 0: a stopped record). It
-// returns their revision.
+// holderRecords writes the age record, the state record and the child
+// record of life lifeID of name as its holder on lease would (lease 0: a
+// stopped record). It returns their revision.
 func holderRecords(tb testing.TB, cli *clientv3.Client, name string, lifeID, lease int64) int64 {
 	tb.Helper()
 	now := time.Now()
 	age := registry.AgeRecord{LifeID: lifeID, AgeMS: 1500, Incarnation: 1, Holder: "crashed", HolderRev: lifeID + 1, Time: now, Lease: lease}
 	st, err := registry.StateRecord{LifeID: lifeID, Holder: "crashed", HolderRev: lifeID + 1, Incarnation: 1, Time: now, Data: []byte("left")}.Marshal()
+	child := registry.ChildRecord{LifeID: lifeID, Holder: "crashed", HolderRev: lifeID + 1, Incarnation: 1, Time: now, Child: workload.ChildStatus{State: workload.ChildRunning}}
 	if err != nil {
 		tb.Fatal(err)
 	}
 	resp, err := cli.Txn(context.Background()).
-		Then(clientv3.OpPut(testKeys.Age(name), string(age.Marshal())), clientv3.OpPut(testKeys.State(name), string(st))).
+		Then(clientv3.OpPut(testKeys.Age(name), string(age.Marshal())), clientv3.OpPut(testKeys.State(name), string(st)),
+			clientv3.OpPut(testKeys.Child(name), string(child.Marshal()))).
 		Commit()
 	if err != nil {
 		tb.Fatalf("records of %s: %v", name, err)
@@ -125,13 +128,13 @@ func TestCollectHolderCrashedBeforeFirstHeartbeat(t *testing.T) {
 
 	beats := collected(m1, "heartbeat")
 	sweepRan(t, m1, obs)
-	if modRev(t, obs, testKeys.Age("Cain")) != rev || modRev(t, obs, testKeys.State("Cain")) != rev {
+	if modRev(t, obs, testKeys.Age("Cain")) != rev || modRev(t, obs, testKeys.State("Cain")) != rev || modRev(t, obs, testKeys.Child("Cain")) != rev {
 		t.Fatal("the records of a wanted life were touched")
 	}
 
 	ages, states := collected(m1, "age"), collected(m1, "state")
 	del(t, obs, testKeys.Life("Cain"))
-	sweepUntil(t, m1, "Cain's age and state collected", gone(t, obs, testKeys.Age("Cain"), testKeys.State("Cain")))
+	sweepUntil(t, m1, "Cain's age and state collected", gone(t, obs, testKeys.Age("Cain"), testKeys.State("Cain"), testKeys.Child("Cain")))
 	if a, s := collected(m1, "age")-ages, collected(m1, "state")-states; a != 1 || s != 1 {
 		t.Fatalf("collected %v ages and %v states, want 1 each", a, s)
 	}
@@ -211,7 +214,7 @@ func TestCollectStateOfOldLifeWithoutAge(t *testing.T) {
 	del(t, obs, testKeys.Age("Enos"))
 	del(t, obs, testKeys.Life("Enos"))
 	states := collected(m1, "state")
-	sweepUntil(t, m1, "Enos's state collected", gone(t, obs, testKeys.State("Enos")))
+	sweepUntil(t, m1, "Enos's state collected", gone(t, obs, testKeys.State("Enos"), testKeys.Child("Enos")))
 	if n := collected(m1, "state") - states; n != 1 {
 		t.Fatalf("collected %v states, want 1", n)
 	}
@@ -267,7 +270,7 @@ func TestCollectKeepsWantedAndHeldRecords(t *testing.T) {
 
 	revokeLease(t, obs, pending)
 	sweepUntil(t, m1, "pending's records collected once its lease is gone",
-		gone(t, obs, testKeys.Age("pending"), testKeys.State("pending")))
+		gone(t, obs, testKeys.Age("pending"), testKeys.State("pending"), testKeys.Child("pending")))
 	if modRev(t, obs, testKeys.Age("ghost")) != revs[testKeys.Age("ghost")] {
 		t.Error("the record on m2's lease was touched")
 	}

@@ -41,7 +41,9 @@ import (
 //     context is cancelled with workload.ErrDeadline at once.
 //   - Checkpoints. One state writer per session batches the state writes
 //     of every life (up to stateBatch lives and stateBatchBytes bytes per
-//     Txn), each in its own nested Txn fenced as the age records are. A
+//     Txn), each in its own nested Txn fenced as the age records are; the
+//     nested Txn puts the state record and the child record (the Run's
+//     status, SetStatus) together, so they always share a revision. A
 //     Checkpoint returns once its state (or a newer one of the same Run)
 //     is applied. A failed fence fails the Checkpoint with
 //     workload.ErrFenced and, when the election key is no longer this
@@ -563,8 +565,10 @@ func (s *Supervisor) takeStates(w *stateWriter) ([]stateWrite, []clientv3.Op) {
 		}
 		h := r.h
 		rec := registry.StateRecord{LifeID: h.LifeID(), Holder: s.cfg.ID, HolderRev: h.FencingToken(), Incarnation: h.Incarnation(),
-			Time: now, Data: r.data, Child: r.status}
+			Time: now, Data: r.data}
 		b, err := rec.Marshal()
+		child := registry.ChildRecord{LifeID: rec.LifeID, Holder: rec.Holder, HolderRev: rec.HolderRev, Incarnation: rec.Incarnation,
+			Time: now, Child: r.status}.Marshal()
 		if err != nil { // the size was checked by Checkpoint
 			w.queue = w.queue[1:]
 			r.queued = false
@@ -572,18 +576,21 @@ func (s *Supervisor) takeStates(w *stateWriter) ([]stateWrite, []clientv3.Op) {
 			continue
 		}
 		keep := r.hw.keep
-		if len(batch) > 0 && size+len(b)+len(keep) > stateBatchBytes {
+		n := len(b) + len(child) + len(keep)
+		if len(batch) > 0 && size+n > stateBatchBytes {
 			break
 		}
 		w.queue = w.queue[1:]
 		r.queued = false
-		size += len(b) + len(keep)
-		then := []clientv3.Op{clientv3.OpPut(k.State(h.Name()), string(b))}
+		size += n
+		// The state and the child record, always together: a guard on
+		// the state's revision (a clean-up's) covers both.
+		then := []clientv3.Op{clientv3.OpPut(k.State(h.Name()), string(b)), clientv3.OpPut(k.Child(h.Name()), string(child))}
 		if keep != nil {
 			then = append(then, clientv3.OpPut(k.StateQuarantine(h.Name()), string(keep)))
 		}
 		ops = append(ops, clientv3.OpTxn(h.Fence(k), then, []clientv3.Op{clientv3.OpGet(h.Key())}))
-		batch = append(batch, stateWrite{r: r, seq: r.seq, data: r.data, keep: keep, size: len(b) + len(keep)})
+		batch = append(batch, stateWrite{r: r, seq: r.seq, data: r.data, keep: keep, size: n})
 	}
 	if len(w.queue) == 0 {
 		w.queue = nil

@@ -94,7 +94,7 @@ func nextRun(tb testing.TB, runs <-chan *noteRun, bound time.Duration) *noteRun 
 
 func stateOf(tb testing.TB, cli *clientv3.Client, name string) (registry.StateRecord, bool) {
 	tb.Helper()
-	rec, err := registry.GetState(context.Background(), cli, testKeys, name)
+	rec, _, err := registry.GetState(context.Background(), cli, testKeys, name)
 	if errors.Is(err, registry.ErrNoState) || errors.Is(err, registry.ErrNoLife) {
 		return rec, false
 	}
@@ -197,7 +197,9 @@ func TestWorkStateAndTokenAcrossHolders(t *testing.T) {
 	if !errors.Is(r4.cause, workload.ErrStopped) {
 		t.Fatalf("cause after the delete = %v, want ErrStopped", r4.cause)
 	}
-	waitFor(t, 5*time.Second, "the state record deleted", func() bool { return countKeys(t, obs, testKeys.State(name)) == 0 })
+	waitFor(t, 5*time.Second, "the state and child records deleted", func() bool {
+		return countKeys(t, obs, testKeys.State(name)) == 0 && countKeys(t, obs, testKeys.Child(name)) == 0
+	})
 	if n := countKeys(t, obs, testKeys.Age(name)); n != 0 {
 		t.Fatalf("%d age records left after the delete", n)
 	}

@@ -94,7 +94,7 @@ func TestSequencerHandsOverGracefully(t *testing.T) {
 	}
 	waitFor(t, "20 numbers", func() bool { return len(readLines(t, out)) >= 20 })
 	waitFor(t, "a checkpoint", func() bool {
-		st, err := registry.GetState(context.Background(), cli, keys, "seq")
+		st, _, err := registry.GetState(context.Background(), cli, keys, "seq")
 		return err == nil && len(st.Data) > 0
 	})
 	member(t, srv.Endpoint(), "b", out)

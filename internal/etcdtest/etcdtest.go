@@ -8,6 +8,7 @@ import (
 	"context"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -58,10 +59,12 @@ func MustClient(tb testing.TB, endpoints ...string) *clientv3.Client {
 }
 
 // Proxy forwards TCP connections to a target; Freeze stops moving bytes
-// without closing anything, like a network partition.
+// without closing anything, like a network partition. Down counts the
+// bytes it moved from the target to its clients.
 type Proxy struct {
 	ln     net.Listener
 	target string
+	down   atomic.Int64
 
 	mu     sync.Mutex
 	frozen bool
@@ -86,6 +89,10 @@ func MustProxy(tb testing.TB, target string) *Proxy {
 
 // Addr is the proxy's address, to give to a client as its endpoint.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+
+// Down returns how many bytes the proxy has moved from the target to its
+// clients (etcd's answers, with gRPC's framing) since it started.
+func (p *Proxy) Down() int64 { return p.down.Load() }
 
 // Freeze stops forwarding in both directions.
 func (p *Proxy) Freeze() {
@@ -135,12 +142,13 @@ func (p *Proxy) accept() {
 		p.conns = append(p.conns, c, up)
 		p.mu.Unlock()
 		p.wg.Add(2)
-		go p.pipe(c, up)
-		go p.pipe(up, c)
+		go p.pipe(c, up, &p.down)
+		go p.pipe(up, c, nil)
 	}
 }
 
-func (p *Proxy) pipe(dst, src net.Conn) {
+// pipe copies src to dst, adding what it wrote to count (when not nil).
+func (p *Proxy) pipe(dst, src net.Conn, count *atomic.Int64) {
 	defer p.wg.Done()
 	buf := make([]byte, 32<<10)
 	for {
@@ -151,6 +159,9 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
+			}
+			if count != nil {
+				count.Add(int64(n))
 			}
 		}
 		if err != nil {

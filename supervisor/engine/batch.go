@@ -358,12 +358,14 @@ func (e *Engine) opsOf(t *task) []clientv3.Op {
 					[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(age), "=", o.h.lastRev)},
 					[]clientv3.Op{clientv3.OpDelete(age)}, nil))
 				if o.h.hasWork {
-					// Its state record, unless someone wrote it since this
-					// holder last read or wrote it.
+					// Its state record and its child record (written
+					// together, so the state's revision guards both),
+					// unless someone wrote them since this holder last
+					// read or wrote them.
 					st := k.State(name)
 					ops = append(ops, clientv3.OpTxn(
 						[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(st), "=", o.h.stateRev)},
-						[]clientv3.Op{clientv3.OpDelete(st)}, nil))
+						[]clientv3.Op{clientv3.OpDelete(st), clientv3.OpDelete(k.Child(name))}, nil))
 				}
 			}
 		}
