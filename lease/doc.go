@@ -1,9 +1,10 @@
 // Package lease holds a member's one etcd session and knows, by its own
 // clock, until when the session is certainly still alive.
 //
-// A Session wraps a concurrency.Session on a lease granted with TTL. Besides
-// the keep-alive stream of concurrency.Session, it renews the lease itself
-// with KeepAliveOnce and records, for every acknowledged renewal, the local
+// A Session holds a lease granted with TTL and renews it itself, every
+// TTL/4, on one long-lived LeaseKeepAlive stream (a new one only when it
+// breaks or stalls: with a user and password, each new stream costs an
+// Authenticate), and records, for every acknowledged renewal, the local
 // time the request was sent. The server cannot expire the lease earlier than
 // TTL after it received that request, which is after it was sent, so
 //
@@ -19,6 +20,7 @@
 //   - The guarantee holds while the local clock's rate differs from the etcd
 //     leader's by less than margin/TTL. Wall-clock jumps do not matter: Go's
 //     time.Now carries a monotonic reading.
-//   - Session.Done of concurrency alone fires up to about a second after a
-//     peer can already have won; this package does not rely on it.
+//   - No keep-alive of clientv3 (Lease.KeepAlive, concurrency.Session) is
+//     used: their Done fires up to about a second after a peer can already
+//     have won.
 package lease

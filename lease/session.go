@@ -9,8 +9,11 @@ import (
 	"sync"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/immortald/immortald/etcdclient"
 )
@@ -93,10 +96,9 @@ type Session struct {
 // requires an etcd leader and gives up when its answer would come too late
 // to be of use (after TTL minus the margin, the safe deadline of the lease).
 //
-// Only the renewals this session sends itself decide whether it lives: no
-// keep-alive stream of the client (concurrency.Session's) can end it, since
-// such a stream can sit on an etcd member cut off from its peers until the
-// client's own deadline for it closes it, a TTL later, while the lease is
+// Only the renewals this session sends itself, and their answers, decide
+// whether it lives: a stream that stalls on an etcd member cut off from its
+// peers is given up at the next renewal (see renew), while the lease is
 // renewed through the other members.
 func Open(ctx context.Context, cli *clientv3.Client, cfg Config) (*Session, error) {
 	cfg.setDefaults()
@@ -174,26 +176,48 @@ func (s *Session) watch(ctx context.Context) {
 	s.lose()
 }
 
-// renewalsInFlight bounds the renewals outstanding at once.
-const renewalsInFlight = 4
+// streamsOpen bounds the keep-alive streams open at once: the current one
+// and those given up as stalled that may still answer.
+const streamsOpen = 4
 
-// noLeaderTries is how many times a renewal is sent while the answer is "no
-// leader": on as many endpoints, balanced round robin, when there are three.
+// noLeaderTries is how many streams a renewal is sent on, at most, while
+// the answer is "no leader" or a broken stream: as many endpoints, balanced
+// round robin, when there are three.
 const noLeaderTries = 3
 
 // renew sends a keep-alive every TTL/4 and moves the safe deadline with each
-// acknowledgement. Renewals do not wait for each other: one stuck on an etcd
-// member that just died must not hold back the next until the safe deadline
-// has passed, and one that etcd answers slowly still counts, with its own
-// send time, when its answer comes.
+// acknowledgement. The renewals go on one long-lived LeaseKeepAlive stream,
+// not a stream each: a client with a user and password authenticates at
+// every stream it opens (clientv3's stream interceptor calls getToken), so
+// a stream per renewal would mean an Authenticate per renewal.
+//
+// Renewals do not wait for each other. etcd answers a stream's requests in
+// order, one answer each (v3rpc's LeaseKeepAlive loop), and an answer
+// counts with the send time of the oldest request of its stream not yet
+// answered: its own or an earlier one, so never later than its own. A
+// stream whose last renewal is still unanswered at the next tick (stuck on
+// an etcd member that just died, or cut off from its leader) is given up
+// for new renewals: the next one goes on a new stream, which the client's
+// round-robin balancer puts on the next endpoint; the old stream stays
+// open, and an answer it still gives counts, until TTL minus the margin
+// after its oldest unanswered renewal, when no answer could move the
+// deadline any more. A stream refused for want of a leader, or broken, is
+// replaced at once, up to noLeaderTries streams per renewal.
 func (s *Session) renew(ctx context.Context) {
 	defer s.wg.Done()
 	every := s.cfg.TTL / 4
 	t := time.NewTicker(every)
 	defer t.Stop()
-	slots := make(chan struct{}, renewalsInFlight)
-	var inflight sync.WaitGroup
-	defer inflight.Wait()
+	var (
+		cur    *kaStream
+		open   sync.WaitGroup // the streams' receivers
+		live   = make(chan struct{}, streamsOpen)
+		kicks  = 0 // renewals sent again since the last tick
+		kicked = make(chan struct{}, 1)
+	)
+	defer open.Wait()
+	ctx, cancel := context.WithCancel(ctx) // every stream ends with renew
+	defer cancel()
 	for {
 		select {
 		case <-ctx.Done():
@@ -201,52 +225,173 @@ func (s *Session) renew(ctx context.Context) {
 		case <-s.done:
 			return
 		case <-t.C:
+			kicks = 0
+		case <-kicked:
+			// A stream broke with a renewal unanswered (refused for want
+			// of a leader, most often): send one again at once, on a new
+			// stream.
+			if kicks++; kicks >= noLeaderTries {
+				continue
+			}
 		}
-		select {
-		case slots <- struct{}{}:
-		default:
-			continue // etcd answers none of them: the deadline decides
+		sent := s.cfg.Clock.Now()
+		if cur != nil && cur.stalled(sent.Add(-every/2)) {
+			cur.retire(s.cfg.TTL - s.cfg.Margin)
+			cur = nil
 		}
-		inflight.Add(1)
-		go func(sent time.Time) {
-			defer func() { <-slots; inflight.Done() }()
-			s.renewOnce(ctx, sent)
-		}(s.cfg.Clock.Now())
-	}
-}
-
-// renewOnce sends one keep-alive, sent at sent. A member without an etcd
-// leader refuses it at once, before doing anything, and clientv3 does not
-// send it again: it is sent again here, to the next endpoint, up to
-// noLeaderTries times in all. The refusal reaches the client as "no
-// leader", or as a bare EOF when the member closed the keep-alive stream
-// before the request was written; a keep-alive is idempotent, so any
-// failure but a lease that is gone is worth another try. It gives up when
-// its answer could no longer move the deadline.
-func (s *Session) renewOnce(ctx context.Context, sent time.Time) {
-	rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), s.cfg.TTL-s.cfg.Margin)
-	defer cancel()
-	resp, err := s.cli.KeepAliveOnce(rctx, s.Lease())
-	for try := 1; try < noLeaderTries && retryable(err) && rctx.Err() == nil; try++ {
-		resp, err = s.cli.KeepAliveOnce(rctx, s.Lease())
-	}
-	switch {
-	case errors.Is(err, rpctypes.ErrLeaseNotFound):
-		s.cfg.Logger.Warn("lease is gone on the server", "lease", fmt.Sprintf("%x", int64(s.Lease())))
-		s.dl.expire()
-	case err != nil:
-		if ctx.Err() == nil {
+		var err error
+		for try := 0; try < noLeaderTries; try++ {
+			if cur == nil {
+				select {
+				case live <- struct{}{}:
+				default:
+					err = errors.New("every keep-alive stream is stalled")
+					try = noLeaderTries // etcd answers none of them: the deadline decides
+					continue
+				}
+				cur, err = s.openStream(ctx, &open, live, kicked)
+				if err != nil {
+					<-live
+					cur = nil
+					if !retryable(err) || ctx.Err() != nil {
+						break
+					}
+					continue
+				}
+			}
+			if err = cur.send(s.Lease(), sent); err == nil {
+				break
+			}
+			cur.retire(0)
+			cur = nil
+		}
+		if err != nil && ctx.Err() == nil {
 			s.cfg.Logger.Debug("lease renewal failed", "err", err)
 		}
-	case resp.TTL <= 0:
-		s.dl.expire()
-	default:
-		s.dl.renewed(sent, time.Duration(resp.TTL)*time.Second)
 	}
 }
 
-// retryable reports whether a failed keep-alive may be sent again at once:
-// refused for want of a leader, or its stream closed under it.
+// kaStream is one LeaseKeepAlive stream and the send times of its
+// renewals not yet answered, oldest first.
+type kaStream struct {
+	stream pb.Lease_LeaseKeepAliveClient
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	pending []time.Time
+	broken  bool
+	retired bool
+}
+
+// openStream opens a keep-alive stream, requiring a leader, and starts its
+// receiver, which holds a slot of live until the stream ends, and sends on
+// kicked (without blocking) when the stream breaks with a renewal
+// unanswered.
+func (s *Session) openStream(ctx context.Context, open *sync.WaitGroup, live, kicked chan struct{}) (*kaStream, error) {
+	sctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	st, err := pb.NewLeaseClient(s.cli.ActiveConnection()).LeaseKeepAlive(sctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	ks := &kaStream{stream: st, cancel: cancel}
+	open.Add(1)
+	go func() {
+		defer func() { <-live; open.Done() }()
+		if s.receive(ctx, ks) {
+			select {
+			case kicked <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return ks, nil
+}
+
+// send sends one renewal of lease, sent at sent.
+func (ks *kaStream) send(lease clientv3.LeaseID, sent time.Time) error {
+	ks.mu.Lock()
+	if ks.broken {
+		ks.mu.Unlock()
+		return io.EOF
+	}
+	ks.pending = append(ks.pending, sent)
+	ks.mu.Unlock()
+	// Only the renew loop sends: gRPC allows one sender at a time.
+	return ks.stream.Send(&pb.LeaseKeepAliveRequest{ID: int64(lease)})
+}
+
+// stalled reports whether the stream is broken or has a renewal sent
+// before by that is unanswered.
+func (ks *kaStream) stalled(by time.Time) bool {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	return ks.broken || len(ks.pending) > 0 && ks.pending[0].Before(by)
+}
+
+// retire takes the stream out of use for new renewals; it is closed once
+// every renewal on it is answered, or after keep at the latest.
+func (ks *kaStream) retire(keep time.Duration) {
+	ks.mu.Lock()
+	ks.retired = true
+	idle := len(ks.pending) == 0 || ks.broken
+	ks.mu.Unlock()
+	if idle || keep <= 0 {
+		ks.cancel()
+		return
+	}
+	time.AfterFunc(keep, ks.cancel)
+}
+
+// answered pops the send time the next answer counts with; ok is false
+// when no renewal is pending (an answer etcd should not send). A retired
+// stream with nothing left pending is closed.
+func (ks *kaStream) answered() (sent time.Time, ok bool) {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	if len(ks.pending) == 0 {
+		return time.Time{}, false
+	}
+	sent = ks.pending[0]
+	ks.pending = ks.pending[1:]
+	if ks.retired && len(ks.pending) == 0 {
+		ks.cancel()
+	}
+	return sent, true
+}
+
+// receive counts the stream's answers until it ends. An answer with no
+// TTL is etcd's word that the lease is gone. It reports whether the stream
+// broke, not retired, with a renewal unanswered, for a reason worth
+// sending it again at once (see retryable).
+func (s *Session) receive(ctx context.Context, ks *kaStream) (again bool) {
+	defer ks.cancel()
+	for {
+		resp, err := ks.stream.Recv()
+		if err != nil {
+			ks.mu.Lock()
+			ks.broken = true
+			again = len(ks.pending) > 0 && !ks.retired && retryable(err)
+			ks.mu.Unlock()
+			if ctx.Err() == nil && status.Code(err) != codes.Canceled {
+				s.cfg.Logger.Debug("lease keep-alive stream ended", "err", err)
+			}
+			return again && ctx.Err() == nil
+		}
+		sent, ok := ks.answered()
+		switch {
+		case !ok:
+		case resp.TTL <= 0:
+			s.cfg.Logger.Warn("lease is gone on the server", "lease", fmt.Sprintf("%x", int64(s.Lease())))
+			s.dl.expire()
+		default:
+			s.dl.renewed(sent, time.Duration(resp.TTL)*time.Second)
+		}
+	}
+}
+
+// retryable reports whether a failed stream open may be tried again at
+// once: refused for want of a leader, or closed under it.
 func retryable(err error) bool {
-	return etcdclient.IsNoLeader(err) || errors.Is(err, io.EOF)
+	return etcdclient.IsNoLeader(err) || errors.Is(err, io.EOF) || status.Code(err) == codes.Unavailable
 }

@@ -328,3 +328,47 @@ func TestRenewalsMoveOffAMemberWithoutALeader(t *testing.T) {
 		t.Errorf("the lease has %ds left on the server, want it renewed", got)
 	}
 }
+
+// TestRenewalsMoveOffAStalledStream: the renewals share one keep-alive
+// stream; when it stops moving (its connection frozen, as to an etcd
+// member that died without closing it), the next renewal goes on a new
+// stream on the other endpoint, and the session lives on. Both endpoints
+// are proxies of one etcd, so which one carries the renewals can be seen
+// (the bytes each moves) and frozen.
+func TestRenewalsMoveOffAStalledStream(t *testing.T) {
+	const ttl = 2 * time.Second
+	srv := etcdtest.MustStart(t)
+	p := []*etcdtest.Proxy{etcdtest.MustProxy(t, srv.Endpoint()), etcdtest.MustProxy(t, srv.Endpoint())}
+	cli := etcdtest.MustClient(t, p[0].Addr(), p[1].Addr())
+	log, logs := newLogger(t)
+	s := mustOpen(t, cli, lease.Config{TTL: ttl, Logger: log})
+	// Which proxy carries the renewals: the one whose bytes grow while
+	// nothing else is sent.
+	time.Sleep(ttl / 2)
+	d0, d1 := p[0].Down(), p[1].Down()
+	time.Sleep(ttl)
+	busy := 0
+	if p[1].Down()-d1 > p[0].Down()-d0 {
+		busy = 1
+	}
+	other := p[1-busy]
+	if grew := p[busy].Down() - []int64{d0, d1}[busy]; grew == 0 {
+		t.Fatalf("no bytes through either proxy in %s: no renewals seen", ttl)
+	}
+	before := other.Down()
+	p[busy].Freeze()
+	defer p[busy].Thaw()
+	time.Sleep(3 * ttl) // 12 renewals, each past the frozen one's safe deadline if it were the only way
+	if isClosed(s.Done()) {
+		t.Fatalf("the session was lost while one of two endpoints stalled")
+	}
+	if other.Down() == before {
+		t.Fatalf("nothing moved through the other endpoint while the renewals' stream stalled")
+	}
+	if got := timeToLive(t, etcdtest.MustClient(t, srv.Endpoint()), s.Lease()); got <= 0 {
+		t.Errorf("the lease has %ds left on the server, want it renewed", got)
+	}
+	if n := strings.Count(logs.String(), "lease renewal failed"); n > 0 {
+		t.Errorf("%d renewals failed", n)
+	}
+}
