@@ -181,6 +181,11 @@ func loadManifests(tb testing.TB) *manifests {
 			if d.Name() == "testdata" || (strings.HasPrefix(d.Name(), ".") && path != ".") {
 				return filepath.SkipDir
 			}
+			if path == "monitoring" {
+				// Prometheus rules and a Grafana dashboard, no Kubernetes
+				// manifests: package monitoring checks them with promtool.
+				return filepath.SkipDir
+			}
 			return nil
 		}
 		if isKustomization(path) {
