@@ -17,7 +17,7 @@ E2E_FLAGS     ?= -v
 # Static binaries (no libc in a scratch image). Not exported: -race needs cgo.
 STATIC        := CGO_ENABLED=0
 
-.PHONY: all build etcd image etcd-image dev-certs test lint unit e2e kind-image e2e-kind bench bench-quick bench-check clean
+.PHONY: all build etcd image etcd-image dev-certs test lint browser unit e2e kind-image e2e-kind bench bench-quick bench-check clean
 
 all: build
 
@@ -54,7 +54,16 @@ dev-certs:
 
 ## test: what CI runs: lint, unit and integration tests (-race), the
 ## end-to-end suite on Docker, then the quick benchmark against its bars.
-test: lint unit e2e bench-check
+test: lint browser unit e2e bench-check
+
+## browser: Debian's chromium, the headless browser of the live page's test
+## (installed when missing and this is root on Debian; else that test skips
+## and says why).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  echo "installing Debian's chromium for the live page's browser test" && \
+	  apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "no chromium: the live page's browser test will skip"
 
 ## lint: gofmt and go vet (the e2e files too).
 lint:
