@@ -164,7 +164,11 @@ func TestLivePageInABrowser(t *testing.T) {
 	}
 	t.Logf("screenshot of the page: %s (%d bytes; set IMMORTALD_TEST_ARTIFACTS to keep it)", shot, len(png))
 	if os.Getenv("IMMORTALD_UPDATE_SCREENSHOT") == "1" {
-		if err := os.WriteFile(filepath.Join("..", "..", "docs", "ui.png"), png, 0o644); err != nil {
+		docs := filepath.Join("..", "..", "docs")
+		if err := os.MkdirAll(docs, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(docs, "ui.png"), png, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		t.Log("wrote docs/ui.png")
