@@ -306,7 +306,7 @@ func (a *app) runCmd() *cobra.Command {
 	f.String("id", "", "member id (default: the hostname; in Kubernetes, the pod name)")
 	f.String("lease-ttl", lease.DefaultTTL.String(), "session lease TTL: whole seconds, from 2s to 10m")
 	f.String("checkpoint-interval", "1s", "time between heartbeats, each a checkpoint of every life's age: from 100ms to 1m, at most half of --lease-ttl")
-	f.String("http-addr", ":8080", "address of /livez, /readyz and /metrics (empty: off)")
+	f.String("http-addr", ":8080", "address of /livez, /readyz, /metrics and the live page at /ui (empty: off)")
 	f.String("advertise-addr", "", "host:port published as this member's address (default: --http-addr as bound, an unspecified host replaced by the hostname)")
 	f.String("data-dir", "immortald.etcd", "data directory of the embedded etcd")
 	f.String("state-dir", "", "root of the state directories of command lives (default: $TMPDIR/immortald-<id>)")

@@ -31,6 +31,7 @@ import (
 	"github.com/immortald/immortald/lease"
 	"github.com/immortald/immortald/registry"
 	"github.com/immortald/immortald/supervisor"
+	"github.com/immortald/immortald/webui"
 	"github.com/immortald/immortald/workload"
 	"github.com/immortald/immortald/workload/execkind"
 )
@@ -58,8 +59,9 @@ type Config struct {
 	// age): from MinCheckpointInterval to MaxCheckpointInterval, and at most
 	// half the LeaseTTL. Default 1s.
 	CheckpointInterval time.Duration
-	// HTTPAddr serves /livez, /readyz and /metrics. Default ":8080"; empty
-	// string disables it.
+	// HTTPAddr serves /livez, /readyz, /metrics and the live page of the
+	// cluster at / and /ui (package webui). Default ":8080"; empty string
+	// disables it.
 	HTTPAddr string
 	// AdvertiseAddr is the address published in the member record, where a
 	// peer or a user reaches this member's HTTP endpoints (in Kubernetes,
@@ -111,6 +113,7 @@ type Main struct {
 	sup     *supervisor.Supervisor
 	httpLn  net.Listener
 	httpSrv *http.Server
+	ui      *webui.Server
 	// denied receives the first request etcd refused for authentication or
 	// permission.
 	denied chan error
@@ -287,6 +290,8 @@ func (m *Main) Open() error {
 			fmt.Fprintln(w, "ok")
 		})
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		m.ui = webui.New(webui.Config{Client: cli, Keys: keys, Member: m.cfg.ID, Logger: m.log})
+		mux.Handle("/", m.ui) // the page at / and /ui, its data under /ui/; 404 for any other path
 		m.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		srv := m.httpSrv // Close may clear the field before Serve starts
 		go func() { _ = srv.Serve(ln) }()
@@ -453,6 +458,10 @@ func (m *Main) probeWhileUnready(ctx context.Context) {
 
 // Close releases everything Open acquired. It is safe to call twice.
 func (m *Main) Close() {
+	if m.ui != nil {
+		m.ui.Close() // ends the page's streams, which Shutdown would wait for
+		m.ui = nil
+	}
 	if m.httpSrv != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = m.httpSrv.Shutdown(ctx)

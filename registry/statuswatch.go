@@ -46,6 +46,13 @@ type StatusChange struct {
 	Event  string // one of the Event constants
 	Rev    int64  // etcd revision of the change (of the read, for EventListed)
 	Status Status
+	// HolderLive, for EventStopped, reports whether the holder that last
+	// ran the life was still a member at Rev (its record there, on the
+	// lease its age record names): it let the life go itself (a handoff, a
+	// graceful stop). False when its lease ended under it (a crash, an
+	// expiry; and the revoke of a member that shut down holding more lives
+	// than fit in its final Txn), and for other events.
+	HolderLive bool
 }
 
 // StatusWatch follows every life's status: one read of the keyspace, then
@@ -212,7 +219,11 @@ func (w *StatusWatch) changes(rev int64, names []string) []StatusChange {
 		}
 		w.note(cur)
 		if ev != "" {
-			out = append(out, StatusChange{Event: ev, Rev: rev, Status: cur})
+			c := StatusChange{Event: ev, Rev: rev, Status: cur}
+			if ev == EventStopped {
+				c.HolderLive = w.view.holderLive(prev.Holder, name)
+			}
+			out = append(out, c)
 		}
 	}
 	return out

@@ -142,7 +142,8 @@ func newKindCluster(t *testing.T, dir, config, leaseTTL, checkpoint string) *kin
 	return c
 }
 
-// member starts the member id, its state directories under a short
+// member starts the member id (its HTTP address in the proc's http), its
+// state directories under a short
 // temporary directory (a test's, named for the test, may leave no room for
 // a checkpoint socket's path: at most 107 bytes).
 func (c *kindCluster) member(id string) *proc {
@@ -155,9 +156,12 @@ func (c *kindCluster) member(id string) *proc {
 		c.t.Cleanup(func() { _ = os.RemoveAll(dir) })
 		c.states = dir
 	}
+	addr := etcdtest.FreeAddr(c.t)
 	args := append([]string{"run", "--id", id, "--config", c.cfg, "--lease-ttl", c.leaseTTL, "--checkpoint-interval", c.checkpoint,
-		"--http-addr", etcdtest.FreeAddr(c.t), "--log-format", "json", "--state-dir", filepath.Join(c.states, id)}, c.ep...)
-	return c.e.start(id, args)
+		"--http-addr", addr, "--log-format", "json", "--state-dir", filepath.Join(c.states, id)}, c.ep...)
+	p := c.e.start(id, args)
+	p.http = addr
+	return p
 }
 
 // cli runs a client command and returns its stdout; it fails the test
