@@ -416,7 +416,7 @@ func TestNoSecrets(t *testing.T) {
 	var rec registry.StateRecord
 	for deadline := time.Now().Add(bound); ; time.Sleep(50 * time.Millisecond) {
 		ctx, cancel := context.WithTimeout(context.Background(), bound)
-		rec, err = registry.GetState(ctx, cli, keys, "vault1")
+		rec, _, err = registry.GetState(ctx, cli, keys, "vault1")
 		cancel()
 		if err == nil && string(rec.Data) == stateSecret {
 			break
