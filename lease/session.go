@@ -197,26 +197,34 @@ const noLeaderTries = 3
 // answered: its own or an earlier one, so never later than its own. A
 // stream whose last renewal is still unanswered at the next tick (stuck on
 // an etcd member that just died, or cut off from its leader) is given up
-// for new renewals: the next one goes on a new stream, which the client's
-// round-robin balancer puts on the next endpoint; the old stream stays
-// open, and an answer it still gives counts, until TTL minus the margin
-// after its oldest unanswered renewal, when no answer could move the
-// deadline any more. A stream refused for want of a leader, or broken, is
-// replaced at once, up to noLeaderTries streams per renewal.
+// for new renewals, and so is one that broke; a new stream is opened
+// beside the loop (up to maxOpeners at once: with a password the open
+// authenticates first, which can hang too) and the renewal goes out on it
+// once it is open. The client's round-robin balancer puts the new stream
+// on the next endpoint (with a password the Authenticate takes a pick of
+// its own, so it may be the same one; the next tick opens another). A
+// stream given up as stalled stays open, and an answer it still gives
+// counts, for TTL minus the margin, about when no answer of it could move
+// the deadline any more. A stream that breaks with a renewal unanswered (a
+// refusal for want of a leader, most often) has it sent again at once, up
+// to noLeaderTries times a tick.
 func (s *Session) renew(ctx context.Context) {
 	defer s.wg.Done()
 	every := s.cfg.TTL / 4
 	t := time.NewTicker(every)
 	defer t.Stop()
 	var (
-		cur    *kaStream
-		open   sync.WaitGroup // the streams' receivers
-		live   = make(chan struct{}, streamsOpen)
-		kicks  = 0 // renewals sent again since the last tick
-		kicked = make(chan struct{}, 1)
+		cur     *kaStream
+		opening int                                 // openers in flight
+		opened  = make(chan *kaStream, streamsOpen) // from the openers
+		failed  = make(chan struct{}, streamsOpen)  // an opener failed
+		wg      sync.WaitGroup                      // openers and receivers
+		live    = make(chan struct{}, streamsOpen)  // a slot per stream opening or open
+		kicked  = make(chan struct{}, 1)            // a stream broke with a renewal unanswered
+		kicks   = 0                                 // renewals sent again since the last tick
 	)
-	defer open.Wait()
-	ctx, cancel := context.WithCancel(ctx) // every stream ends with renew
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx) // every stream and opener ends with renew
 	defer cancel()
 	for {
 		select {
@@ -227,49 +235,70 @@ func (s *Session) renew(ctx context.Context) {
 		case <-t.C:
 			kicks = 0
 		case <-kicked:
-			// A stream broke with a renewal unanswered (refused for want
-			// of a leader, most often): send one again at once, on a new
-			// stream.
+			// Refused for want of a leader, most often: send one again
+			// at once, on a new stream.
 			if kicks++; kicks >= noLeaderTries {
 				continue
 			}
+		case <-failed:
+			opening--
+			if kicks++; kicks >= noLeaderTries {
+				continue
+			}
+		case ks := <-opened:
+			opening--
+			if cur != nil {
+				ks.retire(0) // another opener was first
+				continue
+			}
+			cur = ks
 		}
 		sent := s.cfg.Clock.Now()
 		if cur != nil && cur.stalled(sent.Add(-every/2)) {
 			cur.retire(s.cfg.TTL - s.cfg.Margin)
 			cur = nil
 		}
-		var err error
-		for try := 0; try < noLeaderTries; try++ {
-			if cur == nil {
-				select {
-				case live <- struct{}{}:
-				default:
-					err = errors.New("every keep-alive stream is stalled")
-					try = noLeaderTries // etcd answers none of them: the deadline decides
-					continue
-				}
-				cur, err = s.openStream(ctx, &open, live, kicked)
-				if err != nil {
-					<-live
-					cur = nil
-					if !retryable(err) || ctx.Err() != nil {
-						break
-					}
-					continue
-				}
+		if cur != nil {
+			err := cur.send(s.Lease(), sent)
+			if err == nil {
+				continue
 			}
-			if err = cur.send(s.Lease(), sent); err == nil {
-				break
-			}
+			s.cfg.Logger.Debug("lease keep-alive stream ended", "err", err)
 			cur.retire(0)
 			cur = nil
 		}
-		if err != nil && ctx.Err() == nil {
-			s.cfg.Logger.Debug("lease renewal failed", "err", err)
+		// No stream to send on: open one, without waiting for it here (an
+		// open can hang on the endpoint that stalled: see openStream); the
+		// renewal goes out as soon as it is open.
+		if opening >= maxOpeners {
+			continue
 		}
+		select {
+		case live <- struct{}{}:
+		default:
+			s.cfg.Logger.Debug("lease renewal failed", "err", "every keep-alive stream is stalled")
+			continue // etcd answers none of them: the deadline decides
+		}
+		opening++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ks, err := s.openStream(ctx, &wg, live, kicked)
+			if err != nil {
+				<-live
+				if ctx.Err() == nil {
+					s.cfg.Logger.Debug("lease renewal failed", "err", err)
+				}
+				failed <- struct{}{}
+				return
+			}
+			opened <- ks
+		}()
 	}
 }
+
+// maxOpeners bounds the keep-alive streams being opened at once.
+const maxOpeners = 2
 
 // kaStream is one LeaseKeepAlive stream and the send times of its
 // renewals not yet answered, oldest first.
@@ -281,23 +310,31 @@ type kaStream struct {
 	pending []time.Time
 	broken  bool
 	retired bool
+	keep    *time.Timer // closes a retired stream at the latest
 }
 
 // openStream opens a keep-alive stream, requiring a leader, and starts its
 // receiver, which holds a slot of live until the stream ends, and sends on
 // kicked (without blocking) when the stream breaks with a renewal
-// unanswered.
-func (s *Session) openStream(ctx context.Context, open *sync.WaitGroup, live, kicked chan struct{}) (*kaStream, error) {
+// unanswered. It runs beside the renew loop: with a user and password,
+// clientv3 authenticates before it opens a stream (a unary call, which can
+// hang on the very endpoint that stalled), and the loop must go on meanwhile.
+// It gives up after the TTL.
+func (s *Session) openStream(ctx context.Context, wg *sync.WaitGroup, live, kicked chan struct{}) (*kaStream, error) {
 	sctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	slow := time.AfterFunc(s.cfg.TTL, cancel)
 	st, err := pb.NewLeaseClient(s.cli.ActiveConnection()).LeaseKeepAlive(sctx)
+	if !slow.Stop() && err == nil {
+		err = fmt.Errorf("opening a keep-alive stream took over %s", s.cfg.TTL)
+	}
 	if err != nil {
 		cancel()
 		return nil, err
 	}
 	ks := &kaStream{stream: st, cancel: cancel}
-	open.Add(1)
+	wg.Add(1)
 	go func() {
-		defer func() { <-live; open.Done() }()
+		defer func() { <-live; wg.Done() }()
 		if s.receive(ctx, ks) {
 			select {
 			case kicked <- struct{}{}:
@@ -330,17 +367,28 @@ func (ks *kaStream) stalled(by time.Time) bool {
 }
 
 // retire takes the stream out of use for new renewals; it is closed once
-// every renewal on it is answered, or after keep at the latest.
+// every renewal on it is answered, or keep after it was retired at the
+// latest.
 func (ks *kaStream) retire(keep time.Duration) {
 	ks.mu.Lock()
+	defer ks.mu.Unlock()
 	ks.retired = true
-	idle := len(ks.pending) == 0 || ks.broken
-	ks.mu.Unlock()
-	if idle || keep <= 0 {
+	if len(ks.pending) == 0 || ks.broken || keep <= 0 {
 		ks.cancel()
 		return
 	}
-	time.AfterFunc(keep, ks.cancel)
+	ks.keep = time.AfterFunc(keep, ks.cancel)
+}
+
+// ended marks the stream broken and stops its keep timer: its receiver
+// returned.
+func (ks *kaStream) ended() {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	ks.broken = true
+	if ks.keep != nil {
+		ks.keep.Stop()
+	}
 }
 
 // answered pops the send time the next answer counts with; ok is false
@@ -365,6 +413,7 @@ func (ks *kaStream) answered() (sent time.Time, ok bool) {
 // broke, not retired, with a renewal unanswered, for a reason worth
 // sending it again at once (see retryable).
 func (s *Session) receive(ctx context.Context, ks *kaStream) (again bool) {
+	defer ks.ended()
 	defer ks.cancel()
 	for {
 		resp, err := ks.stream.Recv()

@@ -57,6 +57,8 @@ func TestKeysLayout(t *testing.T) {
 		{name: "state", got: k.State("Adam"), want: "/p/states/Adam"},
 		{name: "state quarantines", got: k.StateQuarantines(), want: "/p/quarantine-states/"},
 		{name: "state quarantine", got: k.StateQuarantine("Adam"), want: "/p/quarantine-states/Adam"},
+		{name: "children", got: k.Children(), want: "/p/children/"},
+		{name: "child", got: k.Child("Adam"), want: "/p/children/Adam"},
 		{name: "members", got: k.Members(), want: "/p/members/"},
 		{name: "member", got: k.Member("m1"), want: "/p/members/m1"},
 		{name: "name of a life", got: registry.NameOf(k.Lives(), "/p/lives/Adam"), want: "Adam"},
@@ -68,6 +70,19 @@ func TestKeysLayout(t *testing.T) {
 				t.Fatalf("got %q, want %q", tt.got, tt.want)
 			}
 		})
+	}
+}
+
+// states/ is the last section: StatusWatch's watch ends where it starts,
+// so every section a status derives from must sort before it, and no
+// section but states/ may sort at or after it.
+func TestStatesIsTheLastSection(t *testing.T) {
+	k := mustKeys(t, "/p/")
+	for _, sec := range []string{k.Lives(), k.Elections(), k.Ages(), k.Quarantines(), k.StateQuarantines(),
+		k.Children(), k.Heartbeats(), k.Members()} {
+		if sec >= k.States() {
+			t.Errorf("section %q sorts at or after %q: StatusWatch would not see it", sec, k.States())
+		}
 	}
 }
 

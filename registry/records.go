@@ -206,8 +206,10 @@ type ChildRecord struct {
 const MaxChildErrorBytes = 1 << 10
 
 // MaxChildRecordBytes bounds a stored child record; a longer value is
-// ErrCorrupt, unread.
-const MaxChildRecordBytes = 4 << 10
+// ErrCorrupt, unread. It holds an Error of MaxChildErrorBytes that JSON
+// escapes entirely (6 bytes per byte: <, >, &, control bytes) and the
+// other fields.
+const MaxChildRecordBytes = 8 << 10
 
 // Marshal encodes r, its child's Error cut to MaxChildErrorBytes (on a
 // UTF-8 boundary).

@@ -10,6 +10,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/immortald/immortald/internal/etcdtest"
 	"github.com/immortald/immortald/registry"
 	"github.com/immortald/immortald/workload"
@@ -56,6 +58,14 @@ func TestChildRecord(t *testing.T) {
 	if err != nil || len(b) > registry.MaxChildRecordBytes || len(got.Child.Error) > registry.MaxChildErrorBytes ||
 		!strings.HasSuffix(got.Child.Error, "...") || !utf8.ValidString(got.Child.Error) {
 		t.Fatalf("a long error: %d bytes, %+v, %v", len(b), got, err)
+	}
+	// One that JSON escapes byte by byte still parses.
+	for _, c := range []string{"<", "\x1b"} {
+		r.Child.Error = strings.Repeat(c, 2*registry.MaxChildErrorBytes)
+		r.Holder = strings.Repeat("h", 253)
+		if got, err := registry.ParseChildRecord(r.Marshal()); err != nil || got.Child.Error == "" {
+			t.Fatalf("an error of %q bytes: %+v, %v", c, got.Child, err)
+		}
 	}
 	for _, bad := range []string{"", "[]", `{"life_id":0,"holder_rev":1,"incarnation":1}`, `{"life_id":1,"holder_rev":0,"incarnation":1}`,
 		`{"life_id":1,"holder_rev":1,"incarnation":0}`, `{"life_id":1,"holder_rev":1,"incarnation":1,"x":"` + strings.Repeat("a", registry.MaxChildRecordBytes) + `"}`} {
@@ -208,10 +218,11 @@ func TestStatusKinds(t *testing.T) {
 	}
 }
 
-// A status read (ls, ls -w's first read, get-age) never reads a state
+// A status read (ls, ls -w's read and watch, get-age) never reads a state
 // record: with 200 command lives of 64 KiB of state each (about 17 MB
 // stored), what etcd sends for ListStatus, WatchStatus's read and a
-// GetStatus is at most 2 KiB per life and read; reading
+// GetStatus is at most 2 KiB per life and read, the watch after it gets
+// about as much per checkpoint; reading
 // states/ itself, through the same counting proxy, moves it all.
 func TestStatusReadsNoState(t *testing.T) {
 	srv := etcdtest.MustStart(t)
@@ -268,6 +279,40 @@ func TestStatusReadsNoState(t *testing.T) {
 		t.Errorf("ListStatus, WatchStatus and GetStatus read %d bytes from etcd for %d lives; want at most %d", read, lives, limit)
 	}
 	t.Logf("three status reads of %d command lives: %d bytes from etcd (%d per life)", lives, read, read/lives)
+
+	// The watch after the read: a holder's checkpoints (state and child
+	// record in one Txn) reach it as child records alone.
+	w.List()
+	st0 := all[0]
+	const e = 1 // the watch does not judge the fencing
+	before = proxy.Down()
+	const writes = 20
+	var last int64
+	for i := range writes {
+		rec, err := registry.StateRecord{LifeID: st0.LifeID, Holder: "m1", HolderRev: e, Incarnation: 2, Time: at, Data: bytes.Repeat([]byte{byte(i)}, stateBytes)}.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := registry.ChildRecord{LifeID: st0.LifeID, Holder: "m1", HolderRev: e, Incarnation: 2, Time: at, Child: workload.ChildStatus{State: workload.ChildRunning, Restarts: i}}
+		resp, err := setup.Txn(ctx).Then(clientv3.OpPut(keys.State(st0.Name), string(rec)), clientv3.OpPut(keys.Child(st0.Name), string(c.Marshal()))).Commit()
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = resp.Header.Revision
+	}
+	for w.Rev() < last {
+		nctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := w.Next(nctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("the watch up to revision %d: %v", last, err)
+		}
+	}
+	if got := proxy.Down() - before; got > writes*2<<10 {
+		t.Errorf("the status watch received %d bytes for %d checkpoints of %d KiB: it receives the states", got, writes, stateBytes>>10)
+	} else {
+		t.Logf("the status watch received %d bytes for %d checkpoints of %d KiB", got, writes, stateBytes>>10)
+	}
 
 	before = proxy.Down()
 	if _, _, err := registry.RangeAll(ctx, cli, keys.States(), 0); err != nil {

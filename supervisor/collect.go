@@ -32,7 +32,8 @@ import (
 //     (its holder deletes both);
 //   - with every state record it deletes, the life's child record
 //     (children/<name>): the holder writes the two in one Txn, so the
-//     guard on the state record's revision covers both;
+//     guard on the state record's revision covers both; and every child
+//     record without a state record whose life_id is not the request's;
 //   - the heartbeat of every such gone lease that no record of a wanted life
 //     runs on: every life it ran has moved or ended.
 //
@@ -42,8 +43,8 @@ import (
 // of a holder since the read wins. Records that do not parse, and the
 // quarantine keys, are left for the user.
 //
-// Its cost when there is nothing to collect is four keys-only ranges, read
-// in pages (requests, heartbeats, ages, states): a record's value is read
+// Its cost when there is nothing to collect is five keys-only ranges, read
+// in pages (requests, heartbeats, ages, states, children): a record's value is read
 // only when its key alone says it may be an orphan (no request, or a
 // ModRevision before the request's creation: a holder's writes are fenced
 // by the life id, so no record of another life is written after it), and
@@ -75,7 +76,7 @@ type collection struct {
 	// lives are the requests' revisions by name, read keys-only.
 	lives map[string]keyRevs
 	// What this sweep deleted.
-	ages, states, beats int
+	ages, states, children, beats int
 }
 
 // run carries out the sweep's collection; a step that fails is logged and
@@ -122,20 +123,25 @@ func (c *collection) run(ctx context.Context) {
 	}
 	if err := c.collectStates(ctx); err != nil {
 		s.sweepFailed(ctx, "cannot read or clean the state records of ended lives", err)
+		return
+	}
+	if err := c.collectChildren(ctx); err != nil {
+		s.sweepFailed(ctx, "cannot read or clean the child records of ended lives", err)
 	}
 }
 
 // report logs and counts what the sweep deleted, if anything.
 func (c *collection) report() {
-	if c.ages+c.states+c.beats == 0 {
+	if c.ages+c.states+c.children+c.beats == 0 {
 		return
 	}
 	m := c.s.m.Collected
 	m.WithLabelValues("age").Add(float64(c.ages))
 	m.WithLabelValues("state").Add(float64(c.states))
+	m.WithLabelValues("child").Add(float64(c.children))
 	m.WithLabelValues("heartbeat").Add(float64(c.beats))
 	c.s.log.Info("collected the records of ended lives that no live holder owns, and the heartbeats of gone members",
-		"ages", c.ages, "states", c.states, "heartbeats", c.beats)
+		"ages", c.ages, "states", c.states, "children", c.children, "heartbeats", c.beats)
 }
 
 // leaseGone reports whether lease l is of no live member and etcd says it
@@ -300,6 +306,47 @@ func (c *collection) collectStates(ctx context.Context) error {
 		}
 		if tr.Succeeded {
 			c.states++
+		}
+	}
+	return nil
+}
+
+// collectChildren deletes the child records left without their state
+// record (a holder writes and deletes the two together, so only a member
+// of a version before child records, or a hand, leaves one) whose life_id
+// is not the request's. It lists children/ keys-only; a record is read
+// only when its key says it may be an orphan, and deleted only while
+// states/<name> does not exist. A record that does not parse is left.
+func (c *collection) collectChildren(ctx context.Context) error {
+	s, k := c.s, c.s.cfg.Keys
+	_, keys, err := registry.RangeAll(ctx, s.cfg.Client, k.Children(), 0, clientv3.WithKeysOnly())
+	if err != nil {
+		return err
+	}
+	for _, key := range keys {
+		name := registry.NameOf(k.Children(), string(key.Key))
+		if !c.mayBeOrphan(name, key) {
+			continue
+		}
+		resp, err := s.cfg.Client.Txn(ctx).Then(clientv3.OpGet(k.Child(name)), clientv3.OpGet(k.State(name), clientv3.WithKeysOnly())).Commit()
+		if err != nil {
+			return err
+		}
+		chs, sts := resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs
+		if len(chs) == 0 || len(sts) > 0 {
+			continue // deleted since, or goes with its state record
+		}
+		rec, err := registry.ParseChildRecord(chs[0].Value)
+		if err != nil || c.wanted(name, rec.LifeID) {
+			continue
+		}
+		guard := append(c.orphanGuard(name, chs[0], rec.LifeID), clientv3.Compare(clientv3.CreateRevision(k.State(name)), "=", 0))
+		tr, err := s.cfg.Client.Txn(ctx).If(guard...).Then(clientv3.OpDelete(k.Child(name))).Commit()
+		if err != nil {
+			return err
+		}
+		if tr.Succeeded {
+			c.children++
 		}
 	}
 	return nil

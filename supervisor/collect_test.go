@@ -220,6 +220,28 @@ func TestCollectStateOfOldLifeWithoutAge(t *testing.T) {
 	}
 }
 
+// A child record whose state record is gone (a member of a version before
+// child records deletes states/<name> alone; or a hand did) is collected
+// once its life is not wanted; while the life is wanted, it stays.
+func TestCollectChildRecordWithoutState(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	m1 := startMember(t, srv.Endpoint(), "m1")
+	obs := etcdtest.MustClient(t, srv.Endpoint())
+	life := put(t, obs, testKeys.Life("Irad"), nobodysKind)
+	holderRecords(t, obs, "Irad", life, 0)
+	del(t, obs, testKeys.State("Irad"))
+	sweepRan(t, m1, obs)
+	if modRev(t, obs, testKeys.Child("Irad")) == 0 {
+		t.Fatal("the child record of a wanted life was collected")
+	}
+	del(t, obs, testKeys.Life("Irad"))
+	children := collected(m1, "child")
+	sweepUntil(t, m1, "Irad's age and child record collected", gone(t, obs, testKeys.Age("Irad"), testKeys.Child("Irad")))
+	if n := collected(m1, "child") - children; n != 1 {
+		t.Fatalf("collected %v child records, want 1", n)
+	}
+}
+
 // What the sweep must never delete: the records of a wanted life (running
 // on a live member, or left by a crashed holder, or stopped), and records
 // of a deleted life that a live holder still owns (on a live member's

@@ -30,8 +30,9 @@ type Metrics struct {
 	RunsAbandoned    prometheus.Counter
 	RunsUnreturned   prometheus.Gauge
 	// Collected counts the keys the sweep deleted because nothing else
-	// would (see collectBeats), by record: "age", "state" (orphaned records
-	// of lives no longer wanted) and "heartbeat" (of gone members).
+	// would (see collectBeats), by record: "age", "state", "child"
+	// (orphaned records of lives no longer wanted) and "heartbeat" (of gone
+	// members).
 	Collected *prometheus.CounterVec
 
 	// The work of lives (work.go), by kind: Runs started, Runs ended by
@@ -214,7 +215,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.ChildExits = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "immortald_child_exits_total",
 		Help: "Children of command kinds that exited, on their own or stopped, by kind and outcome: success (exit code 0), failure (another code), signal (killed by one)."}, []string{"kind", "outcome"})
 	m.checkpointAges = newCheckpointAges()
-	for _, r := range []string{"age", "state", "heartbeat"} {
+	for _, r := range []string{"age", "state", "child", "heartbeat"} {
 		m.Collected.WithLabelValues(r) // every series from 0
 	}
 	if reg != nil {
