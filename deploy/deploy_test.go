@@ -179,6 +179,11 @@ func loadManifests(tb testing.TB) *manifests {
 			return err
 		}
 		if d.IsDir() {
+			if isChart(path) {
+				// A Helm chart's templates are not manifests until helm
+				// renders them: helm_test.go checks what it renders.
+				return filepath.SkipDir
+			}
 			if d.Name() == "testdata" || (strings.HasPrefix(d.Name(), ".") && path != ".") {
 				return filepath.SkipDir
 			}
@@ -300,6 +305,12 @@ func (m *manifests) checkPatchesAndReplicas() {
 			}
 		}
 	}
+}
+
+// isChart reports whether dir is a Helm chart (it has a Chart.yaml).
+func isChart(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "Chart.yaml"))
+	return err == nil
 }
 
 func hasKustomization(dir string) bool {
