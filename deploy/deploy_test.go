@@ -56,7 +56,8 @@ const (
 	etcdReplicas    = 3
 	etcdClientPort  = 2379
 	etcdPeerPort    = 2380
-	minGracePeriodS = 10 // lease-ttl (5s) + 2s worst case, with slack
+	etcdMetricsPort = 2381 // plain-http health and metrics of an etcd with TLS
+	minGracePeriodS = 10   // lease-ttl (5s) + 2s worst case, with slack
 )
 
 // codec decodes a YAML document into the registered type its apiVersion and
@@ -178,6 +179,11 @@ func loadManifests(tb testing.TB) *manifests {
 			return err
 		}
 		if d.IsDir() {
+			if isChart(path) {
+				// A Helm chart's templates are not manifests until helm
+				// renders them: helm_test.go checks what it renders.
+				return filepath.SkipDir
+			}
 			if d.Name() == "testdata" || (strings.HasPrefix(d.Name(), ".") && path != ".") {
 				return filepath.SkipDir
 			}
@@ -299,6 +305,12 @@ func (m *manifests) checkPatchesAndReplicas() {
 			}
 		}
 	}
+}
+
+// isChart reports whether dir is a Helm chart (it has a Chart.yaml).
+func isChart(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "Chart.yaml"))
+	return err == nil
 }
 
 func hasKustomization(dir string) bool {
@@ -470,15 +482,24 @@ func TestStrictDecodingRejectsBadManifests(t *testing.T) {
 
 // TestInvariants checks the properties immortald and its etcd rely on. They
 // hold for the base; overlays only change replicas of the app, images and
-// resources.
+// resources. TestKustomizeBuildsEveryKustomization checks them on what each
+// kustomization builds, and helm_test.go on what the chart renders.
 func TestInvariants(t *testing.T) {
 	m := loadManifests(t)
 	if len(m.errs) > 0 {
 		t.Fatalf("manifests do not decode; see TestManifestsDecodeStrictly (first: %s)", m.errs[0])
 	}
+	checkInvariants(t, m, true)
+}
 
+// checkInvariants checks the invariants on m.resources, each as a subtest.
+// withEtcd false leaves out those about the etcd StatefulSet: for a set of
+// objects without it (the app alone, or a Helm release on an etcd of the
+// user's own).
+func checkInvariants(t *testing.T, m *manifests, withEtcd bool) {
 	tests := []struct {
 		name  string
+		etcd  bool // about the etcd StatefulSet
 		check func(t *testing.T, m *manifests)
 	}{
 		{
@@ -489,6 +510,7 @@ func TestInvariants(t *testing.T) {
 		},
 		{
 			name: "etcd runs restricted too",
+			etcd: true,
 			check: func(t *testing.T, m *manifests) {
 				checkRestricted(t, &statefulSet(t, m, etcdName).Spec.Template.Spec)
 			},
@@ -544,13 +566,15 @@ func TestInvariants(t *testing.T) {
 		},
 		{
 			name: "app lists every etcd member as an endpoint",
+			etcd: true,
 			check: func(t *testing.T, m *manifests) {
 				sts := statefulSet(t, m, etcdName)
+				scheme := etcdScheme(container(t, &sts.Spec.Template.Spec, etcdContainer))
 				c := container(t, &deployment(t, m, appName).Spec.Template.Spec, appContainer)
 				got := strings.Split(envValue(t, c, "IMMORTALD_ETCD_ENDPOINTS"), ",")
 				var want []string
 				for i := range replicas(sts.Spec.Replicas) {
-					want = append(want, fmt.Sprintf("http://%s-%d.%s:%d", sts.Name, i, sts.Spec.ServiceName, etcdClientPort))
+					want = append(want, fmt.Sprintf("%s://%s-%d.%s:%d", scheme, sts.Name, i, sts.Spec.ServiceName, etcdClientPort))
 				}
 				slices.Sort(got)
 				if !slices.Equal(got, want) {
@@ -560,6 +584,7 @@ func TestInvariants(t *testing.T) {
 		},
 		{
 			name: "etcd has 3 replicas started in parallel",
+			etcd: true,
 			check: func(t *testing.T, m *manifests) {
 				sts := statefulSet(t, m, etcdName)
 				if n := replicas(sts.Spec.Replicas); n != etcdReplicas {
@@ -573,6 +598,7 @@ func TestInvariants(t *testing.T) {
 		},
 		{
 			name: "etcd keeps its data dir on a volumeClaimTemplate",
+			etcd: true,
 			check: func(t *testing.T, m *manifests) {
 				sts := statefulSet(t, m, etcdName)
 				if len(sts.Spec.VolumeClaimTemplates) == 0 {
@@ -598,6 +624,7 @@ func TestInvariants(t *testing.T) {
 		},
 		{
 			name: "etcd serviceName is a headless Service that publishes not-ready pods",
+			etcd: true,
 			check: func(t *testing.T, m *manifests) {
 				sts := statefulSet(t, m, etcdName)
 				svc := service(t, m, sts.Spec.ServiceName)
@@ -621,20 +648,22 @@ func TestInvariants(t *testing.T) {
 		},
 		{
 			name: "etcd initial cluster names every replica by its DNS name",
+			etcd: true,
 			check: func(t *testing.T, m *manifests) {
 				sts := statefulSet(t, m, etcdName)
 				c := container(t, &sts.Spec.Template.Spec, etcdContainer)
 				checkEnvFromPodName(t, c, "POD_NAME")
+				scheme := etcdScheme(c)
 				var want []string
 				for i := range replicas(sts.Spec.Replicas) {
-					want = append(want, fmt.Sprintf("%s-%d=http://%[1]s-%d.%s:%d", sts.Name, i, sts.Spec.ServiceName, etcdPeerPort))
+					want = append(want, fmt.Sprintf("%s-%d=%s://%[1]s-%[2]d.%[4]s:%[5]d", sts.Name, i, scheme, sts.Spec.ServiceName, etcdPeerPort))
 				}
 				wantFlags := map[string]string{
 					"--name":                        "$(POD_NAME)",
 					"--initial-cluster":             strings.Join(want, ","),
 					"--initial-cluster-state":       "new",
-					"--initial-advertise-peer-urls": fmt.Sprintf("http://$(POD_NAME).%s:%d", sts.Spec.ServiceName, etcdPeerPort),
-					"--advertise-client-urls":       fmt.Sprintf("http://$(POD_NAME).%s:%d", sts.Spec.ServiceName, etcdClientPort),
+					"--initial-advertise-peer-urls": fmt.Sprintf("%s://$(POD_NAME).%s:%d", scheme, sts.Spec.ServiceName, etcdPeerPort),
+					"--advertise-client-urls":       fmt.Sprintf("%s://$(POD_NAME).%s:%d", scheme, sts.Spec.ServiceName, etcdClientPort),
 				}
 				for _, flag := range slices.Sorted(maps.Keys(wantFlags)) {
 					if got, _ := flagValue(c.Args, flag); got != wantFlags[flag] {
@@ -644,14 +673,24 @@ func TestInvariants(t *testing.T) {
 			},
 		},
 		{
-			name: "etcd probes hit /livez and /readyz on the client port",
+			name: "etcd probes hit /livez and /readyz on the client port (with TLS, the plain metrics port)",
+			etcd: true,
 			check: func(t *testing.T, m *manifests) {
 				c := container(t, &statefulSet(t, m, etcdName).Spec.Template.Spec, etcdContainer)
-				checkProbe(t, c, "liveness", c.LivenessProbe, "/livez", etcdClientPort)
-				checkProbe(t, c, "readiness", c.ReadinessProbe, "/readyz", etcdClientPort)
+				port := int32(etcdClientPort)
+				if etcdScheme(c) == "https" {
+					// The kubelet has no client certificate.
+					port = etcdMetricsPort
+					want := fmt.Sprintf("http://0.0.0.0:%d", etcdMetricsPort)
+					if got, _ := flagValue(c.Args, "--listen-metrics-urls"); got != want {
+						t.Errorf("etcd with TLS: --listen-metrics-urls = %q, want %q for the probes", got, want)
+					}
+				}
+				checkProbe(t, c, "liveness", c.LivenessProbe, "/livez", port)
+				checkProbe(t, c, "readiness", c.ReadinessProbe, "/readyz", port)
 				// Until a member has joined a quorum it answers no HTTP at
 				// all; without a startup probe liveness would kill it.
-				checkProbe(t, c, "startup", c.StartupProbe, "/livez", etcdClientPort)
+				checkProbe(t, c, "startup", c.StartupProbe, "/livez", port)
 			},
 		},
 		{
@@ -677,14 +716,16 @@ func TestInvariants(t *testing.T) {
 		{
 			name: "images are the locally built ones, never pulled when present",
 			check: func(t *testing.T, m *manifests) {
-				for _, tc := range []struct {
+				type image struct {
 					spec      *corev1.PodSpec
 					container string
 					image     string
-				}{
-					{&deployment(t, m, appName).Spec.Template.Spec, appContainer, "immortald:dev"},
-					{&statefulSet(t, m, etcdName).Spec.Template.Spec, etcdContainer, "immortald-etcd:dev"},
-				} {
+				}
+				images := []image{{&deployment(t, m, appName).Spec.Template.Spec, appContainer, "immortald:dev"}}
+				if withEtcd {
+					images = append(images, image{&statefulSet(t, m, etcdName).Spec.Template.Spec, etcdContainer, "immortald-etcd:dev"})
+				}
+				for _, tc := range images {
 					c := container(t, tc.spec, tc.container)
 					if c.Image != tc.image || c.ImagePullPolicy != corev1.PullIfNotPresent {
 						t.Errorf("container %q: image %q pull %q, want %q pull IfNotPresent", c.Name, c.Image, c.ImagePullPolicy, tc.image)
@@ -692,8 +733,33 @@ func TestInvariants(t *testing.T) {
 				}
 			},
 		},
+		{
+			name: "Jobs run restricted too",
+			check: func(t *testing.T, m *manifests) {
+				for _, o := range m.resources {
+					if j, ok := o.obj.(*batchv1.Job); ok {
+						t.Run(j.Name, func(t *testing.T) { checkRestricted(t, &j.Spec.Template.Spec) })
+					}
+				}
+			},
+		},
+		{
+			name: "TLS files come from mounted Secrets that uid 65532 can read",
+			check: func(t *testing.T, m *manifests) {
+				specs := []*corev1.PodSpec{&deployment(t, m, appName).Spec.Template.Spec}
+				if withEtcd {
+					specs = append(specs, &statefulSet(t, m, etcdName).Spec.Template.Spec)
+				}
+				for _, spec := range specs {
+					checkTLSFiles(t, spec)
+				}
+			},
+		},
 	}
 	for _, tt := range tests {
+		if tt.etcd && !withEtcd {
+			continue
+		}
 		t.Run(tt.name, func(t *testing.T) {
 			tt.check(t, m)
 		})
@@ -823,6 +889,60 @@ func flagValue(args []string, flag string) (string, bool) {
 	return "", false
 }
 
+// etcdScheme is the scheme of the URLs an etcd container serves: https when
+// it has a server certificate (--cert-file), else http.
+func etcdScheme(c *corev1.Container) string {
+	if _, ok := flagValue(c.Args, "--cert-file"); ok {
+		return "https"
+	}
+	return "http"
+}
+
+// checkTLSFiles checks every certificate and key file a container is told
+// to read (immortald's IMMORTALD_ETCD_CACERT, _CERT and _KEY, etcd's
+// --*-file flags): each must be under a read-only mount of a Secret volume,
+// whose root-owned files uid 65532 reads through fsGroup 65532 and a mode
+// that lets the group read.
+func checkTLSFiles(t *testing.T, spec *corev1.PodSpec) {
+	t.Helper()
+	vols := map[string]*corev1.SecretVolumeSource{}
+	for _, v := range spec.Volumes {
+		if v.Secret != nil {
+			vols[v.Name] = v.Secret
+		}
+	}
+	for _, c := range spec.Containers {
+		files := map[string]string{}
+		for _, e := range c.Env {
+			if slices.Contains([]string{"IMMORTALD_ETCD_CACERT", "IMMORTALD_ETCD_CERT", "IMMORTALD_ETCD_KEY"}, e.Name) {
+				files[e.Name] = e.Value
+			}
+		}
+		for _, a := range c.Args {
+			if flag, v, ok := strings.Cut(a, "="); ok && strings.HasSuffix(flag, "-file") && strings.HasPrefix(flag, "--") {
+				files[flag] = v
+			}
+		}
+		for _, what := range slices.Sorted(maps.Keys(files)) {
+			path := files[what]
+			var from *corev1.SecretVolumeSource
+			for _, vm := range c.VolumeMounts {
+				if s, ok := vols[vm.Name]; ok && vm.ReadOnly && isUnder(path, vm.MountPath) {
+					from = s
+				}
+			}
+			switch {
+			case from == nil:
+				t.Errorf("container %q: %s=%s is not on a read-only Secret volume", c.Name, what, path)
+			case spec.SecurityContext == nil || pick(spec.SecurityContext.FSGroup, nil, 0) != appUID:
+				t.Errorf("container %q: %s comes from Secret %q, but the pod's fsGroup is not %d: uid %d cannot read it", c.Name, what, from.SecretName, appUID, appUID)
+			case from.DefaultMode != nil && *from.DefaultMode&0o040 == 0:
+				t.Errorf("container %q: Secret %q has mode %#o, which its group cannot read", c.Name, from.SecretName, *from.DefaultMode)
+			}
+		}
+	}
+}
+
 func isUnder(path, dir string) bool {
 	rel, err := filepath.Rel(dir, path)
 	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
@@ -887,9 +1007,26 @@ func container(t *testing.T, spec *corev1.PodSpec, name string) *corev1.Containe
 // that contains its own overlay does not), every object it yields must decode
 // strictly, and the objects that the invariants are about must come out of
 // each kustomization that holds the app with what the cluster needs: the
-// member id from the pod name and the advertised address from the pod IP.
-// Without kubectl the test is skipped, and fails under CI.
+// member id from the pod name and the advertised address from the pod IP, and
+// every invariant of TestInvariants (overlays patch the base: the patched
+// objects must still keep them). Without kubectl the test is skipped, and
+// fails under CI.
 func TestKustomizeBuildsEveryKustomization(t *testing.T) {
+	kubectl := kubectlPath(t)
+	m := loadManifests(t)
+	for _, kpath := range slices.Sorted(maps.Keys(m.kustomizations)) {
+		dir := filepath.Dir(kpath)
+		t.Run(dir, func(t *testing.T) {
+			built := decodeBuild(t, "kubectl kustomize "+dir, kustomize(t, kubectl, dir))
+			checkBuild(t, built)
+		})
+	}
+}
+
+// kubectlPath finds kubectl; without it the test is skipped, and fails
+// under CI.
+func kubectlPath(t *testing.T) string {
+	t.Helper()
 	kubectl, err := exec.LookPath("kubectl")
 	if err != nil {
 		if os.Getenv("CI") != "" {
@@ -897,41 +1034,69 @@ func TestKustomizeBuildsEveryKustomization(t *testing.T) {
 		}
 		t.Skipf("kubectl not found: %v", err)
 	}
-	m := loadManifests(t)
-	for _, kpath := range slices.Sorted(maps.Keys(m.kustomizations)) {
-		dir := filepath.Dir(kpath)
-		t.Run(dir, func(t *testing.T) {
-			var stdout, stderr bytes.Buffer
-			cmd := exec.Command(kubectl, "kustomize", dir)
-			cmd.Stdout, cmd.Stderr = &stdout, &stderr
-			if err := cmd.Run(); err != nil {
-				t.Fatalf("kubectl kustomize %s: %v\n%s", dir, err, stderr.String())
-			}
-			docs, err := splitDocuments(stdout.Bytes())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(docs) == 0 {
-				t.Fatalf("kubectl kustomize %s built nothing", dir)
-			}
-			var kinds []string
-			for i, doc := range docs {
-				obj, err := decodeStrict(doc)
-				if err != nil {
-					t.Errorf("document %d of the build: %v", i, err)
-					continue
-				}
-				kind, name := kindName(obj)
-				kinds = append(kinds, kind+"/"+name)
-				if d, ok := obj.(*appsv1.Deployment); ok && name == appName {
-					c := container(t, &d.Spec.Template.Spec, appContainer)
-					checkEnvFromPodName(t, c, "IMMORTALD_ID")
-					checkAdvertisedPodIP(t, c)
-				}
-			}
-			t.Logf("%s: %s", dir, strings.Join(kinds, ", "))
-		})
+	return kubectl
+}
+
+// kustomize returns what `kubectl kustomize dir` builds.
+func kustomize(t *testing.T, kubectl, dir string) []byte {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(kubectl, "kustomize", dir)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("kubectl kustomize %s: %v\n%s", dir, err, stderr.String())
 	}
+	return stdout.Bytes()
+}
+
+// decodeBuild decodes every document of what a tool built (kustomize, helm
+// template) strictly; each one that does not decode fails t.
+func decodeBuild(t *testing.T, what string, out []byte) *manifests {
+	t.Helper()
+	docs, err := splitDocuments(out)
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if len(docs) == 0 {
+		t.Fatalf("%s built nothing", what)
+	}
+	m := &manifests{}
+	var kinds []string
+	for i, doc := range docs {
+		obj, err := decodeStrict(doc)
+		if err != nil {
+			t.Errorf("document %d of %s: %v", i, what, err)
+			continue
+		}
+		kind, name := kindName(obj)
+		kinds = append(kinds, kind+"/"+name)
+		m.resources = append(m.resources, object{where: fmt.Sprintf("%s#%d", what, i), obj: obj})
+	}
+	t.Logf("%s: %s", what, strings.Join(kinds, ", "))
+	return m
+}
+
+// checkBuild checks a build that holds the app: the member id from the pod
+// name, the advertised pod IP and every invariant (those of etcd when the
+// build has the etcd StatefulSet).
+func checkBuild(t *testing.T, m *manifests) {
+	t.Helper()
+	if !hasObject(m, "Deployment", appName) {
+		return
+	}
+	c := container(t, &deployment(t, m, appName).Spec.Template.Spec, appContainer)
+	checkEnvFromPodName(t, c, "IMMORTALD_ID")
+	checkAdvertisedPodIP(t, c)
+	checkInvariants(t, m, hasObject(m, "StatefulSet", etcdName))
+}
+
+func hasObject(m *manifests, kind, name string) bool {
+	for _, o := range m.resources {
+		if k, n := kindName(o.obj); k == kind && n == name {
+			return true
+		}
+	}
+	return false
 }
 
 // checkAdvertisedPodIP checks that the member advertises the pod IP (from the

@@ -41,6 +41,12 @@ type Options struct {
 	// directory bind-mounted into each container on docker, a hostPath
 	// of the one node on kind.
 	Shared bool
+	// Helm installs the chart deploy/helm/immortald with `helm install`
+	// (the values of its ci/kind-values.yaml, the images of the run, these
+	// options as its config values) instead of applying the kustomize
+	// overlay, with 3 members, and waits until they are ready: Members
+	// returns them. Kind backend only; not with Config or Shared.
+	Helm bool
 }
 
 // Where members find what Options.Config and Options.Shared give them.
@@ -147,6 +153,9 @@ func newCluster(t *testing.T, opts Options) Cluster {
 	_ = os.RemoveAll(logsDir(t))
 	switch b := os.Getenv("IMMORTALD_E2E_BACKEND"); b {
 	case "", "docker":
+		if opts.Helm {
+			t.Skip("Options.Helm needs the kind backend (IMMORTALD_E2E_BACKEND=kind; make e2e-kind)")
+		}
 		return newDockerCluster(t, opts)
 	case "kind":
 		if opts.Secure {

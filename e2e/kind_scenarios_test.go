@@ -152,19 +152,8 @@ func TestKindDemo(t *testing.T) {
 	ids := e.addMembers(3)
 	pod1, pod2 := ids[0], ids[1]
 
-	out := cli(t, c, pod1, "start", "Adam")
-	chk.Note("kubectl exec %s -- /immortald start Adam: %q", pod1, strings.TrimSpace(out))
-	chk.WaitRunning(t, []string{"Adam"}, time.Time{}, 30*time.Second)
-	e.waitAge([]string{"Adam"}, 3*time.Second)
-	h, _ := chk.Holder("Adam")
-	holder := h.Member
+	holder, secs := e.demoStart(pod1, pod2)
 	lifeID, _ := chk.LifeID("Adam")
-
-	secs := getAgeSeconds(t, c, pod2, "Adam")
-	cp, _ := chk.Latest("Adam")
-	if secs < 3 || secs > cp.AgeMS/1000+2 {
-		t.Errorf("get-age Adam on %s = %d, want about %d", pod2, secs, cp.AgeMS/1000)
-	}
 
 	// `immortald members`: every member at its pod IP and the HTTP port.
 	mem := listMembers(t, c, pod2)
@@ -175,17 +164,8 @@ func TestKindDemo(t *testing.T) {
 		}
 	}
 
-	// kubectl delete pod of his holder (it waits until the pod is gone).
-	h0, fo, loss, deleteTook := e.stopHolder("Adam", holder)
-	newHolder := h0.New.Holder
-	peer := pod2
-	if peer == holder {
-		peer = pod1
-	}
-	secsPeer := getAgeSeconds(t, c, peer, "Adam")
-	if secsPeer < secs {
-		t.Errorf("get-age Adam on %s after the delete = %d, below %d before it", peer, secsPeer, secs)
-	}
+	d := e.demoDelete(holder, pod1, pod2, secs)
+	newHolder, fo, loss, deleteTook, secsPeer := d.Handoff.New.Holder, d.Failover, d.Loss, d.Took, d.AgeOnPeer
 
 	// The pod the Deployment starts in the deleted one's place.
 	repl, err := c.Start(ctxT(3*time.Minute), holder)
@@ -207,6 +187,52 @@ func TestKindDemo(t *testing.T) {
 		"age_before_delete_s", secs, "age_on_peer_s", secsPeer, "age_on_replacement_s", secsRepl,
 		"old_holder", holder, "new_holder", newHolder, "replacement", repl)
 	chk.Check(t)
+}
+
+// demoStart is the demo's start: `kubectl exec <pod1> -- /immortald start
+// Adam`, then `immortald get-age Adam` in pod2, about the age the checker saw.
+// It returns Adam's holder and that age in seconds.
+func (e *env) demoStart(pod1, pod2 string) (holder string, secs int64) {
+	e.t.Helper()
+	t, c, chk := e.t, e.c, e.chk
+	out := cli(t, c, pod1, "start", "Adam")
+	chk.Note("kubectl exec %s -- /immortald start Adam: %q", pod1, strings.TrimSpace(out))
+	chk.WaitRunning(t, []string{"Adam"}, time.Time{}, 30*time.Second)
+	e.waitAge([]string{"Adam"}, 3*time.Second)
+	h, _ := chk.Holder("Adam")
+	secs = getAgeSeconds(t, c, pod2, "Adam")
+	cp, _ := chk.Latest("Adam")
+	if secs < 3 || secs > cp.AgeMS/1000+2 {
+		t.Errorf("get-age Adam on %s = %d, want about %d", pod2, secs, cp.AgeMS/1000)
+	}
+	return h.Member, secs
+}
+
+// demoDeleted is what the demo's delete of Adam's holder did.
+type demoDeleted struct {
+	Handoff        Handoff
+	Failover, Loss stats
+	Took           time.Duration // kubectl delete pod
+	Peer           string        // pod1 or pod2, whichever was not the holder
+	AgeOnPeer      int64         // get-age Adam there after the delete, in seconds
+}
+
+// demoDelete is the demo's `kubectl delete pod <holder>` (it waits until the
+// pod is gone): Adam runs elsewhere within 5 s and 500 ms of age lost
+// (stopHolder), and get-age on a peer is no lower than secs, read before.
+func (e *env) demoDelete(holder, pod1, pod2 string, secs int64) demoDeleted {
+	e.t.Helper()
+	var d demoDeleted
+	d.Handoff, d.Failover, d.Loss, d.Took = e.stopHolder("Adam", holder)
+	d.Peer = pod2
+	if d.Peer == holder {
+		d.Peer = pod1
+	}
+	d.AgeOnPeer = getAgeSeconds(e.t, e.c, d.Peer, "Adam")
+	if d.AgeOnPeer < secs {
+		e.t.Errorf("get-age Adam on %s after the delete = %d, below %d before it", d.Peer, d.AgeOnPeer, secs)
+	}
+	return d
 }
 
 // TestKindForceDeleteAndKill: the most loaded holder's pod is deleted with

@@ -70,6 +70,8 @@ type kindCluster struct {
 	members  []string
 	frozen   map[string]bool // etcd pods frozen by EtcdStop
 	node     string          // with Options.Shared: the node whose directory the pods share
+	// with Options.Helm: how long helm install --wait took
+	helmInstallTook time.Duration
 }
 
 func kubectlOK() error {
@@ -105,14 +107,18 @@ func newKindCluster(t *testing.T, opts Options) *kindCluster {
 
 	root, err := filepath.Abs("..")
 	must(t, err)
-	manifests := envOr("IMMORTALD_E2E_MANIFESTS", filepath.Join(root, "deploy", "overlays", "kind"))
-	c.applyManifests(t, manifests)
-	c.memberFiles(t)
-	c.kubectl(t, 30*time.Second, "set", "env", "deployment/"+kindDeployment,
-		"IMMORTALD_LEASE_TTL="+opts.LeaseTTL.String(),
-		"IMMORTALD_CHECKPOINT_INTERVAL="+opts.CheckpointInterval.String(),
-		"IMMORTALD_PREFIX="+opts.Prefix,
-		"IMMORTALD_LOG_LEVEL="+envOr("IMMORTALD_E2E_LOG_LEVEL", "info"))
+	if opts.Helm {
+		c.helmInstall(t, root)
+	} else {
+		manifests := envOr("IMMORTALD_E2E_MANIFESTS", filepath.Join(root, "deploy", "overlays", "kind"))
+		c.applyManifests(t, manifests)
+		c.memberFiles(t)
+		c.kubectl(t, 30*time.Second, "set", "env", "deployment/"+kindDeployment,
+			"IMMORTALD_LEASE_TTL="+opts.LeaseTTL.String(),
+			"IMMORTALD_CHECKPOINT_INTERVAL="+opts.CheckpointInterval.String(),
+			"IMMORTALD_PREFIX="+opts.Prefix,
+			"IMMORTALD_LOG_LEVEL="+envOr("IMMORTALD_E2E_LOG_LEVEL", "info"))
+	}
 	c.kubectl(t, 5*time.Minute, "rollout", "status", "statefulset/"+kindEtcdSet, "--timeout=5m")
 
 	pfctx, cancel := context.WithCancel(context.Background())

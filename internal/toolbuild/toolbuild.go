@@ -1,0 +1,123 @@
+// Package toolbuild builds a command that tests need from a tools module of
+// its own (a directory under hack/tools with a go.mod and go.sum that pin the
+// command apart from the daemon's go.mod, so that the daemon does not take in
+// its dependencies), once, and keeps the binary in the user's cache
+// directory. The binary's name holds a hash of that go.mod and go.sum, the Go
+// version, GOOS, GOARCH and the build flags, so a changed pin builds anew
+// and every later run of any test reuses the binary.
+package toolbuild
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Tool is one command of a tools module.
+type Tool struct {
+	// Name is the binary's name, before the hash.
+	Name string
+	// Module is the tools module's directory, relative to the repository
+	// root.
+	Module string
+	// Package is the command's import path.
+	Package string
+	// Flags are more go build flags (-tags, -ldflags, ...).
+	Flags []string
+	// EnvVar, when set in the environment, names a binary to use instead.
+	EnvVar string
+}
+
+// Helm is helm, from hack/tools/helm, with its version string set as its
+// release build sets it.
+var Helm = Tool{
+	Name:    "helm",
+	Module:  "hack/tools/helm",
+	Package: "helm.sh/helm/v4/cmd/helm",
+	Flags:   []string{"-ldflags=-s -w -X helm.sh/helm/v4/internal/version.version=v4.3.2"},
+	EnvVar:  "IMMORTALD_HELM",
+}
+
+// Build returns the path of the tool's binary: $EnvVar if set, else the
+// cached binary of the current pin, else a new build (go build with the
+// module's go.mod and go.sum as they are, -mod=readonly), which must end
+// before ctx does. root is the repository root. logf is told which it was
+// and how long a build took. A failed build returns go build's output.
+func (tl Tool) Build(ctx context.Context, root string, logf func(string, ...any)) (string, error) {
+	if p := os.Getenv(tl.EnvVar); tl.EnvVar != "" && p != "" {
+		logf("%s: %s (from %s)", tl.Name, p, tl.EnvVar)
+		return p, nil
+	}
+	mod := filepath.Join(root, filepath.FromSlash(tl.Module))
+	env, err := exec.CommandContext(ctx, "go", "env", "GOVERSION", "GOOS", "GOARCH").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env: %v", err)
+	}
+	args := append([]string{"build", "-C", mod, "-mod=readonly", "-trimpath"}, tl.Flags...)
+	h := sha256.New()
+	for _, f := range []string{"go.mod", "go.sum"} {
+		b, err := os.ReadFile(filepath.Join(mod, f))
+		if err != nil {
+			return "", fmt.Errorf("the %s tools module: %v", tl.Name, err)
+		}
+		fmt.Fprintf(h, "%s %d\n", f, len(b))
+		h.Write(b)
+	}
+	fmt.Fprintf(h, "%s\n%s %s\n", strings.Join(strings.Fields(string(env)), " "), tl.Package, strings.Join(args[3:], "\x00"))
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		dir = os.TempDir()
+	}
+	dir = filepath.Join(dir, "immortald")
+	bin := filepath.Join(dir, tl.Name+"-"+hex.EncodeToString(h.Sum(nil))[:16])
+	if fi, err := os.Stat(bin); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+		logf("%s: %s (cached)", tl.Name, bin)
+		return bin, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	// A temporary name, then a rename: test binaries that build at once
+	// never run a half-written file.
+	tmp := fmt.Sprintf("%s.tmp%d", bin, os.Getpid())
+	cmd := exec.CommandContext(ctx, "go", append(args, "-o", tmp, tl.Package)...)
+	cmd.Env = append(os.Environ(), "GOWORK=off")
+	t0 := time.Now()
+	out, err := cmd.CombinedOutput()
+	took := time.Since(t0).Round(100 * time.Millisecond)
+	if err != nil {
+		_ = os.Remove(tmp)
+		return "", fmt.Errorf("building %s from %s failed after %v (go %s): %v\n%s",
+			tl.Name, tl.Module, took, strings.Join(args, " "), err, out)
+	}
+	if err := os.Rename(tmp, bin); err != nil {
+		return "", err
+	}
+	logf("%s: built %s in %v", tl.Name, bin, took)
+	return bin, nil
+}
+
+// HelmEnv is the environment for running helm with home as its only
+// state: the process's environment without any HELM_* variable or
+// KUBECONFIG, and helm's cache, config and data homes under home. So no
+// repository, plugin, registry login or kubeconfig of the machine's is read.
+func HelmEnv(home string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "HELM_") || k == "KUBECONFIG" {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env,
+		"HELM_CACHE_HOME="+filepath.Join(home, "cache"),
+		"HELM_CONFIG_HOME="+filepath.Join(home, "config"),
+		"HELM_DATA_HOME="+filepath.Join(home, "data"),
+	)
+}
