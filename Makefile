@@ -17,7 +17,7 @@ E2E_FLAGS     ?= -v
 # Static binaries (no libc in a scratch image). Not exported: -race needs cgo.
 STATIC        := CGO_ENABLED=0
 
-.PHONY: all build etcd image etcd-image dev-certs test lint browser unit e2e kind-image e2e-kind bench bench-quick bench-check clean
+.PHONY: all build etcd image etcd-image dev-certs test lint browser tools unit e2e kind-image e2e-kind bench bench-quick bench-check clean
 
 all: build
 
@@ -54,7 +54,13 @@ dev-certs:
 
 ## test: what CI runs: lint, unit and integration tests (-race), the
 ## end-to-end suite on Docker, then the quick benchmark against its bars.
-test: lint browser unit e2e bench-check
+test: lint browser tools unit e2e bench-check
+
+## tools: helm and promtool, built from hack/tools/ into ~/.cache/immortald by
+## the deploy tests (run here first, outside unit's -race timeout: from a cold
+## Go cache the two take about 12 minutes; seconds once cached).
+tools:
+	$(GO) test -count=1 -timeout 40m ./deploy/...
 
 ## browser: Debian's chromium, the headless browser of the live page's test
 ## (installed when missing and this is root on Debian; else that test skips
