@@ -15,10 +15,7 @@ package monitoring_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,16 +23,8 @@ import (
 	"sync"
 	"testing"
 	"time"
-)
 
-const (
-	promtoolPkg = "github.com/prometheus/prometheus/cmd/promtool"
-	// promtoolModule is the module that pins promtool, from this directory.
-	promtoolModule = "../../hack/tools/promtool"
-	// promtoolTags leave out Prometheus's service discovery plugins (AWS,
-	// Azure, GCE and the others), which checking rules does not need: it
-	// halves the first build (about 4.5 instead of 9 minutes on 2 cores).
-	promtoolTags = "remove_all_sd"
+	"github.com/immortald/immortald/internal/toolbuild"
 )
 
 var (
@@ -44,9 +33,10 @@ var (
 	promtoolErr  error
 )
 
-// promtool returns the path of a promtool binary, building it on the first
-// call of the test binary when the cache has none for the current pin. A
-// build that fails (the module proxy unreachable and the module cache
+// promtool returns the path of a promtool binary (toolbuild.Promtool),
+// building it on the first call of the test binary when the cache has none
+// for the current pin; the build must end 30 s before the test's deadline.
+// A build that fails (the module proxy unreachable and the module cache
 // without the modules, among others) fails t with go build's output.
 func promtool(t *testing.T) string {
 	t.Helper()
@@ -55,89 +45,19 @@ func promtool(t *testing.T) string {
 		if !ok {
 			deadline = time.Now().Add(time.Hour)
 		}
-		promtoolBin, promtoolErr = buildPromtool(deadline.Add(-30*time.Second), t.Logf)
+		ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(-30*time.Second))
+		defer cancel()
+		root, err := filepath.Abs("../..")
+		if err != nil {
+			promtoolErr = err
+			return
+		}
+		promtoolBin, promtoolErr = toolbuild.Promtool.Build(ctx, root, t.Logf)
 	})
 	if promtoolErr != nil {
 		t.Fatal(promtoolErr)
 	}
 	return promtoolBin
-}
-
-// buildPromtool is promtool's work: IMMORTALD_PROMTOOL if set, else the
-// cached binary of the current pin, else a new build, which must end
-// before deadline. A new build replaces the cached binaries of other pins.
-func buildPromtool(deadline time.Time, logf func(string, ...any)) (string, error) {
-	if p := os.Getenv("IMMORTALD_PROMTOOL"); p != "" {
-		return p, nil
-	}
-	mod, err := filepath.Abs(promtoolModule)
-	if err != nil {
-		return "", err
-	}
-	env, err := exec.Command("go", "env", "GOVERSION", "GOOS", "GOARCH", "GOPROXY").Output()
-	if err != nil {
-		return "", fmt.Errorf("go env: %v", err)
-	}
-	goenv := strings.Fields(string(env))
-	if len(goenv) != 4 {
-		return "", fmt.Errorf("go env GOVERSION GOOS GOARCH GOPROXY printed %q", env)
-	}
-	args := []string{"build", "-C", mod, "-mod=readonly", "-trimpath", "-tags", promtoolTags, "-ldflags=-s -w"}
-	h := sha256.New()
-	for _, f := range []string{"go.mod", "go.sum"} {
-		b, err := os.ReadFile(filepath.Join(mod, f))
-		if err != nil {
-			return "", fmt.Errorf("the promtool module: %v", err)
-		}
-		fmt.Fprintf(h, "%s %d\n", f, len(b))
-		h.Write(b)
-	}
-	fmt.Fprintf(h, "%s %s\n", strings.Join(goenv[:3], " "), strings.Join(args[3:], " "))
-	name := "promtool-" + hex.EncodeToString(h.Sum(nil))[:16]
-
-	dir, err := os.UserCacheDir()
-	if err != nil {
-		dir = os.TempDir()
-	}
-	dir = filepath.Join(dir, "immortald")
-	bin := filepath.Join(dir, name)
-	if fi, err := os.Stat(bin); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-		logf("promtool: %s (cached)", bin)
-		return bin, nil
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", err
-	}
-	tmp := fmt.Sprintf("%s.tmp%d", bin, os.Getpid())
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", append(args, "-o", tmp, promtoolPkg)...)
-	cmd.Env = append(os.Environ(), "GOWORK=off")
-	t0 := time.Now()
-	out, err := cmd.CombinedOutput()
-	took := time.Since(t0).Round(time.Second)
-	if err != nil {
-		_ = os.Remove(tmp)
-		if ctx.Err() != nil {
-			err = fmt.Errorf("%v: the test's -timeout ends before the build could (a first build takes minutes); run the tests with a longer -timeout once, or build it yourself and set IMMORTALD_PROMTOOL", err)
-		}
-		return "", fmt.Errorf("building promtool from the Go modules pinned in hack/tools/promtool failed after %s: %v\n"+
-			"Its modules come from the module cache or the Go module proxy (GOPROXY=%s): where the proxy cannot be reached, "+
-			"run `go -C hack/tools/promtool mod download` where it can, or set IMMORTALD_PROMTOOL to a promtool binary.\n"+
-			"go %s said:\n%s", took, err, goenv[3], strings.Join(cmd.Args[1:], " "), out)
-	}
-	if err := os.Rename(tmp, bin); err != nil {
-		return "", err
-	}
-	logf("promtool: built %s in %s", bin, took)
-	if old, _ := filepath.Glob(filepath.Join(dir, "promtool-*")); len(old) > 0 {
-		for _, o := range old {
-			if o != bin && !strings.Contains(filepath.Base(o), ".tmp") {
-				_ = os.Remove(o) // another pin's
-			}
-		}
-	}
-	return bin, nil
 }
 
 // runPromtool runs promtool with args in this directory and fails t, with

@@ -44,6 +44,18 @@ var Helm = Tool{
 	EnvVar:  "IMMORTALD_HELM",
 }
 
+// Promtool is Prometheus's promtool, from hack/tools/promtool, without the
+// service discovery plugins (AWS, Azure, GCE and the others), which
+// checking rules does not need: it halves the first build (about 4.5
+// instead of 9 minutes on 2 cores).
+var Promtool = Tool{
+	Name:    "promtool",
+	Module:  "hack/tools/promtool",
+	Package: "github.com/prometheus/prometheus/cmd/promtool",
+	Flags:   []string{"-tags=remove_all_sd", "-ldflags=-s -w"},
+	EnvVar:  "IMMORTALD_PROMTOOL",
+}
+
 // Build returns the path of the tool's binary: $EnvVar if set, else the
 // cached binary of the current pin, else a new build (go build with the
 // module's go.mod and go.sum as they are, -mod=readonly), which must end
@@ -93,8 +105,14 @@ func (tl Tool) Build(ctx context.Context, root string, logf func(string, ...any)
 	took := time.Since(t0).Round(100 * time.Millisecond)
 	if err != nil {
 		_ = os.Remove(tmp)
-		return "", fmt.Errorf("building %s from %s failed after %v (go %s): %v\n%s",
-			tl.Name, tl.Module, took, strings.Join(args, " "), err, out)
+		hint := ""
+		if ctx.Err() != nil {
+			hint = "the test's -timeout ended before the build could (a first build takes minutes: make tools runs it with a longer one); "
+		}
+		return "", fmt.Errorf("building %s from %s failed after %v (go %s): %v\n"+
+			"%sits modules come from the module cache or the Go module proxy (go env GOPROXY): where the proxy cannot be reached, "+
+			"run `go -C %s mod download` where it can, or set %s to a %s binary.\n%s",
+			tl.Name, tl.Module, took, strings.Join(args, " "), err, hint, tl.Module, tl.EnvVar, tl.Name, out)
 	}
 	if err := os.Rename(tmp, bin); err != nil {
 		return "", err
