@@ -238,12 +238,12 @@ func TestDefaults(t *testing.T) {
 }
 
 func TestOptionsConfig(t *testing.T) {
-	c := Options{Quick: true, LeaseTTL: "3s", Lives: 500, BaselineLives: 7, Budget: 45 * time.Second}.config()
 	q := defaults(true)
+	c := Options{Quick: true, LeaseTTL: "3s", Lives: 500, BaselineLives: 7, Budget: q.budget / 2}.config()
 	if c.lives != 500 || c.baselineLives != 7 || !c.baselineLivesForced || c.leaseTTL != "3s" {
 		t.Errorf("config = %+v", c)
 	}
-	if c.budget != 45*time.Second || c.latencyBudget != q.latencyBudget/2 || c.scaleBudget != q.scaleBudget/2 {
+	if c.budget != q.budget/2 || c.latencyBudget != q.latencyBudget/2 || c.scaleBudget != q.scaleBudget/2 {
 		t.Errorf("a budget of half the default halves each phase's: %v %v %v", c.budget, c.latencyBudget, c.scaleBudget)
 	}
 	if d := (Options{}).config(); d.lives != defaults(false).lives || d.baselineLivesForced || d.budget != defaults(false).budget {

@@ -60,10 +60,13 @@ func defaults(quick bool) config {
 			window: 3 * time.Second, baselineWindow: 2 * time.Second,
 			settleExtra: 500 * time.Millisecond, settleQuiet: 1500 * time.Millisecond,
 			pollEvery:    100 * time.Millisecond,
-			placeTimeout: 10 * time.Second, settleTimeout: 4 * time.Second, moveTimeout: 8 * time.Second,
+			// The scale phase takes about 15 s on a quiet machine; its
+			// budget and move timeout leave room for a loaded one (at load
+			// 13 here it needed more than 26 s), without changing a bar.
+			placeTimeout: 10 * time.Second, settleTimeout: 4 * time.Second, moveTimeout: 12 * time.Second,
 			compaction: "5m", leaseTTL: "2s",
-			budget: 90 * time.Second, latencyBudget: 30 * time.Second, baselineBudget: 12 * time.Second,
-			scaleBudget: 26 * time.Second, flapWindow: 2 * time.Second,
+			budget: 105 * time.Second, latencyBudget: 30 * time.Second, baselineBudget: 12 * time.Second,
+			scaleBudget: 40 * time.Second, flapWindow: 2 * time.Second,
 			execLives: 10, execHandoffTrials: 2, execCrashTrials: 2, execFailoverTrials: 0, execBudget: 20 * time.Second,
 			baselineDupTrials: 0, // the quick baseline has no time left for them
 		}
