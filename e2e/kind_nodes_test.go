@@ -88,6 +88,7 @@ type readyWatch struct {
 	low    int
 	lowAt  time.Time
 	events int
+	log    []string // each event: time, pod, Ready, ready pods
 }
 
 func (c *kindCluster) watchReady(t testing.TB) *readyWatch {
@@ -117,6 +118,7 @@ func (c *kindCluster) watchReady(t testing.TB) *readyWatch {
 				}
 			}
 			w.events++
+			w.log = append(w.log, fmt.Sprintf("%s %s %s: %d ready", time.Now().Format("15:04:05.000"), f[0], strings.Join(f[1:], " "), n))
 			if w.low < 0 || n < w.low {
 				w.low, w.lowAt = n, time.Now()
 			}
@@ -236,8 +238,8 @@ func TestKindDrain(t *testing.T) {
 	low, lowAt, events := w.lowest()
 	w.stop()
 	if low < minReady {
-		t.Errorf("%d immortald pods ready at %s during the drain, below the PodDisruptionBudget's %d",
-			low, lowAt.Format("15:04:05.000"), minReady)
+		t.Errorf("%d immortald pods ready at %s during the drain, below the PodDisruptionBudget's %d; the watch:\n%s",
+			low, lowAt.Format("15:04:05.000"), minReady, strings.Join(w.log, "\n"))
 	}
 
 	kc.kubectl(t, time.Minute, "uncordon", node)

@@ -80,7 +80,8 @@ e2e_test() {
 set +e
 e2e_test -run "$run_pattern" -skip "^$last\$"
 status=$?
-if go test -tags e2e -list "$run_pattern" ./e2e/ | grep -qx "$last"; then
+listed=$(go test -tags e2e -list "$run_pattern" ./e2e/)
+if grep -qx "$last" <<<"$listed"; then
   t0=$(date +%s)
   e2e_test -run "^$last\$"
   s=$?
