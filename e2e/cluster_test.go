@@ -39,7 +39,7 @@ type Options struct {
 	// Shared gives every member the one directory SharedDir, writable by
 	// the members' user, which the test reads with ReadShared: a host
 	// directory bind-mounted into each container on docker, a hostPath
-	// of the one node on kind.
+	// of one node on kind (the member pods are kept on it).
 	Shared bool
 	// Helm installs the chart deploy/helm/immortald with `helm install`
 	// (the values of its ci/kind-values.yaml, the images of the run, these

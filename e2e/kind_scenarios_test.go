@@ -20,7 +20,7 @@ import (
 // Deployment rolled out and scaled, StatefulSet pods deleted, probes as the
 // kubelet sees them. They skip on the docker backend; make e2e-kind runs them
 // (and TestBadInput, whose etcdctl goes through kubectl exec there, and
-// TestCommandLife, its members sharing a hostPath directory of the one node).
+// TestCommandLife, its members sharing a hostPath directory of one node).
 
 // kindOnly skips the test unless it runs on the kind backend.
 func kindOnly(t *testing.T) {

@@ -575,7 +575,7 @@ func (c *kindCluster) Procs(ctx context.Context, id string) ([]Proc, error) {
 }
 
 // sharedHostDir is the node's directory that the test's member pods share
-// (a hostPath volume: kind runs them all on its one node).
+// (a hostPath volume: the pods run on that one node).
 func (c *kindCluster) sharedHostDir() string { return "/tmp/immortald-e2e/" + c.ns }
 
 // memberFiles gives the Deployment's pods what Options.Config and
@@ -600,19 +600,21 @@ func (c *kindCluster) memberFiles(t *testing.T) {
 		mounts = append(mounts, m{"name": "e2e-config", "mountPath": filepath.Dir(MemberConfigFile), "readOnly": true})
 		args = append(args, "--config", MemberConfigFile)
 	}
+	var nodeSelector m
 	if c.opts.Shared {
-		node := strings.TrimSpace(c.kubectl(t, 30*time.Second, "get", "nodes", "-o", "jsonpath={.items[0].metadata.name}"))
-		if node == "" {
-			t.Fatal("kind backend: no node")
-		}
+		// The members share one node's directory: they all run on that
+		// node (the first that takes pods).
+		node := c.schedulableNodes(t)[0]
+		nodeSelector = m{"kubernetes.io/hostname": node}
 		runT(t, time.Minute, "docker", "exec", node, "sh", "-c", "mkdir -p "+c.sharedHostDir()+" && chmod 0777 "+c.sharedHostDir())
 		c.node = node
 		vols = append(vols, m{"name": "e2e-shared", "hostPath": m{"path": c.sharedHostDir(), "type": "Directory"}})
 		mounts = append(mounts, m{"name": "e2e-shared", "mountPath": SharedDir})
 	}
 	patch, err := json.Marshal(m{"spec": m{"template": m{"spec": m{
-		"volumes":    vols,
-		"containers": []m{{"name": kindDeployment, "args": args, "volumeMounts": mounts}},
+		"volumes":      vols,
+		"containers":   []m{{"name": kindDeployment, "args": args, "volumeMounts": mounts}},
+		"nodeSelector": nodeSelector,
 	}}}})
 	must(t, err)
 	c.kubectl(t, 30*time.Second, "patch", "deployment/"+kindDeployment, "--type", "strategic", "-p", string(patch))

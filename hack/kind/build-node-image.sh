@@ -2,8 +2,10 @@
 # Builds the kind node image offline, from Go modules (hack/kind/modules/) and
 # Debian packages (hack/kind/packages.txt) alone, and prints its tag.
 #
-# The tag is immortald-kind-node:<hash of every file under hack/kind/>; when
-# Docker already has it, nothing is built. The Go build cache and the Debian
+# The tag is immortald-kind-node:<hash of the image's inputs>: this script,
+# versions.env, packages.txt, modules/ and node/ (not cluster.sh, e2e.sh,
+# cluster.yaml or docker-wrapper/, which only run clusters); when Docker
+# already has it, nothing is built. The Go build cache and the Debian
 # rootfs (a tarball in $IMMORTALD_KIND_CACHE, default ~/.cache/immortald-kind)
 # are kept between builds.
 #
@@ -25,7 +27,7 @@ cache=${IMMORTALD_KIND_CACHE:-$HOME/.cache/immortald-kind}
 docker=${DOCKER:-docker}
 export CGO_ENABLED=0 GOOS=linux GOARCH=amd64 GOFLAGS=-trimpath
 
-hash=$(cd "$here" && find . -type f ! -name '*.log' -print0 | LC_ALL=C sort -z |
+hash=$(cd "$here" && find build-node-image.sh versions.env packages.txt modules node -type f ! -name '*.log' -print0 | LC_ALL=C sort -z |
   xargs -0 sha256sum | sha256sum | cut -c1-16)
 tag=${IMMORTALD_KIND_NODE_REPO:-immortald-kind-node}:$hash
 if [[ "${1:-}" == --print-tag ]]; then
@@ -147,14 +149,17 @@ sed -i 's/restrict_oom_score_adj = false/restrict_oom_score_adj = true/' "$r/etc
 # (without the product_uuid hook, and without rlimits).
 chroot "$r" ctr oci spec | jq 'del(.process.rlimits)' >"$r/etc/containerd/cri-base.json"
 for f in "$r"/usr/lib/cni/*; do ln -sf "/usr/lib/cni/${f##*/}" "$r/opt/cni/bin/"; done
-install -m 0644 "$here/node/10-immortald-cni.conflist" "$r/etc/cni/net.d/"
+# The pod network: no CNI config until immortald-kind-cni writes this
+# node's (its subnet, and routes to the other nodes').
+install -m 0755 "$here/node/immortald-kind-cni" "$r/usr/local/bin/"
+install -m 0644 "$here/node/immortald-kind-cni.service" "$r/etc/systemd/system/"
 install -m 0644 "$here/node/default-cni.yaml" "$here/node/default-storage.yaml" "$r/kind/manifests/"
 install -m 0755 "$here/node/immortald-kind-entrypoint" "$r/usr/local/bin/"
 printf 'SERVICE_CIDR=%s\nPOD_CIDR=%s\n' "$SERVICE_CIDR" "$POD_CIDR" >"$r/kind/immortald/network.env"
 install -m 0755 "$bin"/kubeadm "$bin"/kubelet "$bin"/kubectl "$r/usr/bin/"
 install -m 0755 "$bin"/crictl "$r/usr/local/bin/"
 echo "$K8S_VERSION" >"$r/kind/version"
-for unit in kubelet.service containerd.service undo-mount-hacks.service; do
+for unit in kubelet.service containerd.service undo-mount-hacks.service immortald-kind-cni.service; do
   ln -sf "/etc/systemd/system/$unit" "$r/etc/systemd/system/multi-user.target.wants/$unit"
 done
 ln -sf /dev/null "$r/etc/systemd/system/systemd-binfmt.service"

@@ -118,8 +118,10 @@ diag)
       kctl -n "$ns" logs --tail=40 "$pod"
     done
   done
-  echo "== node: kubelet and containerd (last 40 lines each)"
-  docker exec "$name-control-plane" journalctl -u kubelet -u containerd --no-pager -n 80
+  for node in $(kind_run get nodes --name "$name" 2>/dev/null); do
+    echo "== node $node: kubelet, containerd and immortald-kind-cni (last 80 lines)"
+    docker exec "$node" journalctl -u kubelet -u containerd -u immortald-kind-cni --no-pager -n 80
+  done
   true
   ;;
 down)
