@@ -715,8 +715,19 @@ func checkInvariants(t *testing.T, m *manifests, withEtcd bool) {
 			},
 		},
 		{
-			name:  "app and etcd spread one pod a node, and a drain keeps all but one",
-			check: checkSpreadAndPDB,
+			name: "app spreads one pod a node, and a drain keeps all but one",
+			check: func(t *testing.T, m *manifests) {
+				d := deployment(t, m, appName)
+				checkSpreadAndPDB(t, m, appName, &d.Spec.Template, replicas(d.Spec.Replicas))
+			},
+		},
+		{
+			name: "etcd spreads one pod a node, and a drain keeps all but one",
+			etcd: true,
+			check: func(t *testing.T, m *manifests) {
+				st := statefulSet(t, m, etcdName)
+				checkSpreadAndPDB(t, m, etcdName, &st.Spec.Template, replicas(st.Spec.Replicas))
+			},
 		},
 		{
 			name: "images are the locally built ones, never pulled when present",
@@ -1124,54 +1135,46 @@ func checkAdvertisedPodIP(t *testing.T, c *corev1.Container) {
 	t.Errorf("container %q: no IMMORTALD_ADVERTISE_ADDR: members would advertise an address peers cannot reach", c.Name)
 }
 
-// checkSpreadAndPDB: the immortald Deployment and the etcd StatefulSet each
-// spread their pods one a node (kubernetes.io/hostname, maxSkew 1, a hard
-// constraint that leaves cordoned and tainted nodes out), and each has a
+// checkSpreadAndPDB: the workload name (the immortald Deployment, the etcd
+// StatefulSet), whose pods are spec and which runs n of them, spreads its
+// pods one a node (kubernetes.io/hostname, maxSkew 1, a hard constraint
+// that leaves cordoned and tainted nodes out), and has a
 // PodDisruptionBudget over the same pods that lets a drain take one at a
 // time: make e2e-kind drains a node and loses one on that promise.
-func checkSpreadAndPDB(t *testing.T, m *manifests) {
-	for _, w := range []struct {
-		name string
-		spec *corev1.PodTemplateSpec
-		n    int
-	}{
-		{appName, &deployment(t, m, appName).Spec.Template, replicas(deployment(t, m, appName).Spec.Replicas)},
-		{etcdName, &statefulSet(t, m, etcdName).Spec.Template, replicas(statefulSet(t, m, etcdName).Spec.Replicas)},
-	} {
-		var found bool
-		for _, c := range w.spec.Spec.TopologySpreadConstraints {
-			if c.TopologyKey != corev1.LabelHostname {
-				continue
-			}
-			found = true
-			sel, err := metav1.LabelSelectorAsSelector(c.LabelSelector)
-			if err != nil || c.LabelSelector == nil || !sel.Matches(labels.Set(w.spec.Labels)) {
-				t.Errorf("%s: the hostname spread's selector %v does not select its pods %v", w.name, c.LabelSelector, w.spec.Labels)
-			}
-			if c.MaxSkew != 1 || c.WhenUnsatisfiable != corev1.DoNotSchedule {
-				t.Errorf("%s: hostname spread maxSkew %d %s, want 1 DoNotSchedule", w.name, c.MaxSkew, c.WhenUnsatisfiable)
-			}
-			if c.NodeTaintsPolicy == nil || *c.NodeTaintsPolicy != corev1.NodeInclusionPolicyHonor {
-				t.Errorf("%s: nodeTaintsPolicy %s, want Honor (a cordoned node would block the drain's replacement pod)", w.name, ptrString(c.NodeTaintsPolicy))
-			}
+func checkSpreadAndPDB(t *testing.T, m *manifests, name string, spec *corev1.PodTemplateSpec, n int) {
+	var found bool
+	for _, c := range spec.Spec.TopologySpreadConstraints {
+		if c.TopologyKey != corev1.LabelHostname {
+			continue
 		}
-		if !found {
-			t.Errorf("%s: no topologySpreadConstraint on %s", w.name, corev1.LabelHostname)
+		found = true
+		sel, err := metav1.LabelSelectorAsSelector(c.LabelSelector)
+		if err != nil || c.LabelSelector == nil || !sel.Matches(labels.Set(spec.Labels)) {
+			t.Errorf("%s: the hostname spread's selector %v does not select its pods %v", name, c.LabelSelector, spec.Labels)
 		}
-		pdb := find[*policyv1.PodDisruptionBudget](t, m, "PodDisruptionBudget", w.name)
-		sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)
-		if err != nil || pdb.Spec.Selector == nil || !sel.Matches(labels.Set(w.spec.Labels)) {
-			t.Errorf("PodDisruptionBudget %s: selector %v does not select the pods %v", w.name, pdb.Spec.Selector, w.spec.Labels)
+		if c.MaxSkew != 1 || c.WhenUnsatisfiable != corev1.DoNotSchedule {
+			t.Errorf("%s: hostname spread maxSkew %d %s, want 1 DoNotSchedule", name, c.MaxSkew, c.WhenUnsatisfiable)
 		}
-		str := func(v *intstr.IntOrString) string {
-			if v == nil {
-				return "unset"
-			}
-			return v.String()
+		if c.NodeTaintsPolicy == nil || *c.NodeTaintsPolicy != corev1.NodeInclusionPolicyHonor {
+			t.Errorf("%s: nodeTaintsPolicy %s, want Honor (a cordoned node would block the drain's replacement pod)", name, ptrString(c.NodeTaintsPolicy))
 		}
-		if mu := pdb.Spec.MaxUnavailable; pdb.Spec.MinAvailable != nil || mu == nil || mu.String() != "1" {
-			t.Errorf("PodDisruptionBudget %s: minAvailable %s maxUnavailable %s, want maxUnavailable 1 alone (of %d)",
-				w.name, str(pdb.Spec.MinAvailable), str(mu), w.n)
+	}
+	if !found {
+		t.Errorf("%s: no topologySpreadConstraint on %s", name, corev1.LabelHostname)
+	}
+	pdb := find[*policyv1.PodDisruptionBudget](t, m, "PodDisruptionBudget", name)
+	sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)
+	if err != nil || pdb.Spec.Selector == nil || !sel.Matches(labels.Set(spec.Labels)) {
+		t.Errorf("PodDisruptionBudget %s: selector %v does not select the pods %v", name, pdb.Spec.Selector, spec.Labels)
+	}
+	str := func(v *intstr.IntOrString) string {
+		if v == nil {
+			return "unset"
 		}
+		return v.String()
+	}
+	if mu := pdb.Spec.MaxUnavailable; pdb.Spec.MinAvailable != nil || mu == nil || mu.String() != "1" {
+		t.Errorf("PodDisruptionBudget %s: minAvailable %s maxUnavailable %s, want maxUnavailable 1 alone (of %d)",
+			name, str(pdb.Spec.MinAvailable), str(mu), n)
 	}
 }
