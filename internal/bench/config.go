@@ -59,7 +59,7 @@ func defaults(quick bool) config {
 			baselineStartTrials: 10, baselineFailovers: 20, baselineRound: 20,
 			window: 3 * time.Second, baselineWindow: 2 * time.Second,
 			settleExtra: 500 * time.Millisecond, settleQuiet: 1500 * time.Millisecond,
-			pollEvery:    100 * time.Millisecond,
+			pollEvery: 100 * time.Millisecond,
 			// The scale phase takes about 15 s on a quiet machine; its
 			// budget and move timeout leave room for a loaded one (at load
 			// 13 here it needed more than 26 s), without changing a bar.
