@@ -4,10 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"regexp"
@@ -24,6 +21,7 @@ import (
 	"github.com/immortald/immortald/cli"
 	"github.com/immortald/immortald/daemon"
 	"github.com/immortald/immortald/embedetcd"
+	"github.com/immortald/immortald/internal/membertest"
 	"github.com/immortald/immortald/registry"
 )
 
@@ -142,52 +140,11 @@ func (w *watcher) wait(t *testing.T, after string) int {
 	}
 }
 
-// member is a real member (package daemon) in this process, on the test's
-// etcd, without a watchdog or HTTP.
-type member struct {
-	id     string
-	cancel context.CancelFunc
-	errc   chan error
-	once   sync.Once
-}
-
-func startMember(t *testing.T, ep, id string) *member {
+// startMember starts a real member (package daemon) in this process, on
+// the test's etcd, without a watchdog or HTTP.
+func startMember(t *testing.T, ep, id string) *membertest.Member {
 	t.Helper()
-	m, err := daemon.New(daemon.Config{ID: id, Endpoints: []string{ep}, HTTPAddr: "", LeaseTTL: 2 * time.Second,
-		CheckpointInterval: 200 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Open(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	mem := &member{id: id, cancel: cancel, errc: make(chan error, 1)}
-	go func() { mem.errc <- m.Run(ctx) }()
-	t.Cleanup(func() { mem.stop(t) })
-	deadline := time.Now().Add(30 * time.Second)
-	for !m.Ready() {
-		if time.Now().After(deadline) {
-			t.Fatalf("member %s not ready within 30s", id)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return mem
-}
-
-// stop stops the member gracefully: it hands its lives off.
-func (m *member) stop(t *testing.T) {
-	m.once.Do(func() {
-		m.cancel()
-		select {
-		case err := <-m.errc:
-			if err != nil && !errors.Is(err, context.Canceled) {
-				t.Errorf("member %s: %v", m.id, err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Errorf("member %s did not stop within 30s", m.id)
-		}
-	})
+	return membertest.Start(t, ep, id, daemon.Config{})
 }
 
 func parseLine(t *testing.T, text string) cli.WatchLine {
@@ -219,7 +176,7 @@ func TestLsWatchHandoffs(t *testing.T) {
 		t.Fatalf("first line = %+v, want Adam listed, waiting", first)
 	}
 
-	members := map[string]*member{}
+	members := map[string]*membertest.Member{}
 	n := 0
 	add := func() {
 		n++
@@ -238,7 +195,7 @@ func TestLsWatchHandoffs(t *testing.T) {
 	var lat []time.Duration
 	for range handoffs {
 		old := holder
-		members[old].stop(t)
+		members[old].Stop(t)
 		delete(members, old)
 		ln := w.next(t, "Adam moved off "+old, func(s string) bool {
 			l := parseLine(t, s)

@@ -6,10 +6,8 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -24,6 +22,7 @@ import (
 
 	"github.com/immortald/immortald/daemon"
 	"github.com/immortald/immortald/internal/etcdtest"
+	"github.com/immortald/immortald/internal/membertest"
 	"github.com/immortald/immortald/registry"
 	"github.com/immortald/immortald/webui"
 	"github.com/immortald/immortald/workload/execkind"
@@ -31,57 +30,6 @@ import (
 
 // bound is generous: a few lease TTLs on a loaded machine.
 const bound = 30 * time.Second
-
-// member is an in-process member (daemon.Main) on a shared etcd.
-type member struct {
-	id     string
-	main   *daemon.Main
-	cancel context.CancelFunc
-	errc   chan error
-	once   sync.Once
-}
-
-// startMember starts member id on etcd ep, TTL 2 s, checkpoints every
-// 200 ms, and waits until it is ready; it is stopped gracefully at cleanup.
-func startMember(t *testing.T, ep, id string, cfg daemon.Config) *member {
-	t.Helper()
-	cfg.ID, cfg.Endpoints = id, []string{ep}
-	cfg.LeaseTTL, cfg.CheckpointInterval = 2*time.Second, 200*time.Millisecond
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	m, err := daemon.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Open(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	mem := &member{id: id, main: m, cancel: cancel, errc: make(chan error, 1)}
-	go func() { mem.errc <- m.Run(ctx) }()
-	t.Cleanup(func() { mem.stop(t) })
-	for deadline := time.Now().Add(bound); !m.Ready(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("member %s not ready within %s", id, bound)
-		}
-	}
-	return mem
-}
-
-// stop stops the member gracefully, as SIGTERM does: it hands its lives
-// off.
-func (m *member) stop(t *testing.T) {
-	m.once.Do(func() {
-		m.cancel()
-		select {
-		case err := <-m.errc:
-			if err != nil && !errors.Is(err, context.Canceled) {
-				t.Errorf("member %s: %v", m.id, err)
-			}
-		case <-time.After(bound):
-			t.Errorf("member %s did not stop within %s", m.id, bound)
-		}
-	})
-}
 
 // serve serves a webui.Server of cfg (its Client and Keys filled in) on a
 // loopback port.
@@ -308,7 +256,7 @@ func TestStreamSnapshotThenHandoff(t *testing.T) {
 	cli := etcdtest.MustClient(t, ep)
 	keys := mustKeys(t)
 	put(t, cli, keys.Life("Adam"), `{"labels":{"team":"demo"}}`)
-	members := map[string]*member{"m1": startMember(t, ep, "m1", daemon.Config{HTTPAddr: ""})}
+	members := map[string]*membertest.Member{"m1": membertest.Start(t, ep, "m1", daemon.Config{HTTPAddr: ""})}
 	_, base := serve(t, cli, webui.Config{Member: "viewer"})
 
 	s := openStream(t, base)
@@ -322,7 +270,7 @@ func TestStreamSnapshotThenHandoff(t *testing.T) {
 		t.Fatalf("snapshot = %+v, want Adam, from viewer, at a revision", snap)
 	}
 	s.until("Adam running on m1", func() bool { return s.running("Adam", "m1") })
-	members["m2"] = startMember(t, ep, "m2", daemon.Config{HTTPAddr: ""})
+	members["m2"] = membertest.Start(t, ep, "m2", daemon.Config{HTTPAddr: ""})
 	s.until("m2 ready", func() bool { return s.member["m2"].Ready })
 	time.Sleep(1500 * time.Millisecond) // placement may hand Adam to m2 first
 	s.drain()
@@ -337,7 +285,7 @@ func TestStreamSnapshotThenHandoff(t *testing.T) {
 			other = "m2"
 		}
 		stoppedAt := time.Now()
-		members[old.Holder].stop(t)
+		members[old.Holder].Stop(t)
 		ev := s.next("Adam on "+other, func(event) bool { return s.running("Adam", other) })
 		moved := s.lives["Adam"]
 		t.Logf("round %d: graceful stop of %s to Adam on %s in the stream: %v", round, old.Holder, other, ev.at.Sub(stoppedAt))
@@ -367,7 +315,7 @@ func TestStreamSnapshotThenHandoff(t *testing.T) {
 		}
 		delete(members, old.Holder)
 		if round == 0 {
-			members[old.Holder] = startMember(t, ep, old.Holder, daemon.Config{HTTPAddr: ""})
+			members[old.Holder] = membertest.Start(t, ep, old.Holder, daemon.Config{HTTPAddr: ""})
 			s.until(old.Holder+" back", func() bool { return s.member[old.Holder].Ready })
 			time.Sleep(1500 * time.Millisecond)
 			s.drain()
@@ -404,7 +352,7 @@ func TestNoSecrets(t *testing.T) {
 	cli := etcdtest.MustClient(t, ep)
 	keys := mustKeys(t)
 	script := `printf '%s' "$VAULT_TOKEN" | tr e E > /dev/null; printf 'state-Secret-b4c9a0' > "$IMMORTALD_STATE_DIR/state"; exec sleep 600`
-	startMember(t, ep, "m1", daemon.Config{HTTPAddr: "", StateDir: stateDir,
+	membertest.Start(t, ep, "m1", daemon.Config{HTTPAddr: "", StateDir: stateDir,
 		Kinds: map[string]execkind.Config{"vault": {Command: []string{"/bin/sh", "-c", script}, Env: map[string]string{"VAULT_TOKEN": envSecret}}}})
 	put(t, cli, keys.Life("vault1"), `{"kind":"vault"}`)
 	_, base := serve(t, cli, webui.Config{Member: "m1"})
@@ -467,8 +415,8 @@ func TestNoSecrets(t *testing.T) {
 func TestReadOnlyOnAMember(t *testing.T) {
 	srv := etcdtest.MustStart(t)
 	ep := srv.Endpoint()
-	m := startMember(t, ep, "m1", daemon.Config{HTTPAddr: "127.0.0.1:0"})
-	base := "http://" + m.main.HTTPAddr()
+	m := membertest.Start(t, ep, "m1", daemon.Config{HTTPAddr: "127.0.0.1:0"})
+	base := "http://" + m.Main.HTTPAddr()
 	for _, path := range []string{"/", "/ui", "/ui/", "/ui/app.js", "/ui/api/snapshot", "/ui/api/events", "/ui/nothing"} {
 		for _, method := range []string{http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodPatch} {
 			req, _ := http.NewRequest(method, base+path, strings.NewReader("{}"))
@@ -499,7 +447,7 @@ func TestReadOnlyOnAMember(t *testing.T) {
 	s := openStream(t, base)
 	s.until("m1 in the snapshot", func() bool { return s.member["m1"].ID == "m1" })
 	start := time.Now()
-	m.stop(t)
+	m.Stop(t)
 	t.Logf("a member with a stream open stopped in %v", time.Since(start))
 	for range s.ch { // the stream ends with the member
 	}
