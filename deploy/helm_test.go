@@ -2,7 +2,6 @@ package deploy_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -13,7 +12,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -29,30 +27,11 @@ import (
 // defaults and every file of its ci/ directory (what chart-testing lints).
 const chartDir = "helm/immortald"
 
-var (
-	helmOnce sync.Once
-	helmBin  string
-	helmErr  error
-)
-
 // helm returns the helm binary, built from hack/tools/helm on the first call
-// when the cache has none for the current pin. A build that fails fails t,
-// with go build's output; it is never a skip.
+// when the cache has none for the current pin (toolbuild.Tool.ForTest).
 func helm(t *testing.T) string {
 	t.Helper()
-	helmOnce.Do(func() {
-		ctx := context.Background()
-		if d, ok := t.Deadline(); ok {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithDeadline(ctx, d.Add(-30*time.Second))
-			defer cancel()
-		}
-		helmBin, helmErr = toolbuild.Helm.Build(ctx, "..", t.Logf)
-	})
-	if helmErr != nil {
-		t.Fatalf("helm: %v", helmErr)
-	}
-	return helmBin
+	return toolbuild.Helm.ForTest(t, "..")
 }
 
 // runHelm runs helm with args, offline: its homes in a temporary directory,

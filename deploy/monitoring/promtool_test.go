@@ -14,50 +14,24 @@ package monitoring_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/immortald/immortald/internal/toolbuild"
 )
 
-var (
-	promtoolOnce sync.Once
-	promtoolBin  string
-	promtoolErr  error
-)
-
 // promtool returns the path of a promtool binary (toolbuild.Promtool),
-// building it on the first call of the test binary when the cache has none
-// for the current pin; the build must end 30 s before the test's deadline.
-// A build that fails (the module proxy unreachable and the module cache
-// without the modules, among others) fails t with go build's output.
+// built on the first call of the test binary when the cache has none for
+// the current pin (toolbuild.Tool.ForTest). A build that fails (the module
+// proxy unreachable and the module cache without the modules, among
+// others) fails t with go build's output.
 func promtool(t *testing.T) string {
 	t.Helper()
-	promtoolOnce.Do(func() {
-		deadline, ok := t.Deadline()
-		if !ok {
-			deadline = time.Now().Add(time.Hour)
-		}
-		ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(-30*time.Second))
-		defer cancel()
-		root, err := filepath.Abs("../..")
-		if err != nil {
-			promtoolErr = err
-			return
-		}
-		promtoolBin, promtoolErr = toolbuild.Promtool.Build(ctx, root, t.Logf)
-	})
-	if promtoolErr != nil {
-		t.Fatal(promtoolErr)
-	}
-	return promtoolBin
+	return toolbuild.Promtool.ForTest(t, "../..")
 }
 
 // runPromtool runs promtool with args in this directory and fails t, with

@@ -16,6 +16,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"testing"
 	"time"
 )
 
@@ -119,6 +121,38 @@ func (tl Tool) Build(ctx context.Context, root string, logf func(string, ...any)
 	}
 	logf("%s: built %s in %v", tl.Name, bin, took)
 	return bin, nil
+}
+
+// built holds each tool's build of this test binary, by name.
+var built sync.Map // string -> *buildOnce
+
+type buildOnce struct {
+	once sync.Once
+	bin  string
+	err  error
+}
+
+// ForTest returns the tool's binary for the tests of this test binary: Build
+// on the first call (root is the repository root), which must end 30 s
+// before t's deadline, and the same answer after. A build that fails fails
+// t with go build's output; it is never a skip.
+func (tl Tool) ForTest(t *testing.T, root string) string {
+	t.Helper()
+	v, _ := built.LoadOrStore(tl.Name, &buildOnce{})
+	b := v.(*buildOnce)
+	b.once.Do(func() {
+		ctx := context.Background()
+		if d, ok := t.Deadline(); ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithDeadline(ctx, d.Add(-30*time.Second))
+			defer cancel()
+		}
+		b.bin, b.err = tl.Build(ctx, root, t.Logf)
+	})
+	if b.err != nil {
+		t.Fatalf("%s: %v", tl.Name, b.err)
+	}
+	return b.bin
 }
 
 // HelmEnv is the environment for running helm with home as its only
