@@ -133,7 +133,19 @@ func New(cfg Config) (*Supervisor, error) {
 func (s *Supervisor) Ready() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.gen != nil && s.eng.Ready() && !s.gen.beatFailing.Load()
+	if s.gen == nil {
+		return false
+	}
+	// A session lost or given up is not ready from that moment, not only
+	// once its lives have stopped and its generation has ended.
+	select {
+	case <-s.gen.lost:
+		return false
+	case <-s.gen.sess.Done():
+		return false
+	default:
+	}
+	return s.eng.Ready() && !s.gen.beatFailing.Load()
 }
 
 // WorkDeadline returns the time by which every Run of this member must
