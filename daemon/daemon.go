@@ -9,6 +9,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -216,6 +218,36 @@ func (m *Main) EtcdEndpoint() string {
 // Supervisor returns the member's supervisor, once Open ran.
 func (m *Main) Supervisor() *supervisor.Supervisor { return m.sup }
 
+// certInUse returns the etcdclient.Config.OnHandshake of the member: it
+// sets expiry to the NotAfter of the client certificate each handshake
+// presented, and logs a certificate the first time a handshake presents
+// it: the first one at debug level, each renewal picked up after it at
+// info.
+func (m *Main) certInUse(expiry prometheus.Gauge) func(*x509.Certificate) {
+	var (
+		mu     sync.Mutex
+		serial string
+	)
+	return func(c *x509.Certificate) {
+		if c == nil {
+			return
+		}
+		expiry.Set(float64(c.NotAfter.Unix()))
+		mu.Lock()
+		prev := serial
+		serial = c.SerialNumber.String()
+		mu.Unlock()
+		attrs := []any{"subject", c.Subject.String(), "serial", serial, "not_after", c.NotAfter.UTC().Format(time.RFC3339), "file", m.cfg.Etcd.Cert}
+		switch prev {
+		case serial:
+		case "":
+			m.log.Debug("etcd: connected with client certificate", attrs...)
+		default:
+			m.log.Info("etcd: connected with a new client certificate", append(attrs, "previous_serial", prev)...)
+		}
+	}
+}
+
 // Open starts etcd (if embedded), connects, and binds the HTTP address.
 func (m *Main) Open() error {
 	endpoints := m.cfg.Endpoints
@@ -237,6 +269,23 @@ func (m *Main) Open() error {
 		default:
 		}
 	}
+	var certExpiry prometheus.Gauge
+	if ec.Cert != "" {
+		certExpiry = prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "immortald_etcd_client_certificate_expiry_timestamp_seconds",
+			Help: "When the client certificate that the member presented in its latest TLS handshake with etcd expires (its NotAfter), in seconds since the Unix epoch. A renewed certificate shows here once the member has connected again with it.",
+		})
+		ec.OnHandshake = m.certInUse(certExpiry)
+	}
+	// Endpoints that stop answering (a frozen etcd member, a lost node)
+	// are left out until they answer again (etcdclient's health.go).
+	endpointsOut := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "immortald_etcd_endpoints_out",
+		Help: "etcd endpoints the member leaves out because they did not answer its status probes (every 500 ms, each within 1 s, two in a row); 0 when it uses them all.",
+	})
+	ec.HealthInterval = etcdclient.DefaultHealthInterval
+	ec.OnEndpointsOut = func(out []string) { endpointsOut.Set(float64(len(out))) }
+	ec.Logger = m.log
 	m.cfg.Etcd = ec
 	cli, err := etcdclient.New(ec)
 	if err != nil {
@@ -256,6 +305,10 @@ func (m *Main) Open() error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(endpointsOut)
+	if certExpiry != nil {
+		reg.MustRegister(certExpiry)
+	}
 	keys, _ := registry.NewKeys(m.cfg.Prefix) // checked in New
 	metrics := supervisor.NewMetrics(reg)
 	metrics.InitChildKinds(slices.Collect(maps.Keys(m.cfg.Kinds))...)

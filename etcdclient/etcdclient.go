@@ -7,7 +7,13 @@
 //   - Certificate, key and CA files are read again for every new TLS
 //     connection (gRPC credentials around etcd's transport.TLSInfo), so a
 //     certificate renewed in place (cert-manager, a Secret update) is used
-//     from the next connection on, without a restart.
+//     from the next connection on, without a restart. Config.OnHandshake
+//     learns which client certificate each new connection presented.
+//   - With Config.HealthInterval, an endpoint that stops answering (a
+//     frozen etcd process, a paused node: TCP still acknowledged) is left
+//     out within (1 + 2·HealthFailures) × HealthInterval, and the calls
+//     and streams on it move to the other endpoints (health.go), instead
+//     of hanging until gRPC's keep-alive gives the connection up (12 s).
 //   - The password is held in Config only: Config's String and LogValue
 //     leave it out, and no error of this package contains it, the token, or
 //     key material.
@@ -77,6 +83,24 @@ type Config struct {
 	// not block) with every request error that is an authentication or
 	// permission failure.
 	OnDenied func(error)
+	// OnHandshake, if set, is called after every TLS handshake with etcd
+	// that succeeded, with the client certificate the connection presented
+	// (nil when etcd asked for none or none is configured). It is called
+	// from gRPC's dialing goroutine, so it must not block. A daemon reports
+	// with it which certificate it uses and when that certificate expires.
+	OnHandshake func(*x509.Certificate)
+	// HealthInterval, if above 0 and there are two endpoints or more,
+	// starts the endpoint health monitor (health.go): each endpoint is
+	// asked for its status every HealthInterval, and one that does not
+	// answer HealthFailures times in a row is left out of the client's
+	// endpoints until it answers again. The daemon uses
+	// DefaultHealthInterval; one-shot commands need none.
+	HealthInterval time.Duration
+	// OnEndpointsOut, if set, is called by the monitor with the endpoints
+	// it leaves out (none: every one is used again) whenever that changes.
+	OnEndpointsOut func(out []string)
+	// Logger receives the monitor's messages; nil: none.
+	Logger *slog.Logger
 }
 
 // TLS reports whether the connection uses TLS.
@@ -237,9 +261,10 @@ func New(cfg Config) (*clientv3.Client, error) {
 		Logger:               zap.NewNop(),
 		DialOptions:          connectOptions(),
 	}
+	var creds credentials.TransportCredentials
 	if cfg.TLS() {
-		creds := &reloadingTLS{info: tlsInfo(cfg)}
-		first, err := creds.config()
+		r := &reloadingTLS{info: tlsInfo(cfg), onHandshake: cfg.OnHandshake}
+		first, err := r.config()
 		if err != nil {
 			return nil, err
 		}
@@ -247,14 +272,26 @@ func New(cfg Config) (*clientv3.Client, error) {
 		// option below replaces its credentials with ones that read the
 		// files again for each connection.
 		cc.TLS = first
-		cc.DialOptions = append(cc.DialOptions, grpc.WithTransportCredentials(creds))
+		cc.DialOptions = append(cc.DialOptions, grpc.WithTransportCredentials(r))
+		creds = r
 	}
 	if cfg.OnDenied != nil {
 		cc.DialOptions = append(cc.DialOptions, grpc.WithChainUnaryInterceptor(deniedInterceptor(cfg.OnDenied)))
 	}
+	var d *dialer
+	if wantHealth(cfg) {
+		d = newDialer()
+		cc.DialOptions = append(cc.DialOptions, grpc.WithContextDialer(d.dial))
+	}
 	cli, err := clientv3.New(cc)
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd at %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	if d != nil {
+		if err := startHealth(cli, cfg, d, creds); err != nil {
+			cli.Close()
+			return nil, fmt.Errorf("etcd endpoint health monitor: %w", err)
+		}
 	}
 	return cli, nil
 }
@@ -311,7 +348,8 @@ func tlsInfo(cfg Config) transport.TLSInfo {
 // from the files for every connection, so a renewed certificate, key or CA
 // is used without a restart.
 type reloadingTLS struct {
-	info transport.TLSInfo
+	info        transport.TLSInfo
+	onHandshake func(*x509.Certificate) // after a handshake that succeeded; may be nil
 }
 
 var _ credentials.TransportCredentials = (*reloadingTLS)(nil)
@@ -335,7 +373,31 @@ func (r *reloadingTLS) ClientHandshake(ctx context.Context, authority string, co
 	if err != nil {
 		return nil, nil, err
 	}
-	return credentials.NewTLS(cfg).ClientHandshake(ctx, authority, conn)
+	if r.onHandshake == nil {
+		return credentials.NewTLS(cfg).ClientHandshake(ctx, authority, conn)
+	}
+	// The certificate etcd's TLSInfo reads for this handshake (it loads
+	// the files when the server asks for a client certificate).
+	var presented *tls.Certificate
+	if get := cfg.GetClientCertificate; get != nil {
+		cfg.GetClientCertificate = func(req *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			c, err := get(req)
+			presented = c
+			return c, err
+		}
+	}
+	tc, info, err := credentials.NewTLS(cfg).ClientHandshake(ctx, authority, conn)
+	if err != nil {
+		return nil, nil, err
+	}
+	var leaf *x509.Certificate
+	if presented != nil && len(presented.Certificate) > 0 {
+		if leaf = presented.Leaf; leaf == nil {
+			leaf, _ = x509.ParseCertificate(presented.Certificate[0])
+		}
+	}
+	r.onHandshake(leaf)
+	return tc, info, nil
 }
 
 func (r *reloadingTLS) ServerHandshake(net.Conn) (net.Conn, credentials.AuthInfo, error) {

@@ -1,10 +1,15 @@
 package etcdclient_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -336,4 +341,95 @@ func TestDenied(t *testing.T) {
 	default:
 		t.Fatal("OnDenied not called for a refused request")
 	}
+}
+
+// TestOnHandshakeNamesTheRenewedCertificate renews a client certificate in
+// place while a client runs, restarts etcd so the client must connect
+// again, and checks that OnHandshake reported the first certificate for the
+// first connection and the renewed one (another serial and expiry, same CA)
+// for the new connection, which works.
+func TestOnHandshakeNamesTheRenewedCertificate(t *testing.T) {
+	s := secure(t)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	now := time.Now()
+	first, err := s.CA.Issue(devpki.Leaf{CommonName: "immortald", Client: true, NotAfter: now.Add(90 * 24 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewed, err := s.CA.Issue(devpki.Leaf{CommonName: "immortald", Client: true, NotAfter: now.Add(180 * 24 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Write(certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu   sync.Mutex
+		seen []*x509.Certificate
+	)
+	cfg := s.ClientConfig(certFile, keyFile)
+	cfg.OnHandshake = func(c *x509.Certificate) {
+		mu.Lock()
+		seen = append(seen, c)
+		mu.Unlock()
+	}
+	last := func() *x509.Certificate {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(seen) == 0 {
+			return nil
+		}
+		return seen[len(seen)-1]
+	}
+	cli, err := etcdclient.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	check := func(when string) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		if err := etcdclient.Check(ctx, cli, prefix); err != nil {
+			t.Fatalf("%s: %v", when, etcdclient.Explain(err, cfg, prefix))
+		}
+	}
+	check("with the first certificate")
+	want := func(when string, pair devpki.Pair) {
+		t.Helper()
+		block, _ := pem.Decode(pair.CertPEM)
+		c := last()
+		if c == nil || !bytes.Equal(c.Raw, block.Bytes) {
+			t.Fatalf("%s: OnHandshake last reported %v, want the certificate with serial %s", when, describe(c), mustParse(t, block.Bytes).SerialNumber)
+		}
+	}
+	want("first connection", first)
+
+	if err := renewed.Write(certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	s.Stop()
+	s.MustRestart(t)
+	check("after the renewal and etcd's restart")
+	want("after the renewal and etcd's restart", renewed)
+	if c := last(); !c.NotAfter.After(now.Add(179 * 24 * time.Hour)) {
+		t.Errorf("the renewed certificate's NotAfter is %v, want about %v", c.NotAfter, now.Add(180*24*time.Hour))
+	}
+}
+
+func describe(c *x509.Certificate) string {
+	if c == nil {
+		return "no certificate"
+	}
+	return fmt.Sprintf("serial %s (not after %s)", c.SerialNumber, c.NotAfter.UTC().Format(time.RFC3339))
+}
+
+func mustParse(t *testing.T, der []byte) *x509.Certificate {
+	t.Helper()
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -79,13 +79,18 @@ func IsNoLeader(err error) bool {
 // bounded as above, and every call and stream requiring a leader.
 func connectOptions() []grpc.DialOption {
 	return []grpc.DialOption{
-		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: MaxReconnectDelay},
-			MinConnectTimeout: MinConnectTimeout,
-		}),
+		connectParams(),
 		// Chained: they run inside clientv3's own retry interceptors,
 		// once per attempt.
 		grpc.WithChainUnaryInterceptor(requireLeaderUnary),
 		grpc.WithChainStreamInterceptor(requireLeaderStream),
 	}
+}
+
+// connectParams bound connection attempts (see the top of this file).
+func connectParams() grpc.DialOption {
+	return grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           backoff.Config{BaseDelay: 250 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: MaxReconnectDelay},
+		MinConnectTimeout: MinConnectTimeout,
+	})
 }

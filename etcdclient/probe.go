@@ -33,13 +33,8 @@ import (
 // or https://host:port, as in --etcd-endpoints; https uses tlsCfg (nil: the
 // system's roots), and so does a bare host:port when tlsCfg is not nil.
 func Probe(ctx context.Context, endpoint string, tlsCfg *tls.Config) error {
-	addr, secure := endpoint, tlsCfg != nil
-	switch {
-	case strings.HasPrefix(endpoint, "https://"):
-		addr, secure = strings.TrimPrefix(endpoint, "https://"), true
-	case strings.HasPrefix(endpoint, "http://"):
-		addr, secure = strings.TrimPrefix(endpoint, "http://"), false
-	case strings.Contains(endpoint, "://"):
+	addr, secure, ok := hostPort(endpoint, tlsCfg != nil)
+	if !ok {
 		return nil // unix sockets and other schemes: nothing to say
 	}
 	creds := insecure.NewCredentials()
@@ -59,6 +54,21 @@ func Probe(ctx context.Context, endpoint string, tlsCfg *tls.Config) error {
 		return nil
 	}
 	return fmt.Errorf("etcd endpoint %s: %s", endpoint, reason(err))
+}
+
+// hostPort is the host:port of an endpoint and whether it takes TLS (an
+// https:// one, or a bare host:port when tlsOn); ok is false for other
+// schemes (unix sockets), which have no host to probe.
+func hostPort(endpoint string, tlsOn bool) (addr string, secure, ok bool) {
+	switch {
+	case strings.HasPrefix(endpoint, "https://"):
+		return strings.TrimPrefix(endpoint, "https://"), true, true
+	case strings.HasPrefix(endpoint, "http://"):
+		return strings.TrimPrefix(endpoint, "http://"), false, true
+	case strings.Contains(endpoint, "://"):
+		return "", false, false
+	}
+	return endpoint, tlsOn, true
 }
 
 // reason words a failed Status call.

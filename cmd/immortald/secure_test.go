@@ -452,8 +452,15 @@ func TestCertificateRotation(t *testing.T) {
 	}
 	e.waitLife(cliCert, cliKey, "Adam", "running on m1", func(s status) bool { return s.State == "running" && s.Holder == "m1" })
 
+	const expiry = "immortald_etcd_client_certificate_expiry_timestamp_seconds"
+	oldExpiry := metric(t, m1.http, expiry)
+	if d := time.Until(time.Unix(int64(oldExpiry), 0)); d < 360*24*time.Hour || d > 366*24*time.Hour {
+		t.Errorf("%s = %v before the renewal: %v from now, want the first certificate's year", expiry, oldExpiry, d)
+	}
+
 	// Renew in place (as cert-manager does), then stop trusting the old CA.
-	p, err := e.s.CA.Issue(devpki.Leaf{CommonName: "immortald", Client: true})
+	notAfter := time.Now().Add(90 * 24 * time.Hour).Truncate(time.Second)
+	p, err := e.s.CA.Issue(devpki.Leaf{CommonName: "immortald", Client: true, NotAfter: notAfter})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -470,6 +477,13 @@ func TestCertificateRotation(t *testing.T) {
 		}
 	})
 	waitMetric(t, m1.http, "immortald_heartbeats_total", func(v float64) bool { return v >= before+5 })
+	// The member says which certificate it connected with.
+	if v := metric(t, m1.http, expiry); v != float64(notAfter.Unix()) {
+		t.Errorf("%s = %v after the renewal, want the renewed certificate's %v", expiry, v, notAfter.Unix())
+	}
+	if n := strings.Count(m1.stderr.String(), "etcd: connected with a new client certificate"); n != 1 {
+		t.Errorf("m1 logged %d new certificates, want 1 (the renewed one)", n)
+	}
 	st := e.waitLife(cliCert, cliKey, "Adam", "running on m1", func(s status) bool { return s.State == "running" && s.Holder == "m1" })
 	select {
 	case <-m1.done:
