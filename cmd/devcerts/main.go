@@ -4,22 +4,31 @@
 // (CN root, for etcdctl and the auth setup Job), and the Kubernetes Secrets
 // that carry them.
 //
-//	go run ./cmd/devcerts -out bin/dev-certs [-namespace default] [-hosts etcd1,etcd2]
+//	go run ./cmd/devcerts -out bin/dev-certs [-namespace default] [-hosts etcd1,etcd2] [-valid-for 8760h] [-new-ca]
 //
-// It writes, under -out: ca.crt, etcd.crt/.key, immortald.crt/.key,
+// It writes, under -out: ca.crt and ca.key, etcd.crt/.key, immortald.crt/.key,
 // root.crt/.key (keys mode 0600), and secrets.yaml with the Secrets
 // etcd-server-tls, immortald-etcd-tls and etcd-root-tls (each with tls.crt,
-// tls.key and ca.crt). For development only: the CA key is not kept, so
-// running it again makes a new CA and every certificate anew.
+// tls.key and ca.crt).
+//
+// Run again on the same -out, it renews: the CA in ca.crt and ca.key stays,
+// and every certificate is issued anew under it (new keys, new serials,
+// valid for -valid-for from an hour ago), so `kubectl apply -f
+// secrets.yaml` rotates the certificates as cert-manager would, and
+// whatever trusts the CA goes on trusting them. -new-ca starts over with a
+// new CA instead. For development only: the CA key is a file beside the
+// certificates.
 package main
 
 import (
 	"bytes"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -43,16 +52,26 @@ func run(args []string) error {
 	replicas := fs.Int("replicas", 3, "etcd members (etcd-0 ... etcd-N-1)")
 	extra := fs.String("hosts", "", "more comma-separated names or IPs for etcd's server certificate, put first")
 	k8s := fs.Bool("kubernetes-names", true, "name etcd's Kubernetes Service and pods in its certificate")
+	validFor := fs.Duration("valid-for", 365*24*time.Hour, "how long the certificates (not the CA) are valid, from an hour ago")
+	newCA := fs.Bool("new-ca", false, "make a new CA even when -out holds one (else its certificates are renewed under it)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q (all settings are flags)", fs.Args())
+	}
+	if *validFor <= time.Hour {
+		return fmt.Errorf("-valid-for %v: want more than an hour (certificates start an hour ago)", *validFor)
 	}
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		return err
 	}
-	ca, err := devpki.NewCA("immortald dev CA")
+	ca, renewed, err := loadOrMakeCA(*out, *newCA)
 	if err != nil {
 		return err
 	}
+	notBefore := time.Now().Add(-time.Hour)
+	notAfter := notBefore.Add(*validFor)
 	// etcd checks a peer's client certificate by looking up each DNS name
 	// in it, in order, until one resolves to the peer's address: names
 	// that do not resolve where etcd runs cost a DNS time-out on every new
@@ -82,12 +101,10 @@ func run(args []string) error {
 		{"immortald", "immortald-etcd-tls", devpki.Leaf{CommonName: "immortald", Client: true}},
 		{"root", "etcd-root-tls", devpki.Leaf{CommonName: "root", Client: true}},
 	}
-	if err := devpki.WriteFile(filepath.Join(*out, "ca.crt"), ca.CertPEM, 0o644); err != nil {
-		return err
-	}
 	var manifests bytes.Buffer
 	manifests.WriteString("# Made by cmd/devcerts: development certificates only.\n")
 	for _, l := range leaves {
+		l.leaf.NotBefore, l.leaf.NotAfter = notBefore, notAfter
 		p, err := ca.Issue(l.leaf)
 		if err != nil {
 			return err
@@ -111,6 +128,51 @@ func run(args []string) error {
 	if err := devpki.WriteFile(filepath.Join(*out, "secrets.yaml"), manifests.Bytes(), 0o600); err != nil {
 		return err
 	}
-	fmt.Printf("wrote ca.crt, %s and secrets.yaml to %s\n", strings.Join([]string{"etcd", "immortald", "root"}, ", "), *out)
+	what := "a new CA"
+	if renewed {
+		what = "the CA already in " + *out
+	}
+	fmt.Printf("wrote the certificates of %s (valid until %s, under %s) and secrets.yaml to %s\n",
+		strings.Join([]string{"etcd", "immortald", "root"}, ", "), notAfter.UTC().Format(time.RFC3339), what, *out)
 	return nil
+}
+
+// loadOrMakeCA loads the CA of dir's ca.crt and ca.key (renewed: true), or,
+// when there is none or fresh is set, makes one and writes both files.
+func loadOrMakeCA(dir string, fresh bool) (ca *devpki.CA, renewed bool, err error) {
+	certFile, keyFile := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
+	if !fresh {
+		certPEM, errC := os.ReadFile(certFile)
+		keyPEM, errK := os.ReadFile(keyFile)
+		switch {
+		case errC == nil && errK == nil:
+			ca, err := devpki.LoadCA(certPEM, keyPEM)
+			if err != nil {
+				return nil, false, fmt.Errorf("%s and %s: %w (-new-ca makes a new CA)", certFile, keyFile, err)
+			}
+			return ca, true, nil
+		case errors.Is(errC, os.ErrNotExist) && errors.Is(errK, os.ErrNotExist):
+		case errC != nil && !errors.Is(errC, os.ErrNotExist):
+			return nil, false, errC
+		case errK != nil && !errors.Is(errK, os.ErrNotExist):
+			return nil, false, errK
+		default:
+			return nil, false, fmt.Errorf("%s has one of ca.crt and ca.key but not the other: without both the certificates cannot be renewed under the same CA (-new-ca makes a new one)", dir)
+		}
+	}
+	ca, err = devpki.NewCA("immortald dev CA")
+	if err != nil {
+		return nil, false, err
+	}
+	key, err := ca.KeyPEM()
+	if err != nil {
+		return nil, false, err
+	}
+	if err := devpki.WriteFile(keyFile, key, 0o600); err != nil {
+		return nil, false, err
+	}
+	if err := devpki.WriteFile(certFile, ca.CertPEM, 0o644); err != nil {
+		return nil, false, err
+	}
+	return ca, false, nil
 }

@@ -78,6 +78,49 @@ func NewCA(cn string) (*CA, error) {
 	return &CA{cert: cert, key: key, CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}, nil
 }
 
+// KeyPEM is the CA's private key, PKCS #8 in PEM, for LoadCA.
+func (ca *CA) KeyPEM() ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(ca.key)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// LoadCA returns the CA of certPEM and keyPEM (as CertPEM and KeyPEM give
+// them), to issue more certificates under it: renewals that every party
+// trusting the CA takes. It is an error when the certificate is not a CA,
+// has expired, or the key is not its ECDSA key.
+func LoadCA(certPEM, keyPEM []byte) (*CA, error) {
+	cb, _ := pem.Decode(certPEM)
+	if cb == nil || cb.Type != "CERTIFICATE" {
+		return nil, errors.New("devpki: no PEM CERTIFICATE in the CA certificate")
+	}
+	cert, err := x509.ParseCertificate(cb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("devpki: CA certificate: %w", err)
+	}
+	if !cert.IsCA {
+		return nil, fmt.Errorf("devpki: the certificate %q is not a CA", cert.Subject.CommonName)
+	}
+	if time.Now().After(cert.NotAfter) {
+		return nil, fmt.Errorf("devpki: the CA %q expired at %s", cert.Subject.CommonName, cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	kb, _ := pem.Decode(keyPEM)
+	if kb == nil || kb.Type != "PRIVATE KEY" {
+		return nil, errors.New("devpki: no PEM PRIVATE KEY in the CA key")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("devpki: CA key: %w", err)
+	}
+	key, ok := k.(*ecdsa.PrivateKey)
+	if !ok || !key.PublicKey.Equal(cert.PublicKey) {
+		return nil, fmt.Errorf("devpki: the key is not the one of the CA certificate %q", cert.Subject.CommonName)
+	}
+	return &CA{cert: cert, key: key, CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cb.Bytes})}, nil
+}
+
 // Issue makes a key and a certificate signed by ca.
 func (ca *CA) Issue(l Leaf) (Pair, error) {
 	if !l.Server && !l.Client {

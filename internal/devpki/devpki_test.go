@@ -67,3 +67,52 @@ func TestIssue(t *testing.T) {
 		t.Errorf("written pair does not load: %v", err)
 	}
 }
+
+// TestLoadCA checks that a CA written out and loaded again issues
+// certificates its first incarnation's roots verify, and that a key of
+// another CA, or a certificate that is not a CA, is refused.
+func TestLoadCA(t *testing.T) {
+	ca, err := devpki.NewCA("test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ca.KeyPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := devpki.LoadCA(ca.CertPEM, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := again.Issue(devpki.Leaf{CommonName: "immortald", Client: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.X509KeyPair(p.CertPEM, p.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca.CertPEM)
+	if _, err := pair.Leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("a certificate of the loaded CA does not verify under the first one: %v", err)
+	}
+
+	other, err := devpki.NewCA("other CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherKey, err := other.KeyPEM()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := devpki.LoadCA(ca.CertPEM, otherKey); err == nil {
+		t.Error("LoadCA took another CA's key")
+	}
+	if _, err := devpki.LoadCA(p.CertPEM, p.KeyPEM); err == nil {
+		t.Error("LoadCA took a leaf certificate as a CA")
+	}
+	if _, err := devpki.LoadCA([]byte("not PEM"), key); err == nil {
+		t.Error("LoadCA took a file without PEM")
+	}
+}
