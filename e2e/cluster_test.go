@@ -24,9 +24,11 @@ type Options struct {
 	CheckpointInterval time.Duration
 	// Prefix is the keyspace prefix; default /immortals/.
 	Prefix string
-	// Secure runs etcd with TLS, client certificates and (once the test
-	// enables it) auth, and the members with their certificates and the
-	// etcd user immortald: see secure_test.go. Docker backend only.
+	// Secure runs etcd with TLS and client certificates, and the members
+	// with their certificates as etcd user immortald. On Docker, auth is on
+	// once the test enables it (secure_test.go); on kind, the cluster is
+	// deploy/overlays/kind-tls, whose Job turns auth on before the members
+	// start (kind_test.go).
 	Secure bool
 	// PeerNetwork puts etcd's peer traffic on a network of its own, apart
 	// from the one clients use, so that EtcdCutPeers can cut a member off
@@ -158,9 +160,6 @@ func newCluster(t *testing.T, opts Options) Cluster {
 		}
 		return newDockerCluster(t, opts)
 	case "kind":
-		if opts.Secure {
-			t.Skip("the kind backend has no Secure mode; deploy/overlays/tls is its counterpart")
-		}
 		return newKindCluster(t, opts)
 	default:
 		t.Fatalf("IMMORTALD_E2E_BACKEND=%q: want docker or kind", b)

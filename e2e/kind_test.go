@@ -19,6 +19,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/etcdclient"
 )
 
 // The kind backend runs the scenarios against the manifests under deploy/ in
@@ -40,7 +42,12 @@ import (
 //     node, found with crictl;
 //   - etcd members are stopped by freezing their process (a StatefulSet
 //     would recreate a deleted pod at once), killed with SIGKILL, and
-//     reached by the test through `kubectl port-forward`.
+//     reached by the test through `kubectl port-forward`;
+//   - Options.Secure applies deploy/overlays/kind-tls instead, with the
+//     Secrets that cmd/devcerts makes for the namespace (in
+//     kindCluster.certs): etcd with TLS, client certificates and auth, the
+//     members as etcd user immortald; the test's client and etcdctl in the
+//     etcd pods act as root by certificate.
 
 const (
 	kindDeployment = "immortald"
@@ -69,6 +76,7 @@ type kindCluster struct {
 	replicas int
 	members  []string
 	frozen   map[string]bool // etcd pods frozen by EtcdStop
+	certs    string          // with Options.Secure: what cmd/devcerts wrote (ca.crt, root.crt, secrets.yaml, ...)
 	node     string          // with Options.Shared: the node whose directory the pods share
 	// with Options.Helm: how long helm install --wait took
 	helmInstallTook time.Duration
@@ -108,9 +116,17 @@ func newKindCluster(t *testing.T, opts Options) *kindCluster {
 	root, err := filepath.Abs("..")
 	must(t, err)
 	if opts.Helm {
+		if opts.Secure {
+			t.Fatal("Options.Helm with Secure is not supported; TestKindHelm's values turn TLS on, if a test needs it")
+		}
 		c.helmInstall(t, root)
 	} else {
-		manifests := envOr("IMMORTALD_E2E_MANIFESTS", filepath.Join(root, "deploy", "overlays", "kind"))
+		overlay := "kind"
+		if opts.Secure {
+			c.certs = c.secureSecrets(t, root)
+			overlay = "kind-tls"
+		}
+		manifests := envOr("IMMORTALD_E2E_MANIFESTS", filepath.Join(root, "deploy", "overlays", overlay))
 		c.applyManifests(t, manifests)
 		c.memberFiles(t)
 		c.kubectl(t, 30*time.Second, "set", "env", "deployment/"+kindDeployment,
@@ -120,6 +136,10 @@ func newKindCluster(t *testing.T, opts Options) *kindCluster {
 			"IMMORTALD_LOG_LEVEL="+envOr("IMMORTALD_E2E_LOG_LEVEL", "info"))
 	}
 	c.kubectl(t, 5*time.Minute, "rollout", "status", "statefulset/"+kindEtcdSet, "--timeout=5m")
+	if opts.Secure {
+		// The Job that turns auth on with the least-privilege role.
+		c.kubectl(t, 4*time.Minute, "wait", "--for=condition=complete", "job/etcd-auth", "--timeout=3m")
+	}
 
 	pfctx, cancel := context.WithCancel(context.Background())
 	c.stopPF = cancel
@@ -132,11 +152,31 @@ func newKindCluster(t *testing.T, opts Options) *kindCluster {
 		c.pfDone.Add(1)
 		go c.portForward(pfctx, e, p, 2379)
 	}
-	cli, err := newEtcdClient(eps)
+	// The test's client is a member's (etcdclient, with its endpoint
+	// health monitor): when a node is lost, the port-forward to its etcd
+	// pod stays open but silent, and the checker's watch must move off it
+	// as the members' do, not wait for gRPC's keep-alive (12 s).
+	ecfg := etcdclient.Config{Endpoints: eps, HealthInterval: etcdclient.DefaultHealthInterval}
+	if opts.Secure {
+		ecfg.CACert = filepath.Join(c.certs, "ca.crt")
+		ecfg.Cert, ecfg.Key = filepath.Join(c.certs, "root.crt"), filepath.Join(c.certs, "root.key")
+	}
+	cli, err := etcdclient.New(ecfg)
 	must(t, err)
 	c.cli = cli
 	must(t, waitEtcd(cli, 2*time.Minute))
 	return c
+}
+
+// secureSecrets makes the certificates of the TLS overlay for the test's
+// namespace with cmd/devcerts, as an operator does, applies the Secrets it
+// writes, and returns its directory.
+func (c *kindCluster) secureSecrets(t *testing.T, root string) string {
+	t.Helper()
+	dir := t.TempDir()
+	runT(t, 5*time.Minute, "go", "-C", root, "run", "./cmd/devcerts", "-out", dir, "-namespace", c.ns)
+	c.kubectl(t, time.Minute, "apply", "-f", filepath.Join(dir, "secrets.yaml"))
+	return dir
 }
 
 // kindSetup checks that the cluster make e2e-kind created answers.

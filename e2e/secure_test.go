@@ -117,6 +117,9 @@ func newSecureEtcdClient(dir string, endpoints []string) (*clientv3.Client, erro
 // are handed off; a wrong password gets one line naming it; no log, CLI
 // output or /metrics shows the password or a key.
 func TestSecure(t *testing.T) {
+	if os.Getenv("IMMORTALD_E2E_BACKEND") == "kind" {
+		t.Skip("TestSecure turns auth on itself, on the Docker backend; on kind, TestKindTLS runs deploy/overlays/kind-tls")
+	}
 	e := setup(t, Options{Secure: true})
 	c, chk, o := e.c, e.chk, e.o
 	// The README's least-privilege role, then auth on.
