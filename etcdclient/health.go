@@ -202,13 +202,20 @@ func (h *health) apply(out []bool) {
 }
 
 // dialer dials the client's TCP connections and keeps them by address, so
-// that the monitor can close those to an endpoint it takes out.
+// that the monitor can close those to an endpoint it takes out. It hands
+// gRPC the *net.TCPConn itself: gRPC sets TCP_USER_TIMEOUT on a
+// *net.TCPConn only, and a wrapper would lose that. So it cannot see a
+// connection close; it keeps the newest keptPerAddr of each address (gRPC
+// holds one a subconnection; the older ones are closed already, and
+// closing one again is harmless).
 type dialer struct {
 	mu    sync.Mutex
-	conns map[string]map[*trackedConn]struct{}
+	conns map[string][]net.Conn
 }
 
-func newDialer() *dialer { return &dialer{conns: map[string]map[*trackedConn]struct{}{}} }
+const keptPerAddr = 8
+
+func newDialer() *dialer { return &dialer{conns: map[string][]net.Conn{}} }
 
 // dial is the client's grpc.WithContextDialer: addr is host:port (or
 // unix:path, as gRPC's own dialer takes it).
@@ -224,42 +231,23 @@ func (d *dialer) dial(ctx context.Context, addr string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	tc := &trackedConn{Conn: c, d: d, addr: addr}
 	d.mu.Lock()
-	if d.conns[addr] == nil {
-		d.conns[addr] = map[*trackedConn]struct{}{}
+	cs := append(d.conns[addr], c)
+	if len(cs) > keptPerAddr {
+		cs = slices.Delete(cs, 0, len(cs)-keptPerAddr)
 	}
-	d.conns[addr][tc] = struct{}{}
+	d.conns[addr] = cs
 	d.mu.Unlock()
-	return tc, nil
+	return c, nil
 }
 
-// closeAll closes every connection to addr that is still open.
+// closeAll closes every connection to addr it keeps.
 func (d *dialer) closeAll(addr string) {
 	d.mu.Lock()
-	var cs []*trackedConn
-	for c := range d.conns[addr] {
-		cs = append(cs, c)
-	}
+	cs := d.conns[addr]
+	delete(d.conns, addr)
 	d.mu.Unlock()
 	for _, c := range cs {
 		_ = c.Close()
 	}
-}
-
-// trackedConn leaves its dialer's set when closed.
-type trackedConn struct {
-	net.Conn
-	d    *dialer
-	addr string
-	once sync.Once
-}
-
-func (c *trackedConn) Close() error {
-	c.once.Do(func() {
-		c.d.mu.Lock()
-		delete(c.d.conns[c.addr], c)
-		c.d.mu.Unlock()
-	})
-	return c.Conn.Close()
 }
