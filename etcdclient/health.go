@@ -13,8 +13,8 @@
 // waits for gRPC rather than for the lease.
 //
 // With Config.HealthInterval set, New starts a monitor that asks every
-// endpoint for its status (etcd's Maintenance Status, which needs no
-// permission) over a connection of its own, every HealthInterval, each
+// endpoint for its status (etcd's Maintenance Status; any answer counts,
+// a refusal for want of a user included) over a connection of its own, every HealthInterval, each
 // bounded by twice that. An endpoint that fails HealthFailures probes in a
 // row is taken out with clientv3.Client.SetEndpoints, so no new call or
 // stream goes there, and the client's TCP connections to it are closed
@@ -39,6 +39,7 @@ package etcdclient
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"slices"
@@ -49,9 +50,11 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 )
 
 // HealthFailures is how many probes in a row an endpoint fails before it
@@ -168,11 +171,31 @@ func (h *health) probe(ctx context.Context) []error {
 			continue
 		}
 		wg.Go(func() {
-			_, errs[i] = pb.NewMaintenanceClient(c).Status(ctx, &pb.StatusRequest{})
+			_, err := pb.NewMaintenanceClient(c).Status(ctx, &pb.StatusRequest{})
+			if answered(err) {
+				err = nil
+			}
+			errs[i] = err
 		})
 	}
 	wg.Wait()
 	return errs
+}
+
+// answered reports whether a probe's outcome came from the etcd server: a
+// status, or a refusal (with auth on, etcd 3.7 wants a user for Status, and
+// the probe sends no password: "user name is empty" is an answer too).
+// Only no answer in time, a connection that cannot be made or broke, and a
+// probe cancelled are not.
+func answered(err error) bool {
+	if err == nil {
+		return true
+	}
+	switch status.Code(err) {
+	case codes.DeadlineExceeded, codes.Unavailable, codes.Canceled:
+		return false
+	}
+	return !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled)
 }
 
 // apply sets the client's endpoints to those not out, in their configured

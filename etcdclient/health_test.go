@@ -3,7 +3,9 @@ package etcdclient_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -149,4 +151,73 @@ func puts(cli *clientv3.Client, n int, timeout time.Duration) int {
 		}
 	}
 	return failed
+}
+
+// TestHealthTakesARefusalForAnAnswer: with auth on and a password user,
+// etcd 3.7 refuses the monitor's Status probe ("user name is empty": the
+// probe sends no token); that is an answer, and no endpoint is left out.
+func TestHealthTakesARefusalForAnAnswer(t *testing.T) {
+	srv := etcdtest.MustStart(t)
+	root := etcdtest.MustClient(t, srv.Endpoint())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, step := range []func() error{
+		func() error { _, err := root.UserAdd(ctx, "root", password); return err },
+		func() error { _, err := root.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := root.UserAdd(ctx, "immortald", password); return err },
+		func() error { _, err := root.RoleAdd(ctx, "immortald"); return err },
+		func() error {
+			_, err := root.RoleGrantPermission(ctx, "immortald", prefix, clientv3.GetPrefixRangeEnd(prefix), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := root.UserGrantRole(ctx, "immortald", "immortald"); return err },
+		func() error { _, err := root.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Two names of the one member: the monitor runs with two endpoints.
+	_, port, _ := strings.Cut(strings.TrimPrefix(srv.Endpoint(), "http://"), ":")
+	eps := []string{"127.0.0.1:" + port, "localhost:" + port}
+	var (
+		mu  sync.Mutex
+		out [][]string
+	)
+	var logs strings.Builder
+	var logMu sync.Mutex
+	cli, err := etcdclient.New(etcdclient.Config{Endpoints: eps, User: "immortald", Password: password,
+		HealthInterval: 100 * time.Millisecond,
+		OnEndpointsOut: func(o []string) { mu.Lock(); out = append(out, o); mu.Unlock() },
+		Logger:         slog.New(slog.NewTextHandler(&lockedWriter{mu: &logMu, w: &logs}, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.Put(ctx, prefix+"k", "v"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second) // 20 probes of each endpoint
+	mu.Lock()
+	defer mu.Unlock()
+	if len(out) != 0 {
+		t.Errorf("the monitor left endpoints out: %v", out)
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if logs.Len() != 0 {
+		t.Errorf("the monitor logged: %s", logs.String())
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *strings.Builder
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
