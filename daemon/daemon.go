@@ -232,8 +232,8 @@ func (m *Main) certInUse(expiry prometheus.Gauge) func(*x509.Certificate) {
 		if c == nil {
 			return
 		}
-		expiry.Set(float64(c.NotAfter.Unix()))
 		mu.Lock()
+		expiry.Set(float64(c.NotAfter.Unix()))
 		prev := serial
 		serial = c.SerialNumber.String()
 		mu.Unlock()
@@ -281,7 +281,7 @@ func (m *Main) Open() error {
 	// are left out until they answer again (etcdclient's health.go).
 	endpointsOut := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "immortald_etcd_endpoints_out",
-		Help: "etcd endpoints the member leaves out because they did not answer its status probes (every 500 ms, each within 1 s, two in a row); 0 when it uses them all.",
+		Help: "etcd endpoints that did not answer the member's status probes (every 500 ms, each within 1 s, two in a row); the member leaves them out while another one answers.",
 	})
 	ec.HealthInterval = etcdclient.DefaultHealthInterval
 	ec.OnEndpointsOut = func(out []string) { endpointsOut.Set(float64(len(out))) }

@@ -319,14 +319,17 @@ func TestKindNodeLost(t *testing.T) {
 	leader := e.etcdLeader()
 	leaderLost := kc.podNodes(t, "etcd")[leader] == node
 	// The bound of the lives' failover, and the checker's with it: the
-	// lease TTL and a campaign round; when the etcd leader was on the
-	// node, its followers' election first (they call one after an election
-	// timeout, 1 s, and may need a second round), after which the new
-	// leader extends every lease by an election timeout (etcd's
-	// lessor.Promote): 3 s more. The standbys' connections to the frozen
-	// etcd pod are cut within etcdclient's health bound (2.5 s), which
-	// hides under the lease. 2 s of slack.
-	maxFailover := o.LeaseTTL + 5*time.Second
+	// lease TTL, or etcdclient's health bound (2.5 s) for a standby whose
+	// connection went to the frozen etcd pod, and a campaign round: TTL +
+	// 3 s with slack. When the etcd leader was on the node, its followers
+	// elect another first (after a randomised election timeout of 1 to
+	// 2 s, perhaps two rounds), and the new leader extends every lease by
+	// an election timeout and a whole TTL (etcd's lessor.Promote): 5 s
+	// more.
+	maxFailover := o.LeaseTTL + 3*time.Second
+	if leaderLost {
+		maxFailover += 5 * time.Second
+	}
 	maxLoss := o.CheckpointInterval + 500*time.Millisecond
 	chk.SetBound(maxFailover + o.CheckpointInterval)
 

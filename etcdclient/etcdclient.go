@@ -97,7 +97,8 @@ type Config struct {
 	// DefaultHealthInterval; one-shot commands need none.
 	HealthInterval time.Duration
 	// OnEndpointsOut, if set, is called by the monitor with the endpoints
-	// it leaves out (none: every one is used again) whenever that changes.
+	// that do not answer (none: every one does) whenever that changes. They
+	// are left out of the client while another one answers.
 	OnEndpointsOut func(out []string)
 	// Logger receives the monitor's messages; nil: none.
 	Logger *slog.Logger
@@ -280,7 +281,7 @@ func New(cfg Config) (*clientv3.Client, error) {
 	}
 	var d *dialer
 	if wantHealth(cfg) {
-		d = newDialer()
+		d = newDialer(cfg.DialKeepAliveTimeout)
 		cc.DialOptions = append(cc.DialOptions, grpc.WithContextDialer(d.dial))
 	}
 	cli, err := clientv3.New(cc)

@@ -45,6 +45,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -199,7 +200,9 @@ func answered(err error) bool {
 }
 
 // apply sets the client's endpoints to those not out, in their configured
-// order; all of them when every one is out.
+// order, and closes the connections to the others; when every one is out,
+// it uses them all (nothing answers: gRPC's own handling is as good as
+// any). onChange hears of the ones out either way.
 func (h *health) apply(out []bool) {
 	var in, gone []string
 	for i, ep := range h.endpoints {
@@ -210,13 +213,14 @@ func (h *health) apply(out []bool) {
 		}
 	}
 	if len(in) == 0 {
-		h.log.Warn("no etcd endpoint answers: keeping them all", "endpoints", strings.Join(h.endpoints, ","))
-		in, gone = h.endpoints, nil
-	}
-	h.cli.SetEndpoints(in...)
-	for _, ep := range gone {
-		if addr, _, ok := hostPort(ep, false); ok {
-			h.dialed.closeAll(addr)
+		h.log.Warn("no etcd endpoint answers: using them all", "endpoints", strings.Join(h.endpoints, ","))
+		h.cli.SetEndpoints(h.endpoints...)
+	} else {
+		h.cli.SetEndpoints(in...)
+		for _, ep := range gone {
+			if addr, _, ok := hostPort(ep, false); ok {
+				h.dialed.closeAll(addr)
+			}
 		}
 	}
 	if h.onChange != nil {
@@ -225,20 +229,19 @@ func (h *health) apply(out []bool) {
 }
 
 // dialer dials the client's TCP connections and keeps them by address, so
-// that the monitor can close those to an endpoint it takes out. It hands
-// gRPC the *net.TCPConn itself: gRPC sets TCP_USER_TIMEOUT on a
-// *net.TCPConn only, and a wrapper would lose that. So it cannot see a
-// connection close; it keeps the newest keptPerAddr of each address (gRPC
-// holds one a subconnection; the older ones are closed already, and
-// closing one again is harmless).
+// that the monitor can close those to an endpoint it takes out. It sets
+// TCP_USER_TIMEOUT on each itself, as gRPC does on the connections its own
+// dialer makes (gRPC sets it only on a *net.TCPConn, and what it gets from
+// here is a wrapper that leaves the set when closed).
 type dialer struct {
-	mu    sync.Mutex
-	conns map[string][]net.Conn
+	userTimeout time.Duration
+	mu          sync.Mutex
+	conns       map[string]map[*trackedConn]struct{}
 }
 
-const keptPerAddr = 8
-
-func newDialer() *dialer { return &dialer{conns: map[string][]net.Conn{}} }
+func newDialer(userTimeout time.Duration) *dialer {
+	return &dialer{userTimeout: userTimeout, conns: map[string]map[*trackedConn]struct{}{}}
+}
 
 // dial is the client's grpc.WithContextDialer: addr is host:port (or
 // unix:path, as gRPC's own dialer takes it).
@@ -249,28 +252,66 @@ func (d *dialer) dial(ctx context.Context, addr string) (net.Conn, error) {
 	} else if path, ok := strings.CutPrefix(addr, "unix:"); ok {
 		network, target = "unix", path
 	}
-	var nd net.Dialer
+	nd := net.Dialer{Control: func(network, _ string, rc syscall.RawConn) error {
+		if !strings.HasPrefix(network, "tcp") || d.userTimeout <= 0 {
+			return nil
+		}
+		var serr error
+		if err := rc.Control(func(fd uintptr) { serr = setUserTimeout(fd, d.userTimeout) }); err != nil {
+			return err
+		}
+		return serr
+	}}
 	c, err := nd.DialContext(ctx, network, target)
 	if err != nil {
 		return nil, err
 	}
+	tc := &trackedConn{Conn: c, d: d, addr: addr}
 	d.mu.Lock()
-	cs := append(d.conns[addr], c)
-	if len(cs) > keptPerAddr {
-		cs = slices.Delete(cs, 0, len(cs)-keptPerAddr)
+	if d.conns[addr] == nil {
+		d.conns[addr] = map[*trackedConn]struct{}{}
 	}
-	d.conns[addr] = cs
+	d.conns[addr][tc] = struct{}{}
 	d.mu.Unlock()
-	return c, nil
+	return tc, nil
 }
 
-// closeAll closes every connection to addr it keeps.
+// closeAll closes every open connection to addr.
 func (d *dialer) closeAll(addr string) {
 	d.mu.Lock()
-	cs := d.conns[addr]
-	delete(d.conns, addr)
+	var cs []*trackedConn
+	for c := range d.conns[addr] {
+		cs = append(cs, c)
+	}
 	d.mu.Unlock()
 	for _, c := range cs {
 		_ = c.Close()
 	}
+}
+
+// open is how many connections to addr are open.
+func (d *dialer) open(addr string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.conns[addr])
+}
+
+// trackedConn leaves its dialer's set when closed.
+type trackedConn struct {
+	net.Conn
+	d    *dialer
+	addr string
+	once sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() {
+		c.d.mu.Lock()
+		delete(c.d.conns[c.addr], c)
+		if len(c.d.conns[c.addr]) == 0 {
+			delete(c.d.conns, c.addr)
+		}
+		c.d.mu.Unlock()
+	})
+	return c.Conn.Close()
 }

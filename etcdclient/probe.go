@@ -6,9 +6,10 @@
 // asks one endpoint for its status over a connection of its own, without
 // retries, and returns the transport's own reason: connection refused, no
 // answer in time, a TLS handshake that failed, or a server that is not an
-// etcd. It sends one Status request (etcd's Maintenance service, which
-// needs no permission) to the endpoint named and nowhere else, returns
-// within the context's deadline, and its errors carry no credential.
+// etcd. It sends one Status request (etcd's Maintenance service; with auth
+// on, etcd 3.7 refuses it to a connection without a user, and that refusal
+// is an answer too) to the endpoint named and nowhere else, returns within
+// the context's deadline, and its errors carry no credential.
 
 package etcdclient
 
@@ -50,7 +51,7 @@ func Probe(ctx context.Context, endpoint string, tlsCfg *tls.Config) error {
 	}
 	defer conn.Close()
 	_, err = pb.NewMaintenanceClient(conn).Status(ctx, &pb.StatusRequest{})
-	if err == nil {
+	if answered(err) {
 		return nil
 	}
 	return fmt.Errorf("etcd endpoint %s: %s", endpoint, reason(err))
@@ -62,13 +63,18 @@ func Probe(ctx context.Context, endpoint string, tlsCfg *tls.Config) error {
 func hostPort(endpoint string, tlsOn bool) (addr string, secure, ok bool) {
 	switch {
 	case strings.HasPrefix(endpoint, "https://"):
-		return strings.TrimPrefix(endpoint, "https://"), true, true
+		addr, secure = strings.TrimPrefix(endpoint, "https://"), true
 	case strings.HasPrefix(endpoint, "http://"):
-		return strings.TrimPrefix(endpoint, "http://"), false, true
-	case strings.Contains(endpoint, "://"):
+		addr = strings.TrimPrefix(endpoint, "http://")
+	case strings.Contains(endpoint, "://"), strings.HasPrefix(endpoint, "unix:"), strings.HasPrefix(endpoint, "unixs:"):
 		return "", false, false
+	default:
+		addr, secure = endpoint, tlsOn
 	}
-	return endpoint, tlsOn, true
+	// A path after the authority (https://h:2379/) is not part of the
+	// address, as clientv3 takes it.
+	addr, _, _ = strings.Cut(addr, "/")
+	return addr, secure, true
 }
 
 // reason words a failed Status call.
