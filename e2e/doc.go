@@ -27,6 +27,8 @@
 //	IMMORTALD_E2E_ETCD_VICTIM=follower  TestEtcdMemberDown kills a follower,
 //	                           not the leader
 //	IMMORTALD_E2E_KIND_CLUSTER, IMMORTALD_E2E_MANIFESTS  for the kind backend
+//	IMMORTALD_E2E_NODE_LOST_ETCD_LEADER=1  TestKindNodeLost moves the etcd
+//	                           leader to the node it loses (its worst case)
 //
 // When a test fails, every container's log and the checker's timeline are
 // saved under e2e/logs/<test>/. Each scenario logs what it measured in one

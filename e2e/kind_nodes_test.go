@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -316,6 +317,9 @@ func TestKindNodeLost(t *testing.T) {
 	kc.kindNode(t, node)
 	held := chk.HeldBy(holder)
 	survivors := without(ids, holder)
+	if os.Getenv("IMMORTALD_E2E_NODE_LOST_ETCD_LEADER") != "" {
+		kc.moveEtcdLeaderTo(t, e, node)
+	}
 	leader := e.etcdLeader()
 	leaderLost := kc.podNodes(t, "etcd")[leader] == node
 	// The bound of the lives' failover, and the checker's with it: the
@@ -399,4 +403,36 @@ func TestKindNodeLost(t *testing.T) {
 		"adam_age_s", secs, "lease_ttl_ms", ms(o.LeaseTTL), "node", node, "old_holder", holder, "new_holder", adam.New.Holder,
 		"etcd_leader", leader, "etcd_leader_on_node", leaderLost)
 	chk.Check(t)
+}
+
+// moveEtcdLeaderTo makes the etcd pod on node the etcd leader (etcd's
+// MoveLeader, sent until the current leader takes it): with
+// IMMORTALD_E2E_NODE_LOST_ETCD_LEADER set, TestKindNodeLost loses the etcd
+// leader with the node, its worst case, instead of when chance has it.
+func (c *kindCluster) moveEtcdLeaderTo(t testing.TB, e *env, node string) {
+	t.Helper()
+	var target string
+	for pod, n := range c.podNodes(t, "etcd") {
+		if n == node {
+			target = pod
+		}
+	}
+	if target == "" {
+		t.Fatalf("no etcd pod on %s", node)
+	}
+	st, err := c.Client().Status(ctxT(10*time.Second), c.EtcdEndpoint(target))
+	must(t, err)
+	waitFor(t, time.Minute, "etcd's leader to move to "+target, func() (bool, string) {
+		if e.etcdLeader() == target {
+			return true, ""
+		}
+		leader := e.etcdLeader()
+		// MoveLeader goes to the leader: a client of its endpoint alone.
+		cli, err := newEtcdClient([]string{c.EtcdEndpoint(leader)})
+		if err == nil {
+			_, err = cli.MoveLeader(ctxT(10*time.Second), st.Header.MemberId)
+			_ = cli.Close()
+		}
+		return false, fmt.Sprintf("leader %s: %v", leader, err)
+	})
 }
