@@ -89,7 +89,7 @@ e2e: image etcd-image
 
 ## kind-image: the kind node image (Kubernetes v1.34.4), built offline from
 ## Go modules and Debian packages (hack/kind/); skipped when Docker has it.
-## About 20 minutes from nothing, seconds when it is there.
+## 9 to 35 minutes from nothing, seconds when it is there.
 kind-image:
 	hack/kind/build-node-image.sh
 
