@@ -374,13 +374,10 @@ func (r *reloadingTLS) ClientHandshake(ctx context.Context, authority string, co
 	if err != nil {
 		return nil, nil, err
 	}
-	if r.onHandshake == nil {
-		return credentials.NewTLS(cfg).ClientHandshake(ctx, authority, conn)
-	}
 	// The certificate etcd's TLSInfo reads for this handshake (it loads
 	// the files when the server asks for a client certificate).
 	var presented *tls.Certificate
-	if get := cfg.GetClientCertificate; get != nil {
+	if get := cfg.GetClientCertificate; get != nil && r.onHandshake != nil {
 		cfg.GetClientCertificate = func(req *tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			c, err := get(req)
 			presented = c
@@ -388,8 +385,8 @@ func (r *reloadingTLS) ClientHandshake(ctx context.Context, authority string, co
 		}
 	}
 	tc, info, err := credentials.NewTLS(cfg).ClientHandshake(ctx, authority, conn)
-	if err != nil {
-		return nil, nil, err
+	if err != nil || r.onHandshake == nil {
+		return tc, info, err
 	}
 	var leaf *x509.Certificate
 	if presented != nil && len(presented.Certificate) > 0 {

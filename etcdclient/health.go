@@ -95,7 +95,7 @@ func startHealth(cli *clientv3.Client, cfg Config, d *dialer, creds credentials.
 			continue
 		}
 		c := insecure.NewCredentials()
-		if secure && creds != nil {
+		if secure { // only with TLS on (Config.TLS), so creds is set
 			c = creds
 		}
 		// Keep-alive, so that a probe connection whose peer went away for
@@ -171,16 +171,20 @@ func (h *health) probe(ctx context.Context) []error {
 		if c == nil {
 			continue
 		}
-		wg.Go(func() {
-			_, err := pb.NewMaintenanceClient(c).Status(ctx, &pb.StatusRequest{})
-			if answered(err) {
-				err = nil
-			}
-			errs[i] = err
-		})
+		wg.Go(func() { errs[i] = askStatus(ctx, c) })
 	}
 	wg.Wait()
 	return errs
+}
+
+// askStatus sends one Status request on conn: nil when the server
+// answered (answered), else the call's error.
+func askStatus(ctx context.Context, conn *grpc.ClientConn) error {
+	_, err := pb.NewMaintenanceClient(conn).Status(ctx, &pb.StatusRequest{})
+	if answered(err) {
+		return nil
+	}
+	return err
 }
 
 // answered reports whether a probe's outcome came from the etcd server: a

@@ -21,7 +21,6 @@ import (
 	"strings"
 	"sync"
 
-	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -50,11 +49,10 @@ func Probe(ctx context.Context, endpoint string, tlsCfg *tls.Config) error {
 		return fmt.Errorf("etcd endpoint %s: %w", endpoint, err)
 	}
 	defer conn.Close()
-	_, err = pb.NewMaintenanceClient(conn).Status(ctx, &pb.StatusRequest{})
-	if answered(err) {
-		return nil
+	if err := askStatus(ctx, conn); err != nil {
+		return fmt.Errorf("etcd endpoint %s: %s", endpoint, reason(err))
 	}
-	return fmt.Errorf("etcd endpoint %s: %s", endpoint, reason(err))
+	return nil
 }
 
 // hostPort is the host:port of an endpoint and whether it takes TLS (an
