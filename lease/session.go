@@ -185,9 +185,13 @@ const streamsOpen = 4
 // round robin, when there are three.
 const noLeaderTries = 3
 
-// renew sends a keep-alive every TTL/4 and moves the safe deadline with each
-// acknowledgement. The renewals go on one long-lived LeaseKeepAlive stream,
-// not a stream each: a client with a user and password authenticates at
+// renew sends a keep-alive every TTL/3 (as clientv3's own keep-alive asks)
+// and moves the safe deadline with each acknowledgement. It looks for a
+// stalled stream twice as often, every TTL/6, so that a renewal lost on a
+// stream that stalls goes out again TTL/2 after the last one answered,
+// with TTL/2 minus the margin left for its answer (at TTL 2 s: sent again
+// 1 s after, answered by 1.6 s). The renewals go on one long-lived
+// LeaseKeepAlive stream, not a stream each: a client with a user and password authenticates at
 // every stream it opens (clientv3's stream interceptor calls getToken), so
 // a stream per renewal would mean an Authenticate per renewal.
 //
@@ -195,7 +199,7 @@ const noLeaderTries = 3
 // order, one answer each (v3rpc's LeaseKeepAlive loop), and an answer
 // counts with the send time of the oldest request of its stream not yet
 // answered: its own or an earlier one, so never later than its own. A
-// stream whose last renewal is still unanswered at the next tick (stuck on
+// stream whose last renewal is still unanswered at the next look (stuck on
 // an etcd member that just died, or cut off from its leader) is given up
 // for new renewals, and so is one that broke; a new stream is opened
 // beside the loop (up to maxOpeners at once: with a password the open
@@ -207,21 +211,23 @@ const noLeaderTries = 3
 // counts, for TTL minus the margin, about when no answer of it could move
 // the deadline any more. A stream that breaks with a renewal unanswered (a
 // refusal for want of a leader, most often) has it sent again at once, up
-// to noLeaderTries times a tick.
+// to noLeaderTries times a renewal.
 func (s *Session) renew(ctx context.Context) {
 	defer s.wg.Done()
-	every := s.cfg.TTL / 4
-	t := time.NewTicker(every)
+	every := s.cfg.TTL / 3 // a renewal
+	look := every / 2      // a look for a stalled stream
+	t := time.NewTicker(look)
 	defer t.Stop()
 	var (
-		cur     *kaStream
-		opening int                                 // openers in flight
-		opened  = make(chan *kaStream, streamsOpen) // from the openers
-		failed  = make(chan struct{}, streamsOpen)  // an opener failed
-		wg      sync.WaitGroup                      // openers and receivers
-		live    = make(chan struct{}, streamsOpen)  // a slot per stream opening or open
-		kicked  = make(chan struct{}, 1)            // a stream broke with a renewal unanswered
-		kicks   = 0                                 // renewals sent again since the last tick
+		lastSent time.Time // of the last renewal sent on a stream
+		cur      *kaStream
+		opening  int                                 // openers in flight
+		opened   = make(chan *kaStream, streamsOpen) // from the openers
+		failed   = make(chan struct{}, streamsOpen)  // an opener failed
+		wg       sync.WaitGroup                      // openers and receivers
+		live     = make(chan struct{}, streamsOpen)  // a slot per stream opening or open
+		kicked   = make(chan struct{}, 1)            // a stream broke with a renewal unanswered
+		kicks    = 0                                 // renewals sent again since the last tick
 	)
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx) // every stream and opener ends with renew
@@ -233,6 +239,11 @@ func (s *Session) renew(ctx context.Context) {
 		case <-s.done:
 			return
 		case <-t.C:
+			// Every other tick renews; the one between only looks for a
+			// stalled stream.
+			if now := s.cfg.Clock.Now(); cur != nil && now.Sub(lastSent) < every-look/2 && !cur.stalled(now.Add(-look/2)) {
+				continue
+			}
 			kicks = 0
 		case <-kicked:
 			// Refused for want of a leader, most often: send one again
@@ -254,13 +265,14 @@ func (s *Session) renew(ctx context.Context) {
 			cur = ks
 		}
 		sent := s.cfg.Clock.Now()
-		if cur != nil && cur.stalled(sent.Add(-every/2)) {
+		if cur != nil && cur.stalled(sent.Add(-look/2)) {
 			cur.retire(s.cfg.TTL - s.cfg.Margin)
 			cur = nil
 		}
 		if cur != nil {
 			err := cur.send(s.Lease(), sent)
 			if err == nil {
+				lastSent = sent
 				continue
 			}
 			s.cfg.Logger.Debug("lease keep-alive stream ended", "err", err)
