@@ -75,6 +75,11 @@
 //     by a key on the lease (clean-up deletes by the revision they read),
 //     so a request of the dead member that etcd applies after the revoke
 //     fails, as it would after the lease's expiry.
+//   - A peer's lease is revoked by this member only once etcd's own
+//     answers prove it expired (expiry.go, lease.WaitExpired): what etcd's
+//     leader does itself at its next look for expired leases, up to 500 ms
+//     later. Each member watches the leases of the two members after it in
+//     id order.
 //   - Shutdown stops every life, writes one last heartbeat and revokes the
 //     lease with a fresh context, so peers take over at once and resume
 //     each life at the age it stopped at.

@@ -11,20 +11,23 @@ import (
 // one Supervisor at a time (its checkpoint ages are of that Supervisor's
 // Runs).
 type Metrics struct {
-	Held             prometheus.Gauge
-	Wanted           prometheus.Gauge
-	Invalid          prometheus.Gauge
-	Started          prometheus.Counter
-	Lost             *prometheus.CounterVec
-	Heartbeats       prometheus.Counter
-	HeartbeatErrors  prometheus.Counter
-	Sessions         prometheus.Counter
-	SessionLosses    prometheus.Counter
-	Quarantined      prometheus.Counter
-	Handoffs         prometheus.Counter
-	ElectionTxns     prometheus.Counter
-	ElectionErrors   prometheus.Counter
-	DirectStarts     prometheus.Counter
+	Held            prometheus.Gauge
+	Wanted          prometheus.Gauge
+	Invalid         prometheus.Gauge
+	Started         prometheus.Counter
+	Lost            *prometheus.CounterVec
+	Heartbeats      prometheus.Counter
+	HeartbeatErrors prometheus.Counter
+	Sessions        prometheus.Counter
+	SessionLosses   prometheus.Counter
+	Quarantined     prometheus.Counter
+	Handoffs        prometheus.Counter
+	ElectionTxns    prometheus.Counter
+	ElectionErrors  prometheus.Counter
+	DirectStarts    prometheus.Counter
+	// ExpiredRevokes counts the peers' leases this member revoked once
+	// their TimeToLive answers proved them expired (see expiry.go).
+	ExpiredRevokes   prometheus.Counter
 	HeartbeatSeconds prometheus.Gauge
 	HeartbeatFailing prometheus.Gauge
 	RunsAbandoned    prometheus.Counter
@@ -190,6 +193,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		ElectionTxns:     prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_election_txns_total", Help: "Election batch transactions sent to etcd."}),
 		ElectionErrors:   prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_election_txn_errors_total", Help: "Election batch transactions that failed to reach etcd."}),
 		DirectStarts:     prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_direct_starts_total", Help: "Lives started without a second check, because the watch saw every candidacy in front of ours go."}),
+		ExpiredRevokes:   prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_expired_lease_revokes_total", Help: "Leases of other members this member revoked once etcd's answers proved them expired, before etcd's own revoke (its leader looks every 500 ms)."}),
 		HeartbeatSeconds: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immortald_heartbeat_seconds", Help: "How long the last heartbeat took; above the checkpoint interval, a crash can lose more than an interval."}),
 		HeartbeatFailing: prometheus.NewGauge(prometheus.GaugeOpts{Name: "immortald_heartbeat_failing", Help: "1 while the member's last heartbeat was not applied: its lives' ages are not checkpointed, and it is not ready."}),
 		RunsAbandoned:    prometheus.NewCounter(prometheus.CounterOpts{Name: "immortald_runs_abandoned_total", Help: "Runs (the work of a life) given up because they did not return within AbandonAfter of being told to stop at once; each life was given up in this member."}),
@@ -219,7 +223,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.Collected.WithLabelValues(r) // every series from 0
 	}
 	if reg != nil {
-		reg.MustRegister(m.Held, m.Wanted, m.Invalid, m.Started, m.Lost, m.Heartbeats, m.HeartbeatErrors, m.Sessions, m.SessionLosses, m.Quarantined, m.Handoffs, m.ElectionTxns, m.ElectionErrors, m.DirectStarts, m.HeartbeatSeconds, m.HeartbeatFailing,
+		reg.MustRegister(m.Held, m.Wanted, m.Invalid, m.Started, m.Lost, m.Heartbeats, m.HeartbeatErrors, m.Sessions, m.SessionLosses, m.Quarantined, m.Handoffs, m.ElectionTxns, m.ElectionErrors, m.DirectStarts, m.ExpiredRevokes, m.HeartbeatSeconds, m.HeartbeatFailing,
 			m.RunsAbandoned, m.RunsUnreturned, m.Collected,
 			m.RunsStarted, m.RunsStopped, m.Runs, m.StateWrites, m.StateWriteBytes, m.StateWriteSeconds, m.ChildRestarts, m.ChildExits, m.checkpointAges)
 	}

@@ -49,6 +49,10 @@ type Supervisor struct {
 	// unreachable). They are revoked once etcd answers again, so their
 	// election keys do not block peers until they expire. Used by Run only.
 	stale []clientv3.LeaseID
+
+	// views carries the latest member view from setMembers to
+	// watchExpiries (buffered 1; setMembers replaces a view not taken).
+	views chan []registry.Member
 }
 
 // generation is everything tied to one session.
@@ -107,6 +111,7 @@ func New(cfg Config) (*Supervisor, error) {
 		m:     cfg.Metrics,
 		epoch: time.Now(),
 		stale: slices.Clone(cfg.Leftover),
+		views: make(chan []registry.Member, 1),
 	}
 	kinds := make(map[string]bool, len(cfg.Kinds))
 	var work []string
@@ -181,10 +186,14 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	s.started = time.Now()
 	bg, stopBg := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
 	go func() {
 		defer wg.Done()
 		s.sweep(bg)
+	}()
+	go func() {
+		defer wg.Done()
+		s.watchExpiries(bg, s.views)
 	}()
 	go func() {
 		defer wg.Done()
@@ -522,10 +531,17 @@ func (s *Supervisor) Delete(name string, _ int64) {
 }
 
 // setMembers takes a new view of the live members (engine.SetMembers).
+// It is called by one goroutine (WatchMembers's), so the view it hands to
+// watchExpiries never blocks it.
 func (s *Supervisor) setMembers(ms []registry.Member) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.eng.SetMembers(ms)
+	s.mu.Unlock()
+	select {
+	case <-s.views:
+	default:
+	}
+	s.views <- ms
 }
 
 // sweep looks at every waiting candidacy again every sweepEvery: a safety

@@ -1,0 +1,138 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/immortald/immortald/lease"
+	"github.com/immortald/immortald/registry"
+)
+
+// expiryWatchers is how many members watch each member's lease for its
+// expiry (lease.WaitExpired): the ones before it in id order, around the
+// ring. Each member watches as many. With fewer members, each watches all
+// the others. If every watcher of a lease is gone too, etcd revokes it
+// itself, up to 500 ms later.
+const expiryWatchers = 2
+
+// expiryTargets returns the members whose leases self watches: the
+// expiryWatchers members after self in id order, around the ring, never
+// self (by id: a record of self on an old lease is revokeStale's).
+func expiryTargets(self string, ms []registry.Member) []registry.Member {
+	others := make([]registry.Member, 0, len(ms))
+	for _, m := range ms {
+		if m.ID != self && m.Lease != 0 {
+			others = append(others, m)
+		}
+	}
+	slices.SortFunc(others, func(a, b registry.Member) int {
+		switch {
+		case a.ID < b.ID:
+			return -1
+		case a.ID > b.ID:
+			return 1
+		}
+		return 0
+	})
+	// The first member after self, then on around the ring.
+	at, _ := slices.BinarySearchFunc(others, self, func(m registry.Member, id string) int {
+		switch {
+		case m.ID < id:
+			return -1
+		case m.ID > id:
+			return 1
+		}
+		return 0
+	})
+	var out []registry.Member
+	for i := range min(expiryWatchers, len(others)) {
+		out = append(out, others[(at+i)%len(others)])
+	}
+	return out
+}
+
+// watchExpiries watches, until ctx ends, the leases of expiryTargets of
+// each member view that comes on views, and revokes each lease that
+// lease.WaitExpired proves expired: its member's lives move to their next
+// candidates at once instead of at etcd's next look for expired leases
+// (every 500 ms). This is safe because etcd would revoke that lease
+// anyway and cannot renew it any more, and its holder's safe deadline is
+// already past (see lease.WaitExpired). Each lease is polled every
+// TTL/80 (25 ms at TTL 2 s, 62.5 ms at the default 5 s), which is how much
+// later than its expiry, at most, the lease is revoked: a member sends
+// expiryWatchers TimeToLive requests per poll (80 a second at TTL 2 s),
+// which its etcd endpoint answers from the leader's memory, without a
+// raft round (a follower asks the leader over its peer connection).
+func (s *Supervisor) watchExpiries(ctx context.Context, views <-chan []registry.Member) {
+	poll := s.cfg.Lease.TTL / 80
+	timeout := max(s.cfg.Lease.TTL/4, 500*time.Millisecond)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	watching := make(map[int64]context.CancelFunc)
+	defer func() {
+		for _, stop := range watching {
+			stop()
+		}
+	}()
+	for {
+		var ms []registry.Member
+		select {
+		case <-ctx.Done():
+			return
+		case ms = <-views:
+		}
+		want := make(map[int64]string)
+		for _, m := range expiryTargets(s.cfg.ID, ms) {
+			want[m.Lease] = m.ID
+		}
+		for id, stop := range watching {
+			if _, ok := want[id]; !ok {
+				stop()
+				delete(watching, id)
+			}
+		}
+		for id, member := range want {
+			if watching[id] != nil {
+				continue
+			}
+			wctx, stop := context.WithCancel(ctx)
+			watching[id] = stop
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.revokeOnExpiry(wctx, ctx, member, clientv3.LeaseID(id), poll, timeout)
+			}()
+		}
+	}
+}
+
+// revokeOnExpiry waits, until wait ends, for the lease of member to be
+// proven expired, and revokes it under ctx: not under wait, which ends
+// when the revoke's own deletion of the member record reaches the member
+// view, before the revoke's answer. It returns when the lease is gone or
+// revoked, or a context ends.
+func (s *Supervisor) revokeOnExpiry(wait, ctx context.Context, member string, id clientv3.LeaseID, poll, timeout time.Duration) {
+	expired, err := lease.WaitExpired(wait, s.cfg.Client, id, poll, timeout)
+	if err != nil || !expired {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, s.cfg.Lease.TTL)
+	defer cancel()
+	_, err = s.cfg.Client.Revoke(rctx, id)
+	switch {
+	case err == nil:
+		s.m.ExpiredRevokes.Inc()
+		s.log.Info("revoked the lease of a member: it had expired", "member", member, "lease", fmt.Sprintf("%x", int64(id)))
+	case errors.Is(err, rpctypes.ErrLeaseNotFound):
+		// etcd revoked it first.
+	case ctx.Err() == nil:
+		s.log.Debug("cannot revoke the expired lease of a member; etcd will", "member", member, "lease", fmt.Sprintf("%x", int64(id)), "err", err)
+	}
+}
