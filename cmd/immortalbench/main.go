@@ -26,9 +26,10 @@ func run(args []string) int {
 	counter := fs.String("counter", "", "prebuilt counter binary, the exec phase's command kind (default: go build ./cmd/counter)")
 	binDir := fs.String("bindir", filepath.Join(os.TempDir(), "immortalbench-bin"), "where to build the binaries (kept, so later builds are fast)")
 	lives := fs.Int("lives", 0, "lives of the bulk phase (default 10000 quick, 100000 full)")
+	failovers := fs.Int("failover-trials", 0, "SIGKILLs of a member's top-level process in the latency phase, the failover figures (default 2 quick, 40 full)")
 	blLives := fs.Int("baseline-lives", 0, "lives of the baseline (default 100 quick, 1000 full)")
 	only := fs.String("only", "", "run only these phases, comma-separated: latency,baseline,exec,scale,bulk,etcd (etcd: the full run only, unless named)")
-	budget := fs.Duration("budget", 0, "time limit of the run after the build (default 90s quick, 21m30s full); each phase reports what it measured by then")
+	budget := fs.Duration("budget", 0, "time limit of the run after the build (default 105s quick, 24m30s full); each phase reports what it measured by then")
 	leaseTTL := fs.String("lease-ttl", "2s", "the members' --lease-ttl (the failover figures are defined at 2s)")
 	keep := fs.Bool("keep", false, "keep etcd's data directory too (logs are always kept)")
 	check := fs.Bool("check", false, "exit 1 unless every target (the == targets section) is met")
@@ -42,7 +43,7 @@ func run(args []string) int {
 	return bench.Run(bench.Options{
 		Quick: *quick, Check: *check, Out: *out,
 		Bins:   bench.Binaries{Immortald: *immortald, Etcd: *etcd, Etcdctl: *etcdctl, Counter: *counter},
-		BinDir: *binDir, Lives: *lives, BaselineLives: *blLives, Only: *only,
+		BinDir: *binDir, Lives: *lives, BaselineLives: *blLives, FailoverTrials: *failovers, Only: *only,
 		Budget: *budget, LeaseTTL: *leaseTTL, Keep: *keep,
 	})
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -60,6 +62,11 @@ type ageLog struct {
 	err        error
 	decreases  []string // a life's effective age went down within one life id
 	badRecords int
+	// leaseGone is when the watch saw each member's first candidacy key
+	// (elections/<name>/<lease-hex>) deleted after its last one was put,
+	// by lease: the revoke (or expiry) of that lease, for a member that
+	// held lives to its end.
+	leaseGone map[int64]time.Time
 }
 
 func startAgeLog(ctx context.Context, cli *clientv3.Client) (*ageLog, error) {
@@ -71,7 +78,7 @@ func startAgeLog(ctx context.Context, cli *clientv3.Client) (*ageLog, error) {
 	if err := view.Load(kvs); err != nil {
 		return nil, err
 	}
-	l := &ageLog{view: view, hist: make(map[string][]obs), notify: make(chan struct{}), lastChange: time.Now()}
+	l := &ageLog{view: view, hist: make(map[string][]obs), notify: make(chan struct{}), lastChange: time.Now(), leaseGone: make(map[int64]time.Time)}
 	wch := watchAges(clientv3.WithRequireLeader(ctx), cli, rev+1)
 	go func() {
 		for wr := range wch {
@@ -101,6 +108,16 @@ func startAgeLog(ctx context.Context, cli *clientv3.Client) (*ageLog, error) {
 }
 
 func (l *ageLog) addLocked(ev *clientv3.Event, now time.Time) {
+	if key := string(ev.Kv.Key); strings.HasPrefix(key, keys.Elections()) {
+		if lease, err := strconv.ParseInt(key[strings.LastIndexByte(key, '/')+1:], 16, 64); err == nil {
+			if ev.Type == clientv3.EventTypePut {
+				delete(l.leaseGone, lease)
+			} else if _, seen := l.leaseGone[lease]; !seen {
+				l.leaseGone[lease] = now
+			}
+		}
+		return
+	}
 	changes, err := l.view.Apply(ev)
 	if err != nil {
 		l.badRecords++

@@ -19,6 +19,9 @@ type Options struct {
 	Budget        time.Duration // time limit after the build; 0: the default
 	LeaseTTL      string        // the members' --lease-ttl
 	Keep          bool          // keep etcd's data directory too
+	// FailoverTrials is how many SIGKILLs of a member's top-level process
+	// the latency phase makes (the failover figures); 0: the default.
+	FailoverTrials int
 }
 
 type config struct {
@@ -73,14 +76,14 @@ func defaults(quick bool) config {
 	}
 	return config{
 		lives: 100000, baselineLives: 1000, scaleLives: 10000,
-		startTrials: 100, handoffTrials: 20, failoverTrials: 10, memberCrashTrials: 100,
+		startTrials: 100, handoffTrials: 20, failoverTrials: 40, memberCrashTrials: 100,
 		baselineStartTrials: 100, baselineFailovers: 200, baselineRound: 50,
 		window: 10 * time.Second, baselineWindow: 10 * time.Second,
 		settleExtra: 3 * time.Second, settleQuiet: 2 * time.Second,
 		pollEvery:    250 * time.Millisecond,
 		placeTimeout: 5 * time.Minute, settleTimeout: 60 * time.Second, moveTimeout: 2 * time.Minute,
 		compaction: "5m", leaseTTL: "2s",
-		budget: 21*time.Minute + 30*time.Second, latencyBudget: 12 * time.Minute, baselineBudget: 3*time.Minute + 30*time.Second,
+		budget: 24*time.Minute + 30*time.Second, latencyBudget: 15 * time.Minute, baselineBudget: 3*time.Minute + 30*time.Second,
 		scaleBudget: 2 * time.Minute, flapWindow: 10 * time.Second,
 		execLives: 200, execHandoffTrials: 20, execCrashTrials: 20, execFailoverTrials: 5, execBudget: 4 * time.Minute,
 		baselineDupTrials: 20,
@@ -104,6 +107,9 @@ func (o Options) config() config {
 	}
 	if o.Lives > 0 {
 		cfg.lives = o.Lives
+	}
+	if o.FailoverTrials > 0 {
+		cfg.failoverTrials = o.FailoverTrials
 	}
 	if o.BaselineLives > 0 {
 		cfg.baselineLives = o.BaselineLives

@@ -445,12 +445,20 @@ func (b *bench) phaseBaseline(ctx context.Context) error {
 	// contender; time until a command of the life runs again.
 	rand.Shuffle(len(healthy), func(i, j int) { healthy[i], healthy[j] = healthy[j], healthy[i] })
 	order := healthy[:min(len(healthy), b.cfg.baselineFailovers)]
-	var failS []float64
+	var failS, revokeS, afterRevokeMS []float64
 	publish := func() {
 		b.rep.set("baseline_failover_p50_s", percentile(failS, 50))
 		b.rep.set("baseline_failover_p99_s", percentile(failS, 99))
 		b.rep.set("baseline_failover_n", len(failS))
+		b.rep.set("baseline_failover_revoke_p50_s", percentile(revokeS, 50))
+		b.rep.set("baseline_failover_revoke_max_s", maxOf(revokeS))
+		b.rep.set("baseline_failover_after_revoke_p50_ms", percentile(afterRevokeMS, 50))
+		b.rep.set("baseline_failover_after_revoke_p99_ms", percentile(afterRevokeMS, 99))
 	}
+	// When each life's lock key of a killed holder went (its lease's
+	// expiry), as a watch of the lock keys sees it.
+	gone, stopGone := b.watchLockDeletes(ctx)
+	defer stopGone()
 	for start := 0; start < len(order); start += b.cfg.baselineRound {
 		round := order[start:min(start+b.cfg.baselineRound, len(order))]
 		killAt := make(map[int]time.Time, len(round))
@@ -487,6 +495,10 @@ func (b *bench) phaseBaseline(ctx context.Context) error {
 		for life, k := range killAt {
 			if t, ok := after(life); ok {
 				failS = append(failS, t.Sub(k).Seconds())
+				if g, ok := gone.first(life, k); ok && !g.After(t) {
+					revokeS = append(revokeS, g.Sub(k).Seconds())
+					afterRevokeMS = append(afterRevokeMS, ms(t.Sub(g)))
+				}
 			} else {
 				missing++
 			}
@@ -549,6 +561,46 @@ func (b *bench) phaseBaseline(ctx context.Context) error {
 	// lives of their own: under load the ones above may no longer have one
 	// holder and one queued contender each.
 	return b.baselineDuplicates(ctx, bl, hl, 1_000_000)
+}
+
+// lockDeletes is when a watch of the lock keys saw each life's keys
+// deleted.
+type lockDeletes struct {
+	mu sync.Mutex
+	at map[int][]time.Time
+}
+
+// first returns the first deletion of a key of life after t.
+func (d *lockDeletes) first(life int, t time.Time) (time.Time, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, g := range d.at[life] {
+		if g.After(t) {
+			return g, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// watchLockDeletes records the deletions of lock keys until stop.
+func (b *bench) watchLockDeletes(ctx context.Context) (*lockDeletes, func()) {
+	ctx, stop := context.WithCancel(ctx)
+	d := &lockDeletes{at: make(map[int][]time.Time)}
+	wch := b.cli.Watch(ctx, lockPrefix, clientv3.WithPrefix(), clientv3.WithFilterPut())
+	go func() {
+		for wr := range wch {
+			now := time.Now()
+			d.mu.Lock()
+			for _, ev := range wr.Events {
+				name, _, _ := strings.Cut(strings.TrimPrefix(string(ev.Kv.Key), lockPrefix), "/")
+				if life, err := strconv.Atoi(name); err == nil {
+					d.at[life] = append(d.at[life], now)
+				}
+			}
+			d.mu.Unlock()
+		}
+	}()
+	return d, stop
 }
 
 // revokeLocks revokes the lease of every lock key of the baseline.

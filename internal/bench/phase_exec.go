@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -355,8 +354,8 @@ func (b *bench) execTrial(ctx context.Context, samp *childSampler, kind trialKin
 	if kind.sig == syscall.SIGKILL {
 		// The wait above ends at a fixed point of the member's checkpoint
 		// cycle (its child started a fixed time after its last one); crashes
-		// come at any point: wait a random part of a checkpoint interval.
-		if err := sleepCtx(ctx, rand.N(time.Second)); err != nil {
+		// come at any point (see crashWait).
+		if err := sleepCtx(ctx, b.crashWait()); err != nil {
 			return tr, err
 		}
 	}

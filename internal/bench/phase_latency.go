@@ -68,6 +68,7 @@ func (b *bench) phaseLatency(ctx context.Context) error {
 	var (
 		handoffMS, gracefulGapMS, gracefulResumeDiffMS, shutdownMS []float64
 		failoverS, crashLossMS                                     []float64
+		failoverRevokeS, failoverAfterRevokeMS                     []float64
 		memberCrashMS, memberCrashLossMS                           []float64
 		handoffTrials, failoverTrials, memberCrashTrials           int
 		membersLeft                                                int
@@ -98,6 +99,10 @@ func (b *bench) phaseLatency(ctx context.Context) error {
 		b.rep.set("failover_p99_s", percentile(failoverS, 99))
 		b.rep.set("failover_trials", failoverTrials)
 		b.rep.set("failover_samples", len(failoverS))
+		b.rep.set("failover_revoke_p50_s", percentile(failoverRevokeS, 50))
+		b.rep.set("failover_revoke_max_s", maxOf(failoverRevokeS))
+		b.rep.set("failover_after_revoke_p50_ms", percentile(failoverAfterRevokeMS, 50))
+		b.rep.set("failover_after_revoke_p99_ms", percentile(failoverAfterRevokeMS, 99))
 		b.rep.set("age_loss_graceful_ms", maxOf(gracefulGapMS))
 		b.rep.set("graceful_resumed_minus_final_age_ms_min", minOf(gracefulResumeDiffMS))
 		b.rep.set("graceful_resumed_minus_final_age_ms_max", maxOf(gracefulResumeDiffMS))
@@ -150,11 +155,17 @@ func (b *bench) phaseLatency(ctx context.Context) error {
 				}
 			} else {
 				failoverS = append(failoverS, s.moved.Seconds())
+				if s.afterRevoke > 0 {
+					failoverAfterRevokeMS = append(failoverAfterRevokeMS, ms(s.afterRevoke))
+				}
 				if seen {
 					atKill := float64(s.final.rec.AgeMS) + ms(res.killAt.Sub(s.final.rec.Time))
 					crashLossMS = append(crashLossMS, atKill-float64(s.newFirst.rec.AgeMS))
 				}
 			}
+		}
+		if !graceful && !kind.member && res.revoked > 0 {
+			failoverRevokeS = append(failoverRevokeS, res.revoked.Seconds())
 		}
 		if len(res.samples) > 0 {
 			switch {
@@ -188,6 +199,10 @@ type sample struct {
 	final    obs // the victim's last effective age of the life: its record carried by its last heartbeat
 	newFirst obs // the new holder's first record, as written
 	moved    time.Duration
+	// afterRevoke is from the deletion of the victim's candidacies (its
+	// lease's revoke or expiry) to newFirst, as the bench's watch saw
+	// them; 0 when the deletion was not seen first.
+	afterRevoke time.Duration
 }
 
 type trialResult struct {
@@ -196,7 +211,8 @@ type trialResult struct {
 	exit               time.Duration // signal to process exit
 	samples            []sample
 	minMoved, maxMoved time.Duration
-	memberLeft         int // 1 if the member process outlived its killed watchdog
+	memberLeft         int           // 1 if the member process outlived its killed watchdog
+	revoked            time.Duration // kill to the deletion of the victim's candidacies (0: not seen)
 }
 
 // trialKind is what a trial does to the member that holds probe lives:
@@ -257,10 +273,8 @@ func (b *bench) killTrial(ctx context.Context, al *ageLog, probes []string, kind
 		// settle returns just after a heartbeat, and a member's heartbeats
 		// and lease renewals tick from about the same start: a kill at once
 		// would always fall at the same point of the renewal cycle (and so
-		// always just after a renewal). Crashes come at any time: wait a
-		// random part of a checkpoint interval (which spans 2 renewal periods
-		// at TTL 2 s).
-		if err := sleepCtx(ctx, rand.N(time.Second)); err != nil {
+		// always just after a renewal). Crashes come at any time.
+		if err := sleepCtx(ctx, b.crashWait()); err != nil {
 			return res, err
 		}
 	}
@@ -309,6 +323,10 @@ func (b *bench) killTrial(ctx context.Context, al *ageLog, probes []string, kind
 			}
 		}
 		s := sample{name: n, final: final, newFirst: nf, moved: nf.at.Sub(res.killAt)}
+		if gone, ok := al.leaseGone[final.rec.Lease]; ok && final.rec.Lease != 0 && gone.After(res.killAt) && !gone.After(nf.at) {
+			s.afterRevoke = nf.at.Sub(gone)
+			res.revoked = gone.Sub(res.killAt)
+		}
 		res.samples = append(res.samples, s)
 		if res.minMoved == 0 || s.moved < res.minMoved {
 			res.minMoved = s.moved
@@ -362,6 +380,19 @@ func (b *bench) settle(ctx context.Context, al *ageLog, probes []string) error {
 		}
 		return true
 	})
+}
+
+// crashWait is a random wait before a SIGKILL, so that it falls at any
+// point of the member's cycles: uniform over one lease TTL, which spans
+// whole renewal periods (TTL/3) and, being whole seconds, whole checkpoint
+// intervals (1 s). (A checkpoint interval alone would put kills in the
+// first half of a renewal period twice as often as in the second.)
+func (b *bench) crashWait() time.Duration {
+	ttl, err := time.ParseDuration(b.cfg.leaseTTL)
+	if err != nil || ttl <= 0 {
+		ttl = 2 * time.Second
+	}
+	return rand.N(ttl)
 }
 
 func sigName(s syscall.Signal) string {

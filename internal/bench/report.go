@@ -35,7 +35,8 @@ var tableSections = []struct {
 }{
 	{"immortald (3 members, real processes, lease TTL 2s)", []string{
 		"start_p50_ms", "start_p99_ms", "handoff_p50_ms", "handoff_p99_ms",
-		"failover_p50_s", "failover_p99_s", "age_loss_graceful_ms", "age_loss_crash_ms",
+		"failover_p50_s", "failover_p99_s", "failover_revoke_p50_s", "failover_after_revoke_p50_ms", "failover_after_revoke_p99_ms",
+		"age_loss_graceful_ms", "age_loss_crash_ms",
 		"member_crash_p50_ms", "member_crash_p99_ms", "member_crash_max_ms", "member_crash_trials", "member_crash_samples",
 		"age_loss_member_crash_ms", "top_kill_members_left", "member_crash_one_member_ms",
 		"lives", "place_all_s", "failover_all_s", "handoff_all_ms",
@@ -51,9 +52,10 @@ var tableSections = []struct {
 	}},
 	{"baseline (etcdctl lock --ttl 2 per life, 2 contenders)", []string{
 		"baseline_lives", "baseline_start_p50_ms", "baseline_failover_p50_s", "baseline_failover_p99_s",
+		"baseline_failover_revoke_p50_s", "baseline_failover_after_revoke_p50_ms", "baseline_failover_after_revoke_p99_ms",
 		"baseline_rss_bytes_per_life", "baseline_cpu_per_1k_lives", "baseline_dup_trials", "baseline_duplicates",
 	}},
-	{"ratios", []string{"ratio_rss_per_life", "ratio_failover_p99", "ratio_handoff_to_place_one_member"}},
+	{"ratios", []string{"ratio_rss_per_life", "ratio_failover_p99", "ratio_failover_p50", "ratio_handoff_to_place_one_member"}},
 	{"machine", []string{"mode", "cores", "cpu_model", "mem_total_bytes", "date", "go_version", "etcd_version", "immortald_version", "command_line"}},
 }
 

@@ -221,6 +221,7 @@ func measure(ctx context.Context, cfg config, ps *procSet, rep *report) int {
 	rep.set("loadavg_end", observe.LoadAvg())
 	rep.set("ratio_rss_per_life", ratio(rep, "baseline_rss_bytes_per_life", "rss_bytes_per_life"))
 	rep.set("ratio_failover_p99", ratio(rep, "failover_p99_s", "baseline_failover_p99_s"))
+	rep.set("ratio_failover_p50", ratio(rep, "failover_p50_s", "baseline_failover_p50_s"))
 	rep.set("bench_s", time.Since(benchStart).Seconds())
 	if len(errs) > 0 || ctx.Err() != nil {
 		return 1
