@@ -2,7 +2,7 @@
 // clock, until when the session is certainly still alive.
 //
 // A Session holds a lease granted with TTL and renews it itself, every
-// TTL/3, on one long-lived LeaseKeepAlive stream (a new one only when it
+// 3/8 of the TTL, on one long-lived LeaseKeepAlive stream (a new one only when it
 // breaks or stalls: with a user and password, each new stream costs an
 // Authenticate), and records, for every acknowledged renewal, the local
 // time the request was sent. The server cannot expire the lease earlier than

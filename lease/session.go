@@ -185,12 +185,15 @@ const streamsOpen = 4
 // round robin, when there are three.
 const noLeaderTries = 3
 
-// renew sends a keep-alive every TTL/3 (as clientv3's own keep-alive asks)
-// and moves the safe deadline with each acknowledgement. It looks for a
-// stalled stream twice as often, every TTL/6, so that a renewal lost on a
-// stream that stalls goes out again TTL/2 after the last one answered,
-// with TTL/2 minus the margin left for its answer (at TTL 2 s: sent again
-// 1 s after, answered by 1.6 s). The renewals go on one long-lived
+// renew sends a keep-alive every 3/8 of the TTL and moves the safe deadline
+// with each acknowledgement. It looks for a stalled stream three times as
+// often, every TTL/8, so that a renewal lost on a stream that stalls goes
+// out again TTL/2 after the last one answered, with TTL/2 minus the margin
+// left for its answer (at TTL 2 s: a renewal every 750 ms, one unanswered
+// for 250 ms sent again on a new stream 1 s after the last answered one,
+// which must be answered by 1.6 s). The longer the renewal period, the less
+// of its TTL a crashed member's lease has left on average (TTL minus half
+// the period), which is how long its lives wait for a peer. The renewals go on one long-lived
 // LeaseKeepAlive stream, not a stream each: a client with a user and password authenticates at
 // every stream it opens (clientv3's stream interceptor calls getToken), so
 // a stream per renewal would mean an Authenticate per renewal.
@@ -214,8 +217,8 @@ const noLeaderTries = 3
 // to noLeaderTries times a renewal.
 func (s *Session) renew(ctx context.Context) {
 	defer s.wg.Done()
-	every := s.cfg.TTL / 3 // a renewal
-	look := every / 2      // a look for a stalled stream
+	look := s.cfg.TTL / 8 // a look for a stalled stream
+	every := 3 * look     // a renewal
 	t := time.NewTicker(look)
 	defer t.Stop()
 	var (
@@ -239,7 +242,7 @@ func (s *Session) renew(ctx context.Context) {
 		case <-s.done:
 			return
 		case <-t.C:
-			// Every other tick renews; the one between only looks for a
+			// Every third tick renews; the ones between only look for a
 			// stalled stream.
 			if now := s.cfg.Clock.Now(); cur != nil && now.Sub(lastSent) < every-look/2 && !cur.stalled(now.Add(-look/2)) {
 				continue

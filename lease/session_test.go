@@ -92,7 +92,7 @@ func TestSessionGivesUpBeforeTheServer(t *testing.T) {
 	log, logs := newLogger(t)
 	s := mustOpen(t, cli, lease.Config{TTL: ttl, Margin: margin, Logger: log})
 
-	// Renewals move the safe deadline (one every TTL/3).
+	// Renewals move the safe deadline (one every 3/8 TTL).
 	first := s.Deadline()
 	for end := time.Now().Add(ttl + slack); !s.Deadline().After(first); {
 		if time.Now().After(end) {

@@ -69,8 +69,8 @@ func TestWatchdogSIGKILLLeavesNoMember(t *testing.T) {
 	c.waitMoved(before, ttl+bound)
 	took := time.Since(killed)
 	t.Logf("%d lives ran elsewhere %s after the SIGKILL of the watchdog (TTL %s)", len(before), took.Round(time.Millisecond), ttl)
-	// Nobody revoked it before its expiry: it expired at least 2/3 TTL
-	// after the member's last renewal (a renewal goes every TTL/3).
+	// Nobody revoked it before its expiry: it expired at least 5/8 TTL
+	// after the kill (a renewal goes every 3/8 TTL).
 	if took < ttl/2 {
 		t.Errorf("lives moved %s after the kill, before the lease could expire (TTL %s)", took, ttl)
 	}
