@@ -17,7 +17,7 @@ E2E_FLAGS     ?= -v
 # Static binaries (no libc in a scratch image). Not exported: -race needs cgo.
 STATIC        := CGO_ENABLED=0
 
-.PHONY: all build etcd image etcd-image dev-certs test lint browser tools unit e2e kind-image e2e-kind bench bench-quick bench-check clean
+.PHONY: all build etcd image etcd-image dev-certs test lint browser tools unit e2e kind-image e2e-kind bench bench-quick bench-check bench-1m clean
 
 all: build
 
@@ -112,6 +112,11 @@ bench-quick:
 ## regression check: the bars are printed under "== targets").
 bench-check:
 	$(GO) run ./cmd/immortalbench -quick -check -out bin/bench-quick.json
+
+## bench-1m: the scale-1m phase alone: 1,000,000 lives over 10 members on one
+## etcd (placement, steady state, the handoff of one member's 100k lives).
+bench-1m:
+	$(GO) run ./cmd/immortalbench -only scale-1m -out bin/bench-1m.json
 
 clean:
 	rm -rf bin/ e2e/logs/

@@ -28,7 +28,7 @@ func run(args []string) int {
 	lives := fs.Int("lives", 0, "lives of the bulk phase (default 10000 quick, 100000 full)")
 	failovers := fs.Int("failover-trials", 0, "SIGKILLs of a member's top-level process in the latency phase, the failover figures (default 2 quick, 40 full)")
 	blLives := fs.Int("baseline-lives", 0, "lives of the baseline (default 100 quick, 1000 full)")
-	only := fs.String("only", "", "run only these phases, comma-separated: latency,baseline,exec,scale,bulk,etcd (etcd: the full run only, unless named)")
+	only := fs.String("only", "", "run only these phases, comma-separated: latency,baseline,exec,scale,bulk,etcd,scale-1m (etcd: the full run only, unless named; scale-1m: only when named, 1,000,000 lives over 10 members, 100k with -quick)")
 	budget := fs.Duration("budget", 0, "time limit of the run after the build (default 105s quick, 24m30s full); each phase reports what it measured by then")
 	leaseTTL := fs.String("lease-ttl", "2s", "the members' --lease-ttl (the failover figures are defined at 2s)")
 	keep := fs.Bool("keep", false, "keep etcd's data directory too (logs are always kept)")

@@ -19,12 +19,27 @@ import (
 // bulkName is the name of the i-th life of the bulk phase.
 func bulkName(i int) string { return fmt.Sprintf("b%06d", i) }
 
+// bulkSpec is what a bulk phase places and moves.
+type bulkSpec struct {
+	members  []string // ids of the fresh members
+	lives    int
+	failover bool // SIGKILL the member holding the most before the SIGTERM
+}
+
 // phaseBulk places N lives on 3 fresh members, measures the steady state,
 // then kills one member (SIGKILL) and stops another (SIGTERM), timing how
 // long until every life they held has a record of another holder.
 func (b *bench) phaseBulk(ctx context.Context) error {
-	n := b.cfg.lives
-	ms, err := b.startMembers(ctx, "m1", "m2", "m3")
+	return b.bulk(ctx, bulkSpec{members: []string{"m1", "m2", "m3"}, lives: b.cfg.lives, failover: true})
+}
+
+// bulk places spec.lives lives on fresh members, measures the steady
+// state, then (with spec.failover) kills the member holding the most
+// (SIGKILL), and stops the one holding the most then (SIGTERM), timing how
+// long until every life it held has a record of another holder.
+func (b *bench) bulk(ctx context.Context, spec bulkSpec) error {
+	n := spec.lives
+	ms, err := b.startMembers(ctx, spec.members...)
 	if err != nil {
 		return err
 	}
@@ -117,6 +132,13 @@ func (b *bench) phaseBulk(ctx context.Context) error {
 	if pm1, err := scrapeMetrics(b.metricsURL); err == nil {
 		b.setEtcdDisk("place_", pm0, pm1, pd)
 	}
+	b.rep.set("place_per_s", float64(placed)/pd)
+	if pm1, err := scrapeMetrics(b.metricsURL); err == nil {
+		// The cost model's terms: what placing a life cost etcd.
+		b.rep.set("place_watch_events_per_life", delta(pm0, pm1, "etcd_debugging_mvcc_events_total")/float64(n))
+		b.rep.set("place_txns_per_life", delta(pm0, pm1, "etcd_mvcc_txn_total")/float64(n))
+		b.rep.set("place_puts_per_life", delta(pm0, pm1, "etcd_mvcc_put_total")/float64(n))
+	}
 	b.rep.set("place_members_cpu_cores", (mc1-mc0)/pd)
 	b.rep.set("place_etcd_cpu_cores", (ec1-ec0)/pd)
 	fmt.Fprintf(logw, "  placed %d lives in %.1fs (members used %.2f cores, etcd %.2f)\n", placed, pd, (mc1-mc0)/pd, (ec1-ec0)/pd)
@@ -137,11 +159,13 @@ func (b *bench) phaseBulk(ctx context.Context) error {
 	}
 
 	// Failover of everything one member held: SIGKILL.
-	if err := b.moveAll(ctx, syscall.SIGKILL, "failover_all"); err != nil {
-		return err
-	}
-	if err := b.settleBulk(ctx, "failover"); err != nil {
-		return err
+	if spec.failover {
+		if err := b.moveAll(ctx, syscall.SIGKILL, "failover_all"); err != nil {
+			return err
+		}
+		if err := b.settleBulk(ctx, "failover"); err != nil {
+			return err
+		}
 	}
 	// Handoff of everything one member held: SIGTERM.
 	if err := b.moveAll(ctx, syscall.SIGTERM, "handoff_all"); err != nil {

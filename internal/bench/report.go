@@ -63,6 +63,9 @@ var tableSections = []struct {
 type report struct {
 	keys []string
 	vals map[string]any
+	// prefix is put before every key set (a phase that runs another's
+	// code at another scale: scale1m_).
+	prefix string
 }
 
 func newReport() *report {
@@ -75,6 +78,7 @@ func newReport() *report {
 
 // set records a figure. A NaN or infinite float is stored as null.
 func (r *report) set(key string, v any) {
+	key = r.prefix + key
 	if _, ok := r.vals[key]; !ok {
 		r.keys = append(r.keys, key)
 	}

@@ -183,6 +183,7 @@ func measure(ctx context.Context, cfg config, ps *procSet, rep *report) int {
 		{"scale", b.phaseScale, cfg.scaleBudget, false},
 		{"bulk", b.phaseBulk, 0, false},
 		{"etcd", b.phaseEtcd, 0, true},
+		{"scale-1m", b.phaseScale1M, 0, true},
 	}
 	var skipped []string
 	for _, ph := range phases {
