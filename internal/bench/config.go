@@ -78,14 +78,14 @@ func defaults(quick bool) config {
 	}
 	return config{
 		lives: 100000, baselineLives: 1000, scaleLives: 10000,
-		startTrials: 100, handoffTrials: 20, failoverTrials: 40, memberCrashTrials: 100,
+		startTrials: 100, handoffTrials: 20, failoverTrials: 60, memberCrashTrials: 100,
 		baselineStartTrials: 100, baselineFailovers: 200, baselineRound: 50,
 		window: 10 * time.Second, baselineWindow: 10 * time.Second,
 		settleExtra: 3 * time.Second, settleQuiet: 2 * time.Second,
 		pollEvery:    250 * time.Millisecond,
 		placeTimeout: 5 * time.Minute, settleTimeout: 60 * time.Second, moveTimeout: 2 * time.Minute,
 		compaction: "5m", leaseTTL: "2s",
-		budget: 24*time.Minute + 30*time.Second, latencyBudget: 15 * time.Minute, baselineBudget: 3*time.Minute + 30*time.Second,
+		budget: 27*time.Minute + 30*time.Second, latencyBudget: 18 * time.Minute, baselineBudget: 3*time.Minute + 30*time.Second,
 		scaleBudget: 2 * time.Minute, flapWindow: 10 * time.Second,
 		execLives: 200, execHandoffTrials: 20, execCrashTrials: 20, execFailoverTrials: 5, execBudget: 4 * time.Minute,
 		baselineDupTrials: 20,
