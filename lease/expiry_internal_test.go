@@ -57,6 +57,23 @@ func TestExpiryProofNeedsAGrantOfTwoSeconds(t *testing.T) {
 	}
 }
 
+func TestExpiryProofStartsAgainInANewTerm(t *testing.T) {
+	// A leader replaced without its knowing answers in its old term; the
+	// new leader's answers are another term's and prove nothing with them.
+	var p expiryProof
+	t0 := time.Now()
+	for i, term := range []uint64{5, 5, 5, 6, 6} {
+		sent := t0.Add(time.Duration(i) * 300 * time.Millisecond)
+		if got, _ := p.observe(ttlAnswer{sent: sent, received: sent.Add(time.Millisecond), ttl: 0, granted: 2, term: term}); got {
+			t.Fatalf("proved at answer %d (term %d) with answers of two terms", i, term)
+		}
+	}
+	sent := t0.Add(1920*time.Millisecond + expirySlack)
+	if got, _ := p.observe(ttlAnswer{sent: sent, received: sent.Add(time.Millisecond), ttl: 0, granted: 2, term: 6}); !got {
+		t.Fatal("not proved by a second of term 6's answers")
+	}
+}
+
 func TestExpiryProofReset(t *testing.T) {
 	var p expiryProof
 	t0 := time.Now()

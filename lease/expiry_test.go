@@ -49,7 +49,7 @@ func TestWaitExpiredIsSafeAndEarly(t *testing.T) {
 			waited := make(chan struct{})
 			go func() {
 				defer close(waited)
-				r.expired, r.err = lease.WaitExpired(ctx, cli, grant.ID, 50*time.Millisecond, time.Second)
+				r.expired, _, r.err = lease.WaitExpired(ctx, cli, grant.ID, 50*time.Millisecond, time.Second)
 				r.at = time.Now()
 			}()
 			for range 4 {
@@ -98,7 +98,7 @@ func TestWaitExpiredNotWhileRenewed(t *testing.T) {
 	s := mustOpen(t, cli, lease.Config{TTL: 2 * time.Second})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	expired, err := lease.WaitExpired(ctx, cli, s.Lease(), 20*time.Millisecond, time.Second)
+	expired, _, err := lease.WaitExpired(ctx, cli, s.Lease(), 20*time.Millisecond, time.Second)
 	if expired || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("WaitExpired of a renewed lease = %v, %v; want false and the context's deadline", expired, err)
 	}
@@ -120,7 +120,7 @@ func TestWaitExpiredGone(t *testing.T) {
 	if _, err := cli.Revoke(ctx, grant.ID); err != nil {
 		t.Fatal(err)
 	}
-	expired, err := lease.WaitExpired(ctx, cli, grant.ID, 50*time.Millisecond, time.Second)
+	expired, _, err := lease.WaitExpired(ctx, cli, grant.ID, 50*time.Millisecond, time.Second)
 	if expired || err != nil {
 		t.Fatalf("WaitExpired of a revoked lease = %v, %v; want false, nil", expired, err)
 	}

@@ -188,8 +188,9 @@ const noLeaderTries = 3
 // renew sends a keep-alive every 3/8 of the TTL and moves the safe deadline
 // with each acknowledgement. It looks for a stalled stream three times as
 // often, every TTL/8, so that a renewal lost on a stream that stalls goes
-// out again TTL/2 after the last one answered, with TTL/2 minus the margin
-// left for its answer (at TTL 2 s: a renewal every 750 ms, one unanswered
+// out again TTL/2 after the last one answered (9/16 of the TTL after one
+// sent between two looks, as on a stream just opened), with TTL/2 minus
+// the margin left for its answer (at TTL 2 s: a renewal every 750 ms, one unanswered
 // for 250 ms sent again on a new stream 1 s after the last answered one,
 // which must be answered by 1.6 s). The longer the renewal period, the less
 // of its TTL a crashed member's lease has left on average (TTL minus half

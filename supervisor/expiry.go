@@ -60,13 +60,15 @@ func expiryTargets(self string, ms []registry.Member) []registry.Member {
 
 // watchExpiries watches, until ctx ends, the leases of expiryTargets of
 // each member view that comes on views, and revokes each lease that
-// lease.WaitExpired proves expired: its member's lives move to their next
-// candidates at once instead of at etcd's next look for expired leases
-// (every 500 ms). This is safe because etcd would revoke that lease
-// anyway and cannot renew it any more, and its holder's safe deadline is
+// lease.WaitExpired proves expired (and the proof's leader is confirmed):
+// its member's lives move to their next candidates at once instead of at
+// etcd's next look for expired leases (every 500 ms). This is safe because
+// etcd would revoke that lease anyway, and its holder's safe deadline is
 // already past (see lease.WaitExpired). Each lease is polled every
-// TTL/80 (25 ms at TTL 2 s, 62.5 ms at the default 5 s), which is how much
-// later than its expiry, at most, the lease is revoked: a member sends
+// TTL/80 (25 ms at TTL 2 s, 62.5 ms at the default 5 s); a lease is
+// revoked a poll, 10 ms of slack and three round trips (the last answer,
+// the confirming read, the revoke) after its expiry, or, if an answer is
+// missed, up to a second later, or by etcd itself. A member sends
 // expiryWatchers TimeToLive requests per poll (80 a second at TTL 2 s),
 // which its etcd endpoint answers from the leader's memory, without a
 // raft round (a follower asks the leader over its peer connection).
@@ -114,25 +116,49 @@ func (s *Supervisor) watchExpiries(ctx context.Context, views <-chan []registry.
 }
 
 // revokeOnExpiry waits, until wait ends, for the lease of member to be
-// proven expired, and revokes it under ctx: not under wait, which ends
-// when the revoke's own deletion of the member record reaches the member
-// view, before the revoke's answer. It returns when the lease is gone or
-// revoked, or a context ends.
+// proven expired, confirms that the etcd leader that proved it still leads
+// (a linearizable read of the member's record, in the proof's raft term,
+// which also finds the record still on that lease), and revokes the lease
+// under ctx: not under wait, which ends when the revoke's own deletion of
+// the member record reaches the member view, before the revoke's answer.
+// A proof that cannot be confirmed is dropped and a new one begins. It
+// returns when the lease is gone or revoked, or a context ends.
 func (s *Supervisor) revokeOnExpiry(wait, ctx context.Context, member string, id clientv3.LeaseID, poll, timeout time.Duration) {
-	expired, err := lease.WaitExpired(wait, s.cfg.Client, id, poll, timeout)
-	if err != nil || !expired {
+	for {
+		expired, term, err := lease.WaitExpired(wait, s.cfg.Client, id, poll, timeout)
+		if err != nil || !expired {
+			return
+		}
+		rctx, cancel := context.WithTimeout(ctx, s.cfg.Lease.TTL)
+		resp, err := s.cfg.Client.Get(rctx, s.cfg.Keys.Member(member))
+		switch {
+		case err != nil:
+			cancel()
+			if wait.Err() != nil {
+				return
+			}
+			s.log.Debug("cannot confirm the expiry of a member's lease; proving it again", "member", member, "lease", fmt.Sprintf("%x", int64(id)), "err", err)
+			continue
+		case resp.Header.RaftTerm != term:
+			cancel()
+			s.log.Debug("etcd's leader changed during the proof of a lease's expiry; proving it again", "member", member, "lease", fmt.Sprintf("%x", int64(id)),
+				"proof_term", term, "term", resp.Header.RaftTerm)
+			continue
+		case len(resp.Kvs) == 0 || resp.Kvs[0].Lease != int64(id):
+			cancel()
+			return // its record went or moved: the lease is not the member's now
+		}
+		_, err = s.cfg.Client.Revoke(rctx, id)
+		cancel()
+		switch {
+		case err == nil:
+			s.m.ExpiredRevokes.Inc()
+			s.log.Info("revoked the lease of a member: it had expired", "member", member, "lease", fmt.Sprintf("%x", int64(id)))
+		case errors.Is(err, rpctypes.ErrLeaseNotFound):
+			// etcd revoked it first.
+		case ctx.Err() == nil:
+			s.log.Debug("cannot revoke the expired lease of a member; etcd will", "member", member, "lease", fmt.Sprintf("%x", int64(id)), "err", err)
+		}
 		return
-	}
-	rctx, cancel := context.WithTimeout(ctx, s.cfg.Lease.TTL)
-	defer cancel()
-	_, err = s.cfg.Client.Revoke(rctx, id)
-	switch {
-	case err == nil:
-		s.m.ExpiredRevokes.Inc()
-		s.log.Info("revoked the lease of a member: it had expired", "member", member, "lease", fmt.Sprintf("%x", int64(id)))
-	case errors.Is(err, rpctypes.ErrLeaseNotFound):
-		// etcd revoked it first.
-	case ctx.Err() == nil:
-		s.log.Debug("cannot revoke the expired lease of a member; etcd will", "member", member, "lease", fmt.Sprintf("%x", int64(id)), "err", err)
 	}
 }
