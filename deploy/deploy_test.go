@@ -110,7 +110,6 @@ type kustomization struct {
 	NamePrefix string   `json:"namePrefix,omitempty"`
 	NameSuffix string   `json:"nameSuffix,omitempty"`
 	Resources  []string `json:"resources,omitempty"`
-	Components []string `json:"components,omitempty"`
 	Patches    []struct {
 		Path    string          `json:"path,omitempty"`
 		Patch   string          `json:"patch,omitempty"`
@@ -140,14 +139,10 @@ func decodeKustomization(data []byte) (*kustomization, error) {
 	if err := yaml.UnmarshalStrict(data, &k); err != nil {
 		return nil, err
 	}
-	switch {
-	case k.APIVersion == "kustomize.config.k8s.io/v1beta1" && k.Kind == "Kustomization":
-	case k.APIVersion == "kustomize.config.k8s.io/v1alpha1" && k.Kind == "Component":
-		// A component (components/): patches and resources that a
-		// kustomization adds to what it builds; it is not built alone.
-	default:
-		return nil, fmt.Errorf("apiVersion/kind is %q/%q, want kustomize.config.k8s.io/v1beta1/Kustomization or kustomize.config.k8s.io/v1alpha1/Component",
-			k.APIVersion, k.Kind)
+	// Only Kustomizations: a user can apply every directory that has one (a
+	// kustomize Component cannot be built or applied alone).
+	if k.APIVersion != "kustomize.config.k8s.io/v1beta1" || k.Kind != "Kustomization" {
+		return nil, fmt.Errorf("apiVersion/kind is %q/%q, want kustomize.config.k8s.io/v1beta1/Kustomization", k.APIVersion, k.Kind)
 	}
 	return &k, nil
 }
@@ -252,7 +247,7 @@ func (m *manifests) checkReferences() map[string]string {
 	for _, kpath := range slices.Sorted(maps.Keys(m.kustomizations)) {
 		k := m.kustomizations[kpath]
 		dir := filepath.Dir(kpath)
-		for _, r := range slices.Concat(k.Resources, k.Components) {
+		for _, r := range k.Resources {
 			if strings.Contains(r, "://") {
 				m.errs = append(m.errs, fmt.Sprintf("%s: remote resource %q cannot be checked offline", kpath, r))
 				continue
@@ -1036,14 +1031,37 @@ func TestKustomizeBuildsEveryKustomization(t *testing.T) {
 	kubectl := kubectlPath(t)
 	m := loadManifests(t)
 	for _, kpath := range slices.Sorted(maps.Keys(m.kustomizations)) {
-		if m.kustomizations[kpath].Kind == "Component" {
-			continue // built within the kustomizations that name it
-		}
 		dir := filepath.Dir(kpath)
 		t.Run(dir, func(t *testing.T) {
 			built := decodeBuild(t, "kubectl kustomize "+dir, kustomize(t, kubectl, dir))
 			checkBuild(t, built)
 		})
+	}
+}
+
+// TestKindTLSOverlayIsTheKindOverlay: overlays/kind-tls builds on
+// overlays/tls and repeats overlays/kind's settings (kustomize reads no
+// file outside a kustomization's directory); both kind builds must give
+// the members and etcd the same replicas, images and resources.
+func TestKindTLSOverlayIsTheKindOverlay(t *testing.T) {
+	kubectl := kubectlPath(t)
+	kind := decodeBuild(t, "kubectl kustomize overlays/kind", kustomize(t, kubectl, "overlays/kind"))
+	kindTLS := decodeBuild(t, "kubectl kustomize overlays/kind-tls", kustomize(t, kubectl, "overlays/kind-tls"))
+	// settings are what overlays/kind sets on a workload.
+	settings := func(replicas *int32, spec *corev1.PodSpec) string {
+		out := "replicas " + ptrString(replicas)
+		for _, c := range slices.Concat(spec.InitContainers, spec.Containers) {
+			out += fmt.Sprintf("; %s: image %s, resources %v", c.Name, c.Image, c.Resources)
+		}
+		return out
+	}
+	d, dTLS := deployment(t, kind, "immortald"), deployment(t, kindTLS, "immortald")
+	if a, b := settings(d.Spec.Replicas, &d.Spec.Template.Spec), settings(dTLS.Spec.Replicas, &dTLS.Spec.Template.Spec); a != b {
+		t.Errorf("Deployment immortald differs between overlays/kind and overlays/kind-tls:\n kind:     %s\n kind-tls: %s", a, b)
+	}
+	e, eTLS := statefulSet(t, kind, "etcd"), statefulSet(t, kindTLS, "etcd")
+	if a, b := settings(e.Spec.Replicas, &e.Spec.Template.Spec), settings(eTLS.Spec.Replicas, &eTLS.Spec.Template.Spec); a != b {
+		t.Errorf("StatefulSet etcd differs between overlays/kind and overlays/kind-tls:\n kind:     %s\n kind-tls: %s", a, b)
 	}
 }
 
