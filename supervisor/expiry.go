@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,25 +33,9 @@ func expiryTargets(self string, ms []registry.Member) []registry.Member {
 			others = append(others, m)
 		}
 	}
-	slices.SortFunc(others, func(a, b registry.Member) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(others, func(a, b registry.Member) int { return strings.Compare(a.ID, b.ID) })
 	// The first member after self, then on around the ring.
-	at, _ := slices.BinarySearchFunc(others, self, func(m registry.Member, id string) int {
-		switch {
-		case m.ID < id:
-			return -1
-		case m.ID > id:
-			return 1
-		}
-		return 0
-	})
+	at, _ := slices.BinarySearchFunc(others, self, func(m registry.Member, id string) int { return strings.Compare(m.ID, id) })
 	var out []registry.Member
 	for i := range min(expiryWatchers, len(others)) {
 		out = append(out, others[(at+i)%len(others)])
@@ -124,6 +109,7 @@ func (s *Supervisor) watchExpiries(ctx context.Context, views <-chan []registry.
 // A proof that cannot be confirmed is dropped and a new one begins. It
 // returns when the lease is gone or revoked, or a context ends.
 func (s *Supervisor) revokeOnExpiry(wait, ctx context.Context, member string, id clientv3.LeaseID, poll, timeout time.Duration) {
+	log := s.log.With("member", member, "lease", fmt.Sprintf("%x", int64(id)))
 	for {
 		expired, term, err := lease.WaitExpired(wait, s.cfg.Client, id, poll, timeout)
 		if err != nil || !expired {
@@ -137,12 +123,11 @@ func (s *Supervisor) revokeOnExpiry(wait, ctx context.Context, member string, id
 			if wait.Err() != nil {
 				return
 			}
-			s.log.Debug("cannot confirm the expiry of a member's lease; proving it again", "member", member, "lease", fmt.Sprintf("%x", int64(id)), "err", err)
+			log.Debug("cannot confirm the expiry of a member's lease; proving it again", "err", err)
 			continue
 		case resp.Header.RaftTerm != term:
 			cancel()
-			s.log.Debug("etcd's leader changed during the proof of a lease's expiry; proving it again", "member", member, "lease", fmt.Sprintf("%x", int64(id)),
-				"proof_term", term, "term", resp.Header.RaftTerm)
+			log.Debug("etcd's leader changed during the proof of a lease's expiry; proving it again", "proof_term", term, "term", resp.Header.RaftTerm)
 			continue
 		case len(resp.Kvs) == 0 || resp.Kvs[0].Lease != int64(id):
 			cancel()
@@ -153,11 +138,11 @@ func (s *Supervisor) revokeOnExpiry(wait, ctx context.Context, member string, id
 		switch {
 		case err == nil:
 			s.m.ExpiredRevokes.Inc()
-			s.log.Info("revoked the lease of a member: it had expired", "member", member, "lease", fmt.Sprintf("%x", int64(id)))
+			log.Info("revoked the lease of a member: it had expired")
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
 			// etcd revoked it first.
 		case ctx.Err() == nil:
-			s.log.Debug("cannot revoke the expired lease of a member; etcd will", "member", member, "lease", fmt.Sprintf("%x", int64(id)), "err", err)
+			log.Debug("cannot revoke the expired lease of a member; etcd will", "err", err)
 		}
 		return
 	}

@@ -121,6 +121,16 @@ func (o Options) config() config {
 	return cfg
 }
 
+// ttl is the members' lease TTL (cfg.leaseTTL; 2 s if it does not parse as
+// a positive duration: the members would refuse it anyway).
+func (cfg config) ttl() time.Duration {
+	ttl, err := time.ParseDuration(cfg.leaseTTL)
+	if err != nil || ttl <= 0 {
+		return 2 * time.Second
+	}
+	return ttl
+}
+
 // runs reports whether a run of cfg runs the phase name: every phase named
 // in -only, or without -only every phase but, in a quick run, the full-only
 // ones (and never a phase that runs only when named: see namedOnly).

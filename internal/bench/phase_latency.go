@@ -390,11 +390,7 @@ func (b *bench) settle(ctx context.Context, al *ageLog, probes []string) error {
 // one TTL put 16 of 40 kills in the first 0.2 s of a 0.75 s renewal period
 // (a run of 2026-12-04), and the failover median 0.1 s too high.
 func (b *bench) crashWait() time.Duration {
-	ttl, err := time.ParseDuration(b.cfg.leaseTTL)
-	if err != nil || ttl <= 0 {
-		ttl = 2 * time.Second
-	}
-	return rand.N(ttl * 3 / 2)
+	return rand.N(b.cfg.ttl() * 3 / 2)
 }
 
 func sigName(s syscall.Signal) string {

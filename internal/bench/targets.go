@@ -3,7 +3,6 @@ package bench
 import (
 	"fmt"
 	"io"
-	"time"
 )
 
 // bar is one target a figure must meet.
@@ -24,11 +23,7 @@ type bar struct {
 // machine one run's times vary by 3x, so the claims are held by the full
 // run's bars and by ratios within one run (ratio_*), whose load cancels.
 func bars(cfg config) []bar {
-	ttl, err := time.ParseDuration(cfg.leaseTTL)
-	if err != nil {
-		ttl = 2 * time.Second
-	}
-	t := ttl.Seconds()
+	t := cfg.ttl().Seconds()
 	n := float64(cfg.scaleLives)
 	type row struct {
 		key         string
